@@ -1,0 +1,58 @@
+"""quart_app: an async upload and record-creation service.
+
+``create_app(overrides)`` builds the app; nothing is created at import time.
+Serve with ``hypercorn -c hypercorn.toml 'quart_app:create_app()'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from quart import Quart
+from quart_schema import QuartSchema
+
+from . import db, problems, streaming
+from .api import health, users
+from .config import Settings, load_settings
+from .instance import load_secret_key, prepare_directories
+from .pagination import CursorCodec
+from .request_log import RequestLogMiddleware, configure_logging
+
+__all__ = ["create_app"]
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
+    """Build the app from defaults, ``QUART_APP_*`` variables and ``overrides``
+    (keyed by setting name, e.g. ``{"STORAGE_DIR": tmp_path}``)."""
+    settings = load_settings(overrides)
+    configure_logging(settings.LOG_LEVEL)
+
+    app = Quart(__name__)
+    app.extensions["settings"] = settings
+    QuartSchema(
+        app,
+        info={"title": "quart_app", "version": "0.1.0"},
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+    )
+    streaming.init_app(app, settings)
+    problems.init_app(app)
+
+    @app.before_serving
+    async def _prepare_instance() -> None:
+        prepare_directories(settings)
+        app.extensions["cursor_codec"] = CursorCodec(load_secret_key(settings))
+
+    db.init_app(app, settings)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(users.blueprint)
+    app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    return app
+
+
+def app_settings(app: Quart) -> Settings:
+    settings: Settings = app.extensions["settings"]
+    return settings

@@ -1,0 +1,73 @@
+"""Users: JSON records created with 201 + Location."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response, current_app, jsonify, request, url_for
+from quart_schema import document_querystring, document_request, document_response
+
+from ..db import get_session, writing
+from ..errors import EmailTaken
+from ..models import User
+from ..pagination import CursorCodec, parse_limit
+from ..schemas import LinkHeader, LocationHeader, PageQuery, UserCreate, UserOut, UserPage
+from ..services.users import create_user, get_user, list_users
+from .json_body import read_model
+from .openapi import problems
+
+blueprint = Blueprint("users", __name__)
+CURSOR_RESOURCE = "users"
+
+
+def user_body(user: User) -> dict[str, Any]:
+    return UserOut.model_validate(user, from_attributes=True).model_dump(mode="json")
+
+
+@blueprint.post("/users")
+@document_request(UserCreate)
+@document_response(UserOut, 201, LocationHeader)
+@problems(400, 409, 413, 415)
+async def post_user() -> Response:
+    """Create a user; 201 with its Location, 409 if the email is taken."""
+    data = await read_model(UserCreate)
+    try:
+        async with writing() as session:
+            user = await create_user(session, data.name, data.email)
+    except EmailTaken as error:
+        error.members["existing"] = url_for("users.get_one", user_id=error.existing_id, _external=True)
+        raise
+    response = jsonify(user_body(user))
+    response.status_code = 201
+    response.headers["Location"] = url_for("users.get_one", user_id=user.id, _external=True)
+    return response
+
+
+@blueprint.get("/users/<int:user_id>")
+@document_response(UserOut)
+@problems(404)
+async def get_one(user_id: int) -> Response:
+    """One user, as the 201 showed it."""
+    return jsonify(user_body(await get_user(get_session(), user_id)))
+
+
+@blueprint.get("/users")
+@document_querystring(PageQuery)
+@document_response(UserPage, 200, LinkHeader)
+@problems(400)
+async def get_page() -> Response:
+    """Users in creation order, a page at a time; follow `next` or Link."""
+    settings = current_app.extensions["settings"]
+    codec: CursorCodec = current_app.extensions["cursor_codec"]
+    limit = parse_limit(request.args.get("limit"), settings.PAGE_SIZE_DEFAULT, settings.PAGE_SIZE_MAX)
+    cursor = request.args.get("cursor")
+    after = codec.decode(CURSOR_RESOURCE, cursor) if cursor is not None else 0
+    users, more = await list_users(get_session(), after, limit)
+    next_url = None
+    if more:
+        next_cursor = codec.encode(CURSOR_RESOURCE, users[-1].id)
+        next_url = url_for("users.get_page", limit=limit, cursor=next_cursor, _external=True)
+    response = jsonify({"items": [user_body(u) for u in users], "next": next_url})
+    if next_url:
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return response

@@ -1,0 +1,156 @@
+"""Settings: defaults, ``QUART_APP_*`` environment variables, test overrides.
+
+Every setting is a field of :class:`Settings` with its unit in the comment.
+The environment variable for field ``X`` is ``QUART_APP_X``. ``create_app``
+takes overrides keyed by field name; they win over the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "QUART_APP_"
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; startup stops."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # SQLAlchemy async URL. Default: SQLite file in instance/.
+    DATABASE_URL: str = ""
+    # Directory that holds blobs and upload temp files.
+    STORAGE_DIR: Path = dataclasses.field(default_factory=lambda: Path.cwd() / "uploads")
+    # Directory for the default database and the generated secret key.
+    INSTANCE_DIR: Path = dataclasses.field(default_factory=lambda: Path.cwd() / "instance")
+    # Bring the database schema to head at startup (Alembic upgrade).
+    AUTO_MIGRATE: bool = True
+    # Bytes: largest stored file (inclusive). Also bounds tus Upload-Length.
+    MAX_UPLOAD_BYTES: int = 5 * GIB
+    # Bytes: multipart framing allowed on top of MAX_UPLOAD_BYTES per request.
+    MAX_MULTIPART_OVERHEAD_BYTES: int = 1 * MIB
+    # Bytes: largest JSON request body.
+    MAX_JSON_BYTES: int = 1 * MIB
+    # Count: file parts in one multipart request (more -> 413).
+    MAX_FILE_PARTS: int = 100
+    # Count: text fields in one multipart request (more -> 413).
+    MAX_FORM_FIELDS: int = 100
+    # Bytes: one multipart text field's value (more -> 413).
+    MAX_FORM_FIELD_BYTES: int = 64 * 1024
+    # Characters: longest accepted client filename (longer -> 400).
+    MAX_FILENAME_CHARS: int = 255
+    # Seconds: a request body may stall this long between reads (-> 408).
+    BODY_IDLE_TIMEOUT: float = 30.0
+    # Seconds: whole-body deadline for one request (-> 408).
+    BODY_DEADLINE: float = 3600.0
+    # Bytes: request body buffered in the app before it stops reading the
+    # socket (back-pressure). Hypercorn adds up to 10 reads of 64 KiB.
+    BODY_BUFFER_BYTES: int = 1 * MIB
+    # Bytes: writes to disk are batched to about this size per thread hop.
+    WRITE_BATCH_BYTES: int = 1 * MIB
+    # Count: page size default and maximum for list endpoints.
+    PAGE_SIZE_DEFAULT: int = 20
+    PAGE_SIZE_MAX: int = 100
+    # Key that signs list cursors. Empty: generated once into INSTANCE_DIR.
+    SECRET_KEY: str = ""
+    # Python logging level name for the app's loggers.
+    LOG_LEVEL: str = "INFO"
+
+    @property
+    def database_url(self) -> str:
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        return f"sqlite+aiosqlite:///{(self.INSTANCE_DIR / 'quart_app.sqlite3').resolve()}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(name: str, source: str, kind: Any, value: Any) -> Any:
+    """Turn one raw value into the field's type, naming the source on failure."""
+    try:
+        if kind in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected one of 1/0, true/false, yes/no")
+        if kind in ("int", int):
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            number = int(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        if kind in ("float", float):
+            seconds = float(value)
+            if not seconds > 0:
+                raise ValueError("must be greater than zero")
+            return seconds
+        if kind in ("Path", Path):
+            return Path(value).expanduser()
+        return str(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{source} has an invalid value {value!r}: {error}") from None
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults, then ``QUART_APP_*`` variables, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, field in _FIELDS.items():
+        env_name = ENV_PREFIX + name
+        if env_name in environ:
+            values[name] = _convert(name, env_name, field.type, environ[env_name])
+    for name, value in (overrides or {}).items():
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r} in overrides")
+        values[name] = _convert(name, f"override {name}", _FIELDS[name].type, value)
+    settings = Settings(**values)
+    if settings.PAGE_SIZE_DEFAULT < 1 or settings.PAGE_SIZE_DEFAULT > settings.PAGE_SIZE_MAX:
+        raise ConfigError(f"{ENV_PREFIX}PAGE_SIZE_DEFAULT must be 1..PAGE_SIZE_MAX")
+    if settings.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL has an invalid value {settings.LOG_LEVEL!r}")
+    _reject_db_inside_storage(settings)
+    return settings
+
+
+def _reject_db_inside_storage(settings: Settings) -> None:
+    url = settings.database_url
+    if not url.startswith("sqlite"):
+        return
+    _, _, path = url.partition(":///")
+    if not path or path.startswith(":memory:"):
+        return
+    storage = settings.STORAGE_DIR.resolve()
+    db_path = Path(path.split("?", 1)[0]).resolve()
+    if storage == db_path or storage in db_path.parents:
+        raise ConfigError(
+            f"{ENV_PREFIX}DATABASE_URL points inside {ENV_PREFIX}STORAGE_DIR; "
+            "the database never lives inside the storage directory"
+        )
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, type, default) rows, for the README and tests."""
+    defaults = Settings()
+    return [
+        (ENV_PREFIX + name, str(field.type), repr(getattr(defaults, name)))
+        for name, field in _FIELDS.items()
+    ]

@@ -1,0 +1,61 @@
+"""Domain errors raised by service and storage code. They know nothing about
+HTTP: problems.py maps each ``code`` to a status and title at the edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    code = "domain-error"
+
+    def __init__(self, detail: str, **members: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.members = members
+
+
+class InvalidInput(DomainError):
+    """Input failed validation; ``errors`` lists each field's problem."""
+
+    code = "validation-failed"
+
+
+class MalformedBody(DomainError):
+    code = "malformed-body"
+
+
+class UnsupportedMediaType(DomainError):
+    code = "unsupported-media-type"
+
+
+class NotFound(DomainError):
+    code = "not-found"
+
+
+class EmailTaken(DomainError):
+    code = "email-taken"
+
+    def __init__(self, detail: str, existing_id: int | None) -> None:
+        super().__init__(detail)
+        self.existing_id = existing_id
+
+
+class InvalidCursor(DomainError):
+    code = "invalid-cursor"
+
+
+class PreconditionFailed(DomainError):
+    code = "precondition-failed"
+
+
+class TooLarge(DomainError):
+    code = "too-large"
+
+
+class TooManyParts(DomainError):
+    code = "too-many-parts"
+
+
+class InsufficientStorage(DomainError):
+    code = "insufficient-storage"

@@ -1,0 +1,39 @@
+"""Alembic, driven from code: startup upgrades, the CLI, and the drift test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .config import Settings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation: a literal % in a URL must be doubled.
+    config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    return config
+
+
+async def upgrade_to_head(engine: AsyncEngine, settings: Settings) -> None:
+    """Bring the schema to head on the app's own engine. On SQLite the
+    transaction starts IMMEDIATE, so several workers starting at once take
+    turns and the later ones find the schema already at head."""
+    config = alembic_config(settings)
+
+    def _upgrade(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    options = {"sqlite_begin": "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(**options)
+        await conn.run_sync(_upgrade)
+        await conn.commit()

@@ -1,0 +1,120 @@
+"""RFC 9457 problem details: one table of error codes, one set of handlers.
+
+Every 4xx/5xx leaves as ``application/problem+json``: domain errors, the
+HTTP errors Quart and Werkzeug raise themselves (404, 405, 408, 413, 415),
+request-validation errors, and unexpected exceptions (a 500 whose body says
+nothing of the internals; the traceback goes to the log with the request id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import BaseModel
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import DomainError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:quart-app:problem:"
+log = logging.getLogger("quart_app.errors")
+
+# code -> (status, title). The code also names the problem type.
+PROBLEMS: dict[str, tuple[int, str]] = {
+    "validation-failed": (400, "The request is not valid"),
+    "malformed-body": (400, "The request body could not be parsed"),
+    "invalid-cursor": (400, "The paging cursor is not valid"),
+    "not-found": (404, "Not found"),
+    "email-taken": (409, "That email address is already taken"),
+    "precondition-failed": (412, "A precondition failed"),
+    "too-large": (413, "Content too large"),
+    "too-many-parts": (413, "Too many parts in the request"),
+    "unsupported-media-type": (415, "Unsupported media type"),
+    "insufficient-storage": (507, "Insufficient storage"),
+}
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem. ``errors`` appears for field-level validation."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem_response(
+    status: int,
+    *,
+    title: str | None = None,
+    detail: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **members: Any,
+) -> Response:
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body: dict[str, Any] = {
+        "type": type_,
+        "title": title or phrase,
+        "status": status,
+        "detail": detail or title or phrase,
+    }
+    body.update(members)
+    response = Response(json.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def domain_problem(error: DomainError) -> Response:
+    status, title = PROBLEMS[error.code]
+    return problem_response(
+        status, title=title, detail=error.detail, type_=TYPE_PREFIX + error.code, **error.members
+    )
+
+
+def http_problem(error: HTTPException) -> Response:
+    status = error.code or 500
+    # Keep what the exception says must go with it (Allow on 405,
+    # WWW-Authenticate, Retry-After), but not its HTML content type.
+    headers = {
+        name: value
+        for name, value in error.get_headers()
+        if name.lower() not in ("content-type", "content-length")
+    }
+    description = error.description if isinstance(error.description, str) else None
+    return problem_response(status, detail=description, headers=headers)
+
+
+def request_id() -> str:
+    from .request_log import scope_request_id
+
+    return scope_request_id(request.scope)
+
+
+def init_app(app: Quart) -> None:
+    # Tests and debug mode must see the same problem responses as production.
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    app.config["TRAP_HTTP_EXCEPTIONS"] = False
+
+    @app.errorhandler(DomainError)
+    async def _domain(error: DomainError) -> Response:
+        return domain_problem(error)
+
+    @app.errorhandler(HTTPException)
+    async def _http(error: HTTPException) -> Response:
+        return http_problem(error)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.error(
+            "unhandled exception",
+            exc_info=error,
+            extra={"request_id": request_id(), "path": request.path},
+        )
+        return problem_response(500, detail="An unexpected error occurred. It has been logged.")

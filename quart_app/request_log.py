@@ -1,0 +1,115 @@
+"""One JSON log line per request, and the request id.
+
+An ASGI middleware, not a Quart hook: only at the ASGI level are the real
+bytes in and out of a streamed body known. ``X-Request-ID`` is taken from the
+request when it is usable (sanitised, bounded) or generated, and echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, ASGISendEvent
+
+REQUEST_ID_HEADER = b"x-request-id"
+REQUEST_ID_MAX_CHARS = 128
+SCOPE_KEY = "quart_app.request_id"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
+
+access_log = logging.getLogger("quart_app.access")
+
+
+def sanitise_request_id(raw: bytes | None) -> str | None:
+    """Keep a client's id when it is printable and short; else None."""
+    if not raw:
+        return None
+    text = _UNSAFE.sub("", raw.decode("latin-1"))[:REQUEST_ID_MAX_CHARS]
+    return text or None
+
+
+def scope_request_id(scope: Any) -> str:
+    return str(scope.get(SCOPE_KEY, "-"))
+
+
+class RequestLogMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_id = next((v for k, v in scope["headers"] if k.lower() == REQUEST_ID_HEADER), None)
+        request_id = sanitise_request_id(raw_id) or uuid.uuid4().hex
+        scope[SCOPE_KEY] = request_id
+        started = time.perf_counter()
+        counts = {"in": 0, "out": 0, "status": 0}
+
+        async def counting_receive() -> ASGIReceiveEvent:
+            message = await receive()
+            if message["type"] == "http.request":
+                counts["in"] += len(message.get("body", b""))
+            return message
+
+        async def tagging_send(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start":
+                counts["status"] = message["status"]
+                headers = [(k, v) for k, v in message["headers"] if k.lower() != REQUEST_ID_HEADER]
+                headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                counts["out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tagging_send)
+        finally:
+            access_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": counts["status"],
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "bytes_in": counts["in"],
+                    "bytes_out": counts["out"],
+                    "request_id": request_id,
+                },
+            )
+
+
+_RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    """A log record as one JSON object: time, level, logger, message, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines to stderr for the quart_app loggers (once per process)."""
+    logger = logging.getLogger("quart_app")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "quart_app_json", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JSONFormatter())
+        handler.quart_app_json = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)

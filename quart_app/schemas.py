@@ -1,0 +1,59 @@
+"""Pydantic request and response models (validation and OpenAPI)."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+
+
+class UserCreate(BaseModel):
+    """A new user. Unknown members are rejected so that a typo is not lost."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    email: Annotated[EmailStr, Field(max_length=254)]
+
+    @field_validator("name")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        if any(unicodedata.category(ch) == "Cc" for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _lowercase(cls, value: str) -> str:
+        return value.lower()
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    email: str
+    created_at: datetime
+
+
+class UserPage(BaseModel):
+    items: list[UserOut]
+    next: str | None
+
+
+class PageQuery(BaseModel):
+    limit: int | None = Field(default=None, ge=1, le=100)
+    cursor: str | None = None
+
+
+class LocationHeader(BaseModel):
+    location: str
+
+
+class LinkHeader(BaseModel):
+    link: str | None = None
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,1 @@
+"""Service code: plain async functions taking a session (and a store)."""

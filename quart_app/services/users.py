@@ -1,0 +1,42 @@
+"""Creating, reading and listing users."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..errors import EmailTaken, NotFound
+from ..models import User
+
+
+async def create_user(session: AsyncSession, name: str, email: str) -> User:
+    """Insert a user; the unique constraint, not a prior look-up, decides a
+    taken email, so concurrent creates cannot both win."""
+    user = User(name=name, email=email)
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        existing = await session.scalar(select(User.id).where(User.email == email))
+        raise EmailTaken(
+            f"A user with the email {email} already exists.", existing_id=existing
+        ) from None
+    return user
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"There is no user {user_id}.")
+    return user
+
+
+async def list_users(session: AsyncSession, after: int, limit: int) -> tuple[list[User], bool]:
+    """A page of users with ids above ``after``, and whether more remain."""
+    rows = await session.scalars(
+        select(User).where(User.id > after).order_by(User.id).limit(limit + 1)
+    )
+    users = list(rows)
+    return users[:limit], len(users) > limit

@@ -1,0 +1,215 @@
+"""Request bodies with back-pressure, a byte limit, an idle timeout and a deadline.
+
+Stock Quart (0.22) reads the ASGI receive channel as fast as the client sends
+and appends to an unbounded buffer; it checks MAX_CONTENT_LENGTH against the
+*buffered* size only (so a streaming consumer is never limited), and has no
+idle timeout. Here:
+
+- :class:`BoundedBody` buffers at most ``BODY_BUFFER_BYTES``; past that the
+  receive loop of :class:`BackPressureHTTPConnection` stops calling
+  ``receive()``. Hypercorn's own queue to the app holds 10 messages, so the
+  server stops reading the socket and TCP pushes back on the client.
+- The byte limit counts every byte received, and is set per endpoint after
+  routing (:func:`body_limit`); a declared Content-Length over it is refused
+  before any body is read.
+- Each wait for data is bounded by the idle timeout and the whole-body deadline.
+
+tests/test_streaming.py pins these internals: it fails if a Quart upgrade
+changes the receive loop or the Body interface this module replaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from hypercorn.typing import ASGIReceiveCallable
+from quart import Quart, current_app, request
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Request
+from quart.wrappers.request import Body
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
+
+from .config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+LIMIT_ATTRIBUTE = "_quart_app_body_limit"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the whole body arrived."""
+
+
+class BoundedBody(Body):
+    def __init__(
+        self, expected_content_length: int | None, max_content_length: int | None
+    ) -> None:
+        super().__init__(expected_content_length, None)
+        self.expected_length = expected_content_length
+        self.limit: int | None = max_content_length
+        self.buffer_bytes = 1024 * 1024
+        self.idle_timeout: float | None = None
+        self.deadline: float | None = None
+        self.received = 0
+        self._whole = False
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def configure(self, limit: int | None, settings: Settings) -> None:
+        """Apply the endpoint's limit and the app's timeouts (after routing)."""
+        self.limit = limit
+        self.buffer_bytes = settings.BODY_BUFFER_BYTES
+        self.idle_timeout = settings.BODY_IDLE_TIMEOUT
+        self.deadline = time.monotonic() + settings.BODY_DEADLINE
+        if limit is not None and self.expected_length is not None and self.expected_length > limit:
+            self._fail(RequestEntityTooLarge(_too_large(limit)))
+        elif limit is not None and self.received > limit:
+            self._fail(RequestEntityTooLarge(_too_large(limit)))
+
+    def raise_if_failed(self) -> None:
+        if self._must_raise is not None:
+            raise self._must_raise
+
+    def _fail(self, error: Exception) -> None:
+        if self._must_raise is None:
+            self._must_raise = error
+        self._data.clear()
+        self.set_complete()
+
+    def append(self, data: bytes) -> None:
+        if not data or self._must_raise is not None:
+            return
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            self._fail(RequestEntityTooLarge(_too_large(self.limit)))
+            return
+        self._data.extend(data)
+        self._has_data.set()
+        if not self._whole and len(self._data) >= self.buffer_bytes:
+            self._room.clear()
+
+    def set_complete(self) -> None:
+        super().set_complete()
+        self._room.set()
+
+    def set_disconnected(self) -> None:
+        if not self._complete.is_set():
+            self._fail(ClientDisconnected("client disconnected before the body was complete"))
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    async def _wait(self, event: asyncio.Event) -> None:
+        timeout = self.idle_timeout
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            self._fail(RequestTimeout("the request body stalled or took too long"))
+
+    async def __anext__(self) -> bytes:
+        if self._must_raise is not None:
+            raise self._must_raise
+        if not self._complete.is_set():
+            await self._wait(self._has_data)
+        if self._must_raise is not None:
+            raise self._must_raise
+        if self._complete.is_set() and not self._data:
+            raise StopAsyncIteration()
+        data = bytes(self._data)
+        self._data.clear()
+        self._has_data.clear()
+        self._room.set()
+        return data
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._read_whole().__await__()
+
+    async def _read_whole(self) -> bytes:
+        # A caller that wants the whole body (JSON) lifts back-pressure; the
+        # endpoint's limit (MAX_JSON_BYTES) then bounds the buffer.
+        self._whole = True
+        self._room.set()
+        while not self._complete.is_set() and self._must_raise is None:
+            self._has_data.clear()
+            await self._wait(self._has_data)
+        if self._must_raise is not None:
+            raise self._must_raise
+        return bytes(self._data)
+
+
+class BoundedRequest(Request):
+    body_class = BoundedBody
+
+    @property
+    def bounded_body(self) -> BoundedBody:
+        assert isinstance(self.body, BoundedBody)
+        return self.body
+
+
+class BackPressureHTTPConnection(ASGIHTTPConnection):
+    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
+        body = request.body
+        assert isinstance(body, BoundedBody)
+        while True:
+            # Not calling receive() is the back-pressure: Hypercorn's queue
+            # fills and it stops reading the socket.
+            await body.wait_for_room()
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+            elif message["type"] == "http.disconnect":
+                body.set_disconnected()
+                return
+
+
+BodyLimit = Callable[[Settings], int]
+
+
+def json_body_limit(settings: Settings) -> int:
+    return settings.MAX_JSON_BYTES
+
+
+def upload_body_limit(settings: Settings) -> int:
+    """A stored file may be MAX_UPLOAD_BYTES; multipart framing may add a
+    bounded amount. The file itself is held to MAX_UPLOAD_BYTES as it is
+    written."""
+    return settings.MAX_UPLOAD_BYTES + settings.MAX_MULTIPART_OVERHEAD_BYTES
+
+
+def body_limit(limit: BodyLimit) -> Callable[[F], F]:
+    """Give a view a request body limit other than MAX_JSON_BYTES."""
+
+    def decorator(view: F) -> F:
+        setattr(view, LIMIT_ATTRIBUTE, limit)
+        return view
+
+    return decorator
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than the limit of {limit} bytes."
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    app.request_class = BoundedRequest
+    app.asgi_http_class = BackPressureHTTPConnection
+    # Quart's own checks are replaced by BoundedBody's; its whole-body
+    # timeout stays as an outer bound for awaited bodies.
+    app.config["MAX_CONTENT_LENGTH"] = None
+    app.config["BODY_TIMEOUT"] = settings.BODY_DEADLINE
+
+    @app.before_request
+    async def _apply_body_limit() -> None:
+        view = current_app.view_functions.get(request.endpoint or "")
+        body = request.body
+        if isinstance(body, BoundedBody):
+            limit: BodyLimit = getattr(view, LIMIT_ATTRIBUTE, json_body_limit)
+            body.configure(limit(settings), settings)
+            body.raise_if_failed()
