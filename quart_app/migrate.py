@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -12,6 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# Alembic's ``context`` is a process-wide proxy: two upgrades interleaved in
+# one process would run one's migration on the other's connection (and
+# deadlock on SQLite's write lock). Across processes BEGIN IMMEDIATE orders
+# them; within one, this lock does. A threading lock, polled, because apps in
+# one process may run on different event loops.
+_UPGRADE_LOCK = threading.Lock()
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -33,7 +42,12 @@ async def upgrade_to_head(engine: AsyncEngine, settings: Settings) -> None:
         command.upgrade(config, "head")
 
     options = {"sqlite_begin": "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(**options)
-        await conn.run_sync(_upgrade)
-        await conn.commit()
+    while not _UPGRADE_LOCK.acquire(blocking=False):  # noqa: ASYNC110 (see _UPGRADE_LOCK)
+        await asyncio.sleep(0.01)
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**options)
+            await conn.run_sync(_upgrade)
+            await conn.commit()
+    finally:
+        _UPGRADE_LOCK.release()

@@ -43,9 +43,7 @@ class ClientDisconnected(Exception):
 
 
 class BoundedBody(Body):
-    def __init__(
-        self, expected_content_length: int | None, max_content_length: int | None
-    ) -> None:
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
         super().__init__(expected_content_length, None)
         self.expected_length = expected_content_length
         self.limit: int | None = max_content_length
@@ -63,9 +61,9 @@ class BoundedBody(Body):
         self.buffer_bytes = settings.BODY_BUFFER_BYTES
         self.idle_timeout = settings.BODY_IDLE_TIMEOUT
         self.deadline = time.monotonic() + settings.BODY_DEADLINE
-        if limit is not None and self.expected_length is not None and self.expected_length > limit:
-            self._fail(RequestEntityTooLarge(_too_large(limit)))
-        elif limit is not None and self.received > limit:
+        if (
+            limit is not None and self.expected_length is not None and self.expected_length > limit
+        ) or (limit is not None and self.received > limit):
             self._fail(RequestEntityTooLarge(_too_large(limit)))
 
     def raise_if_failed(self) -> None:

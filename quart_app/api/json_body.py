@@ -86,7 +86,7 @@ async def read_model(model: type[M]) -> M:
         raise UnsupportedMediaType(
             f"Send the body as application/json, not {mimetype or 'no Content-Type'}."
         )
-    data = parse_json(await request.get_data(cache=False))
+    data = parse_json(await request.get_data(False, False, False))
     try:
         return model.model_validate(data)
     except ValidationError as error:

@@ -35,7 +35,9 @@ async def post_user() -> Response:
         async with writing() as session:
             user = await create_user(session, data.name, data.email)
     except EmailTaken as error:
-        error.members["existing"] = url_for("users.get_one", user_id=error.existing_id, _external=True)
+        error.members["existing"] = url_for(
+            "users.get_one", user_id=error.existing_id, _external=True
+        )
         raise
     response = jsonify(user_body(user))
     response.status_code = 201
@@ -59,7 +61,9 @@ async def get_page() -> Response:
     """Users in creation order, a page at a time; follow `next` or Link."""
     settings = current_app.extensions["settings"]
     codec: CursorCodec = current_app.extensions["cursor_codec"]
-    limit = parse_limit(request.args.get("limit"), settings.PAGE_SIZE_DEFAULT, settings.PAGE_SIZE_MAX)
+    limit = parse_limit(
+        request.args.get("limit"), settings.PAGE_SIZE_DEFAULT, settings.PAGE_SIZE_MAX
+    )
     cursor = request.args.get("cursor")
     after = codec.decode(CURSOR_RESOURCE, cursor) if cursor is not None else 0
     users, more = await list_users(get_session(), after, limit)

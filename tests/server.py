@@ -1,0 +1,117 @@
+"""Start the real thing: Hypercorn with the project's hypercorn.toml, on a
+free loopback port, over its own database and storage directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningServer:
+    root: Path
+    port: int
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self.env["QUART_APP_STORAGE_DIR"])
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.env["QUART_APP_DATABASE_URL"].partition(":///")[2])
+
+    def start(self, timeout: float = 20.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = self._spawn(log)
+        self._wait_until_serving(timeout)
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hypercorn",
+                "-c",
+                str(PROJECT_ROOT / "hypercorn.toml"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "quart_app:create_app()",
+            ],
+            cwd=self.root,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def _wait_until_serving(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not start:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_server(root: Path, extra_env: dict[str, str] | None = None) -> RunningServer:
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
+    env.update(
+        {
+            "QUART_APP_STORAGE_DIR": str(root / "uploads"),
+            "QUART_APP_INSTANCE_DIR": str(root / "instance"),
+            "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+    )
+    env.update(extra_env or {})
+    running = RunningServer(root=root, port=free_port(), env=env)
+    running.start()
+    return running

@@ -1,0 +1,89 @@
+"""End to end: a real Hypercorn process, driven with curl and httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+
+import httpx
+
+from .server import RunningServer
+
+
+def curl(*args: str) -> tuple[int, dict[str, str], str]:
+    """Run curl; return status, lower-cased headers and body."""
+    result = subprocess.run(
+        ["curl", "-sS", "-i", "--max-time", "20", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    head, _, body = result.stdout.replace("\r\n", "\n").partition("\n\n")
+    lines = head.split("\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def test_create_read_invalid_and_resend_with_curl(server: RunningServer) -> None:
+    payload = json.dumps({"name": "Grace Hopper", "email": "grace@example.com"})
+    args = ["-X", "POST", f"{server.url}/users", "-H", "Content-Type: application/json"]
+    status, headers, body = curl(*args, "-d", payload)
+    assert status == 201
+    created = json.loads(body)
+    assert created["name"] == "Grace Hopper"
+    assert headers["location"] == f"{server.url}/users/{created['id']}"
+    assert headers["x-request-id"]
+
+    status, headers, body = curl(headers["location"])
+    assert status == 200
+    assert json.loads(body) == created
+
+    status, headers, body = curl(*args, "-d", '{"name": "", "email": "x"}')
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert {e["field"] for e in json.loads(body)["errors"]} == {"name", "email"}
+
+    status, headers, body = curl(*args, "-d", payload)
+    assert status == 409
+    assert json.loads(body)["existing"] == f"{server.url}/users/{created['id']}"
+
+    with sqlite3.connect(server.database_path) as db:
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
+
+
+def test_twenty_concurrent_creates_with_one_email(server: RunningServer) -> None:
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/users", json={"name": f"n{i}", "email": "same@example.com"})
+                    for i in range(20)
+                )
+            )
+
+    responses = asyncio.run(run())
+    assert sorted(r.status_code for r in responses) == [201] + [409] * 19
+    assert "database is locked" not in server.log()
+    with sqlite3.connect(server.database_path) as db:
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
+
+
+def test_errors_raised_by_the_framework_are_problems(server: RunningServer) -> None:
+    status, headers, _ = curl(f"{server.url}/nowhere")
+    assert (status, headers["content-type"]) == (404, "application/problem+json")
+    status, headers, _ = curl("-X", "PATCH", f"{server.url}/users")
+    assert (status, headers["content-type"]) == (405, "application/problem+json")
+    assert "allow" in headers
+
+
+def test_startup_log_is_json_per_request(server: RunningServer) -> None:
+    curl(f"{server.url}/healthz", "-H", "X-Request-ID: e2e-1")
+    lines = [json.loads(x) for x in server.log().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x.get("logger") == "quart_app.access"]
+    assert any(x["request_id"] == "e2e-1" and x["status"] == 200 for x in access)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from quart import Quart
+from quart.testing import QuartClient
+
+from quart_app.db import Database
+
+
+async def test_healthz(client: QuartClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert await response.get_json() == {"status": "ok"}
+
+
+async def test_readyz_when_all_is_well(client: QuartClient) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert await response.get_json() == {"status": "ready"}
+
+
+async def test_readyz_503_when_storage_is_not_writable(
+    app: Quart, client: QuartClient, overrides: dict[str, Any]
+) -> None:
+    storage: Path = overrides["STORAGE_DIR"]
+    shutil.rmtree(storage)
+    storage.write_text("a file where the directory should be")
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.content_type == "application/problem+json"
+    assert "storage" in (await response.get_json())["detail"]
+
+
+async def test_readyz_503_when_database_is_unreachable(
+    app: Quart, client: QuartClient, tmp_path: Path
+) -> None:
+    working = app.extensions["database"]
+    unreachable = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}")
+    app.extensions["database"] = unreachable
+    try:
+        response = await client.get("/readyz")
+    finally:
+        app.extensions["database"] = working
+        await unreachable.dispose()
+    assert response.status_code == 503
+    assert "database" in (await response.get_json())["detail"]

@@ -1,0 +1,40 @@
+"""Hypercorn accepts unknown keys silently; this test does not."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from hypercorn.config import Config
+
+HYPERCORN_TOML = Path(__file__).parent.parent / "hypercorn.toml"
+
+
+def test_every_key_is_one_hypercorn_defines() -> None:
+    keys = tomllib.loads(HYPERCORN_TOML.read_text())
+    unknown = [key for key in keys if not hasattr(Config, key)]
+    assert unknown == []
+
+
+def test_the_documented_settings_are_present_and_load() -> None:
+    keys = tomllib.loads(HYPERCORN_TOML.read_text())
+    for key in (
+        "bind",
+        "workers",
+        "worker_class",
+        "keep_alive_timeout",
+        "read_timeout",
+        "graceful_timeout",
+        "accesslog",
+    ):
+        assert key in keys, key
+    config = Config.from_toml(HYPERCORN_TOML)
+    assert config.bind == ["127.0.0.1:8000"]
+    assert config.worker_class == "asyncio"
+
+
+def test_every_key_has_a_comment() -> None:
+    lines = HYPERCORN_TOML.read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line and not line.startswith("#") and "=" in line:
+            assert lines[index - 1].startswith("#"), f"no comment above {line!r}"

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from quart_app import create_app
+from quart_app.config import load_settings
+from quart_app.migrate import upgrade_to_head
+from quart_app.models import Base
+
+
+async def test_autogenerate_finds_no_difference_between_models_and_migrations(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    engine = create_async_engine(url)
+    await upgrade_to_head(engine, load_settings({"DATABASE_URL": url}, environ={}))
+
+    def diff(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    async with engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+    await engine.dispose()
+
+
+async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) -> None:
+    app = create_app(overrides)
+    async with app.test_app():
+        engine = app.extensions["database"].engine
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
+            version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    assert "users" in tables
+    assert version is not None
+
+
+async def test_auto_migrate_off_leaves_the_schema_alone(overrides: dict[str, Any]) -> None:
+    app = create_app({**overrides, "AUTO_MIGRATE": False})
+    async with app.test_app():
+        engine = app.extensions["database"].engine
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
+    assert tables == []
+
+
+async def test_every_connection_gets_wal_busy_timeout_and_foreign_keys(
+    overrides: dict[str, Any],
+) -> None:
+    app = create_app(overrides)
+    async with app.test_app():
+        engine = app.extensions["database"].engine
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
+            assert await conn.scalar(text("PRAGMA foreign_keys")) == 1
+            assert await conn.scalar(text("PRAGMA busy_timeout")) >= 1000
+            assert await conn.scalar(text("PRAGMA synchronous")) == 2  # FULL
+
+
+async def test_two_workers_starting_at_once_both_migrate_cleanly(
+    overrides: dict[str, Any],
+) -> None:
+    first, second = create_app(overrides), create_app(overrides)
+    await asyncio.gather(first.startup(), second.startup())
+    try:
+        async with second.extensions["database"].engine.connect() as conn:
+            count = await conn.scalar(text("SELECT count(*) FROM alembic_version"))
+        assert count == 1
+    finally:
+        await asyncio.gather(first.shutdown(), second.shutdown())
