@@ -13,11 +13,12 @@ from quart import Quart
 from quart_schema import QuartSchema
 
 from . import db, problems, streaming
-from .api import health, users
+from .api import batches, files, health, users
 from .config import Settings, load_settings
 from .instance import load_secret_key, prepare_directories
 from .pagination import CursorCodec
 from .request_log import RequestLogMiddleware, configure_logging
+from .storage.local import LocalBlobStore
 
 __all__ = ["create_app"]
 
@@ -45,10 +46,15 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     async def _prepare_instance() -> None:
         prepare_directories(settings)
         app.extensions["cursor_codec"] = CursorCodec(load_secret_key(settings))
+        store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
+        store.prepare()
+        app.extensions["blob_store"] = store
 
     db.init_app(app, settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(users.blueprint)
+    app.register_blueprint(files.blueprint)
+    app.register_blueprint(batches.blueprint)
     app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
     return app
 

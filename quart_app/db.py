@@ -42,6 +42,27 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
+    @asynccontextmanager
+    async def writing(self, session: AsyncSession) -> AsyncIterator[AsyncSession]:
+        """A write transaction: committed when the block ends, rolled back if
+        it raises. On SQLite it holds this process's write lock and starts
+        with BEGIN IMMEDIATE, so it never fails half-way with "database is
+        locked" because another process wrote in between."""
+        if session.in_transaction():
+            await session.commit()  # end any read snapshot first
+        if not self.is_sqlite:
+            async with session.begin():
+                yield session
+            return
+        async with self.write_lock:
+            await session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
+
 
 def _create_engine(url: str) -> AsyncEngine:
     if not url.startswith("sqlite"):
@@ -107,24 +128,9 @@ def get_session() -> AsyncSession:
 
 @asynccontextmanager
 async def writing() -> AsyncIterator[AsyncSession]:
-    """A write transaction on the request's session: committed when the block
-    ends, rolled back if it raises. On SQLite it holds this process's write
-    lock and starts with BEGIN IMMEDIATE, so it can never fail half-way with
-    "database is locked" when another process wrote in between."""
-    database = get_database()
-    session = get_session()
-    if not database.is_sqlite:
-        async with session.begin():
-            yield session
-        return
-    async with database.write_lock:
-        await session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-        await session.commit()
+    """A write transaction on the request's session (see Database.writing)."""
+    async with get_database().writing(get_session()) as session:
+        yield session
 
 
 async def ping(database: Database) -> None:

@@ -18,6 +18,8 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import DomainError
+from .storage import StorageFull
+from .streaming import ClientDisconnected
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:quart-app:problem:"
@@ -71,10 +73,11 @@ def problem_response(
     return response
 
 
-def domain_problem(error: DomainError) -> Response:
-    status, title = PROBLEMS[error.code]
+def domain_problem(error: DomainError, code: str | None = None) -> Response:
+    code = code or error.code
+    status, title = PROBLEMS[code]
     return problem_response(
-        status, title=title, detail=error.detail, type_=TYPE_PREFIX + error.code, **error.members
+        status, title=title, detail=error.detail, type_=TYPE_PREFIX + code, **error.members
     )
 
 
@@ -105,6 +108,18 @@ def init_app(app: Quart) -> None:
     @app.errorhandler(DomainError)
     async def _domain(error: DomainError) -> Response:
         return domain_problem(error)
+
+    @app.errorhandler(StorageFull)
+    async def _storage_full(error: StorageFull) -> Response:
+        log.error("storage full", extra={"request_id": request_id(), "path": request.path})
+        return domain_problem(
+            DomainError("There is no room left to store the file."), "insufficient-storage"
+        )
+
+    @app.errorhandler(ClientDisconnected)
+    async def _disconnected(error: ClientDisconnected) -> Response:
+        # Nobody will read this; it records what happened in the access log.
+        return problem_response(400, detail="The client disconnected before the body was complete.")
 
     @app.errorhandler(HTTPException)
     async def _http(error: HTTPException) -> Response:

@@ -6,7 +6,15 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    RootModel,
+    StringConstraints,
+    field_validator,
+)
 
 
 class UserCreate(BaseModel):
@@ -57,3 +65,52 @@ class LinkHeader(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class FileLinks(BaseModel):
+    self: str
+    content: str
+
+
+class FileOut(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    etag: str
+    created_at: datetime
+    updated_at: datetime
+    links: FileLinks
+
+
+class FilePage(BaseModel):
+    items: list[FileOut]
+    next: str | None
+
+
+class BatchOut(BaseModel):
+    id: str
+    created_at: datetime
+    files: list[FileOut]
+
+
+class FileUpload(BaseModel):
+    """multipart/form-data: one or more parts named ``file`` with a filename."""
+
+    file: bytes
+
+
+class ContentHeaders(BaseModel):
+    etag: str
+    last_modified: str
+    accept_ranges: str
+    content_disposition: str
+
+
+class Binary(RootModel[bytes]):
+    """The file's bytes, as stored."""
+
+
+class NoContent(BaseModel):
+    """No body."""

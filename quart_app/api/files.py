@@ -1,0 +1,233 @@
+"""Files: streamed uploads (multipart, raw POST, PUT), metadata, downloads."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from quart import Blueprint, Response, current_app, jsonify, request, url_for
+from quart_schema import document_querystring, document_request, document_response
+from quart_schema.validation import DataSource
+from werkzeug.http import http_date
+
+from ..conditional import (
+    RangeNotSatisfiable,
+    if_match_passes,
+    if_none_match_passes,
+    not_modified_since,
+    requested_range,
+    strong_etag,
+)
+from ..db import get_database, get_session
+from ..disposition import download_disposition
+from ..errors import InvalidInput, PreconditionFailed
+from ..models import File
+from ..pagination import CursorCodec, parse_limit
+from ..problems import problem_response
+from ..schemas import (
+    Binary,
+    ContentHeaders,
+    FileOut,
+    FilePage,
+    FileUpload,
+    LinkHeader,
+    LocationHeader,
+    NoContent,
+    PageQuery,
+)
+from ..services.files import create_files, current_etag, delete_file, get_file, list_files, put_file
+from ..shielded import run_to_completion
+from ..streaming import body_limit, upload_body_limit
+from .openapi import problems
+from .representations import batch_body, file_body
+from .upload_body import blob_store, discard, receive_raw, receive_upload, settings
+
+blueprint = Blueprint("files", __name__)
+CURSOR_RESOURCE = "files"
+CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Downloads may be opened by a browser: never let them run or fetch anything.
+DOWNLOAD_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
+
+
+def file_response(file: File, status: int) -> Response:
+    response = jsonify(file_body(file))
+    response.status_code = status
+    response.headers["ETag"] = strong_etag(file.sha256)
+    return response
+
+
+def _created(body: dict[str, Any], location: str) -> Response:
+    response = jsonify(body)
+    response.status_code = 201
+    response.headers["Location"] = location
+    return response
+
+
+@blueprint.post("/files")
+@body_limit(upload_body_limit)
+@document_request(FileUpload, source=DataSource.FORM_MULTIPART)
+@document_response(FileOut, 201, LocationHeader)
+@problems(400, 413, 415, 507)
+async def post_files() -> Response:
+    """Upload: multipart (one or several `file` parts) or a raw body named by
+    Content-Disposition. Several parts make a batch: all stored or none."""
+    incoming = await receive_upload()
+    try:
+        files, batch = await run_to_completion(
+            create_files(get_database(), blob_store(), incoming, as_batch=len(incoming) > 1)
+        )
+    except BaseException:
+        await discard(incoming)
+        raise
+    if batch is None:
+        response = _created(file_body(files[0]), file_body(files[0])["links"]["self"])
+        response.headers["ETag"] = strong_etag(files[0].sha256)
+        return response
+    return _created(
+        batch_body(batch, files), url_for("batches.get_one", batch_id=batch.id, _external=True)
+    )
+
+
+def _client_file_id(file_id: str) -> str:
+    if CLIENT_ID.fullmatch(file_id) is None:
+        raise InvalidInput(
+            "A file id is 1-128 characters of A-Z a-z 0-9 . _ - and starts with a letter or digit.",
+            errors=[{"field": "id", "message": "invalid file id"}],
+        )
+    return file_id
+
+
+def _put_precondition(current: str | None) -> bool:
+    return if_match_passes(request.headers.get("If-Match"), current) and if_none_match_passes(
+        request.headers.get("If-None-Match"), current
+    )
+
+
+@blueprint.put("/files/<file_id>")
+@body_limit(upload_body_limit)
+@document_response(FileOut, 201, LocationHeader)
+@document_response(FileOut, 200)
+@problems(400, 412, 413, 507)
+async def put_one(file_id: str) -> Response:
+    """Create the file with this id (201) or replace it (200). Honours
+    If-Match and If-None-Match: * (412 when they fail)."""
+    file_id = _client_file_id(file_id)
+    # Checked before the body is read, to fail fast, and again when committing.
+    if not _put_precondition(await current_etag(get_session(), file_id)):
+        raise PreconditionFailed("The file's current state does not match the precondition.")
+    incoming = await receive_raw(default_filename=file_id)
+    try:
+        file, created = await run_to_completion(
+            put_file(get_database(), blob_store(), file_id, incoming, _put_precondition)
+        )
+    except BaseException:
+        await discard([incoming])
+        raise
+    if created:
+        response = _created(
+            file_body(file), url_for("files.get_one", file_id=file.id, _external=True)
+        )
+        response.headers["ETag"] = strong_etag(file.sha256)
+        return response
+    return file_response(file, 200)
+
+
+@blueprint.get("/files/<file_id>")
+@document_response(FileOut)
+@problems(404)
+async def get_one(file_id: str) -> Response:
+    """A file's representation, with its ETag."""
+    file = await get_file(get_session(), file_id)
+    etag = strong_etag(file.sha256)
+    if not if_none_match_passes(request.headers.get("If-None-Match"), etag):
+        return Response(status=304, headers={"ETag": etag})
+    return file_response(file, 200)
+
+
+@blueprint.delete("/files/<file_id>")
+@document_response(NoContent, 204)
+@problems(404, 412)
+async def delete_one(file_id: str) -> Response:
+    """Delete a file; its bytes go once no other file shares them."""
+    await run_to_completion(
+        delete_file(
+            get_database(),
+            blob_store(),
+            file_id,
+            lambda current: if_match_passes(request.headers.get("If-Match"), current),
+        )
+    )
+    return Response(status=204)
+
+
+@blueprint.get("/files")
+@document_querystring(PageQuery)
+@document_response(FilePage, 200, LinkHeader)
+@problems(400)
+async def get_page() -> Response:
+    """Files in creation order, a page at a time; follow `next` or Link."""
+    config = settings()
+    codec: CursorCodec = current_app.extensions["cursor_codec"]
+    limit = parse_limit(request.args.get("limit"), config.PAGE_SIZE_DEFAULT, config.PAGE_SIZE_MAX)
+    cursor = request.args.get("cursor")
+    after = codec.decode(CURSOR_RESOURCE, cursor) if cursor is not None else 0
+    files, more = await list_files(get_session(), after, limit)
+    next_url = None
+    if more:
+        next_cursor = codec.encode(CURSOR_RESOURCE, files[-1].seq)
+        next_url = url_for("files.get_page", limit=limit, cursor=next_cursor, _external=True)
+    response = jsonify({"items": [file_body(f) for f in files], "next": next_url})
+    if next_url:
+        response.headers["Link"] = f'<{next_url}>; rel="next"'
+    return response
+
+
+@blueprint.get("/files/<file_id>/content")
+@document_response(Binary, 200, ContentHeaders)
+@document_response(Binary, 206, ContentHeaders)
+@problems(404, 412, 416)
+async def get_content(file_id: str) -> Response:
+    """The bytes, streamed: ETag, Last-Modified, ranges (206/416), 304."""
+    file = await get_file(get_session(), file_id)
+    etag = strong_etag(file.sha256)
+    headers = {
+        "ETag": etag,
+        "Last-Modified": http_date(file.updated_at),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": download_disposition(file.filename, file.content_type),
+        "Cache-Control": "no-cache",
+        **DOWNLOAD_SECURITY_HEADERS,
+    }
+    if not if_match_passes(request.headers.get("If-Match"), etag):
+        return problem_response(412, detail="If-Match does not match the file's ETag.")
+    if_none_match = request.headers.get("If-None-Match")
+    if not if_none_match_passes(if_none_match, etag) or (
+        if_none_match is None
+        and not_modified_since(request.headers.get("If-Modified-Since"), file.updated_at)
+    ):
+        return Response(status=304, headers=headers)
+    try:
+        byte_range = requested_range(
+            request.headers.get("Range"),
+            file.size,
+            request.headers.get("If-Range"),
+            etag,
+            file.updated_at,
+        )
+    except RangeNotSatisfiable as error:
+        return problem_response(
+            416,
+            detail=f"The range lies outside the file's {error.size} bytes.",
+            headers={"Content-Range": f"bytes */{error.size}"},
+        )
+    start, end, status = 0, file.size, 200
+    if byte_range is not None:
+        start, end, status = byte_range.start, byte_range.end, 206
+        headers["Content-Range"] = byte_range.content_range(file.size)
+    body = blob_store().read(file.sha256, start, end) if request.method != "HEAD" else b""
+    response = Response(body, status=status, content_type=file.content_type, headers=headers)
+    response.headers["Content-Length"] = str(end - start)
+    return response

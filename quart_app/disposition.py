@@ -1,0 +1,118 @@
+"""Content-Disposition (RFC 6266, RFC 8187 ext-values) and client filenames.
+
+Clients name files in a multipart part's Content-Disposition or in a raw
+upload's ``Content-Disposition: attachment; filename=...``. ``filename*``
+wins over ``filename`` wherever both are given, in either order. A client's
+filename is metadata only: it is cleaned here and never becomes a path.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from urllib.parse import quote, unquote_to_bytes
+
+from .errors import InvalidInput
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)', re.DOTALL)
+_TYPE = re.compile(rf"\s*({_TOKEN})")
+_BIDI_CONTROLS = {
+    "\u061c", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
+    "\u2066", "\u2067", "\u2068", "\u2069",
+}  # fmt: skip
+# Types a browser may show in place: they cannot run script in our origin.
+INLINE_TYPES = frozenset(
+    {
+        "image/png", "image/jpeg", "image/gif", "image/webp", "image/avif",
+        "text/plain", "application/pdf",
+        "audio/mpeg", "audio/ogg", "audio/wav", "audio/webm",
+        "video/mp4", "video/webm", "video/ogg",
+    }
+)  # fmt: skip
+
+
+def header_text(raw: bytes) -> str:
+    """Header bytes as text: UTF-8 (what browsers and curl send), else latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def _decode_ext_value(value: str) -> str | None:
+    """RFC 8187 ``charset'language'pct-encoded``; None when unusable."""
+    parts = value.strip().split("'", 2)
+    if len(parts) != 3:
+        return None
+    charset = parts[0].lower()
+    if charset not in ("utf-8", "iso-8859-1"):
+        return None
+    try:
+        return unquote_to_bytes(parts[2]).decode(charset)
+    except UnicodeDecodeError:
+        return None
+
+
+def parse_disposition(value: str) -> tuple[str, dict[str, str]]:
+    """The disposition type (lowercase) and its parameters (names lowercase),
+    with ``filename`` holding the name to use: from ``filename*`` if usable."""
+    match = _TYPE.match(value)
+    if match is None:
+        return "", {}
+    kind = match.group(1).lower()
+    params: dict[str, str] = {}
+    extended: dict[str, str] = {}
+    for name, raw in _PARAM.findall(value, match.end()):
+        name = name.lower()
+        if name.endswith("*"):
+            decoded = _decode_ext_value(raw)
+            if decoded is not None:
+                extended[name[:-1]] = decoded
+        else:
+            params.setdefault(name, _unquote(raw))
+    params.update(extended)
+    return kind, params
+
+
+def clean_filename(raw: str, max_chars: int) -> str:
+    """NFC, no control or bidi-override characters, no directories, bounded."""
+    name = unicodedata.normalize("NFC", raw)
+    name = "".join(
+        ch for ch in name if unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS
+    )
+    # Some clients send a whole path (C:\Users\...\a.txt); keep the last part.
+    name = re.split(r"[/\\]", name)[-1].strip()
+    if name in ("", ".", ".."):
+        raise InvalidInput(
+            "The filename is empty once directories and control characters are removed.",
+            errors=[{"field": "filename", "message": "must name a file"}],
+        )
+    if len(name) > max_chars:
+        raise InvalidInput(
+            f"The filename is longer than {max_chars} characters.",
+            errors=[{"field": "filename", "message": f"at most {max_chars} characters"}],
+        )
+    return name
+
+
+def _ascii_fallback(filename: str) -> str:
+    folded = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
+    safe = "".join(ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%' else "_" for ch in folded)
+    return safe.strip() or "download"
+
+
+def download_disposition(filename: str, content_type: str) -> str:
+    """``inline`` only for INLINE_TYPES, ``attachment`` for all else, with an
+    ASCII ``filename`` and the exact name in ``filename*=UTF-8''...``."""
+    mimetype = content_type.split(";", 1)[0].strip().lower()
+    kind = "inline" if mimetype in INLINE_TYPES else "attachment"
+    encoded = quote(filename, safe="!#$&+-.^_`|~")
+    return f"{kind}; filename=\"{_ascii_fallback(filename)}\"; filename*=UTF-8''{encoded}"

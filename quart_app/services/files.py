@@ -1,0 +1,208 @@
+"""Files, blobs and batches: creating, replacing, deleting, reading.
+
+Rows and bytes change together. Every change runs in one write transaction
+(BEGIN IMMEDIATE on SQLite: no other writer, in any process, runs until it
+ends) and moves bytes only inside it:
+
+- a new blob is published (renamed to its content address) after its row is
+  known to be absent, and unpublished again if the transaction fails;
+- a blob no file refers to any more is retired (renamed to trash) inside the
+  transaction and purged only after the commit; restored if it fails.
+
+So a committed row always has its bytes, and bytes are never deleted while a
+concurrent upload of the same content could still be relying on them. The
+bytes themselves are fsynced (sealed) before the transaction starts, so the
+slow part holds no lock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..conditional import strong_etag
+from ..db import Database
+from ..errors import NotFound, PreconditionFailed
+from ..models import Batch, Blob, File, utc_now
+from ..multipart import IncomingFile
+from ..storage import BlobStore, BlobWriter
+
+Precondition = Callable[[str | None], bool]
+
+
+def new_id() -> str:
+    """128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+class BlobChanges:
+    """Byte moves made inside one transaction, to undo or finish."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.published: list[BlobWriter] = []
+        self.retired: list[str] = []
+
+    async def keep(self, session: AsyncSession, incoming: IncomingFile) -> None:
+        """Make the incoming bytes the stored blob for their sha256."""
+        sealed = incoming.sealed
+        assert sealed is not None, "keep() needs a sealed upload"
+        blob = await session.get(Blob, sealed.sha256)
+        if blob is not None and await self.store.exists(sealed.sha256):
+            await incoming.writer.discard()  # identical bytes are already stored
+            return
+        if await incoming.writer.publish():
+            self.published.append(incoming.writer)
+        if blob is None:
+            session.add(Blob(sha256=sealed.sha256, size=sealed.size))
+            await session.flush()
+
+    async def release(self, session: AsyncSession, sha256: str) -> None:
+        """Drop a blob that no file refers to any more."""
+        refs = await session.scalar(
+            select(func.count()).select_from(File).where(File.sha256 == sha256)
+        )
+        if refs:
+            return
+        await session.execute(delete(Blob).where(Blob.sha256 == sha256))
+        token = await self.store.retire(sha256)
+        if token is not None:
+            self.retired.append(token)
+
+    async def undo(self) -> None:
+        for writer in self.published:
+            await writer.unpublish()
+        for token in self.retired:
+            await self.store.restore(token)
+
+    async def finish(self) -> None:
+        for token in self.retired:
+            await self.store.purge(token)
+
+
+@asynccontextmanager
+async def blob_transaction(
+    database: Database, store: BlobStore
+) -> AsyncIterator[tuple[AsyncSession, BlobChanges]]:
+    """A write transaction whose byte moves are undone, while the write lock
+    is still held, if it fails. Its own session: it may outlive the request
+    (it is shielded from a client's disconnect)."""
+    changes = BlobChanges(store)
+    async with database.sessionmaker() as session, database.writing(session):
+        try:
+            yield session, changes
+            await session.commit()
+        except BaseException:
+            await changes.undo()
+            raise
+    await changes.finish()
+
+
+async def create_files(
+    database: Database, store: BlobStore, incoming: list[IncomingFile], as_batch: bool
+) -> tuple[list[File], Batch | None]:
+    """All the files or none; a batch row when several arrived together."""
+    async with blob_transaction(database, store) as (session, changes):
+        batch = Batch(id=new_id(), created_at=utc_now()) if as_batch else None
+        if batch is not None:
+            session.add(batch)
+        files = []
+        for item in incoming:
+            assert item.sealed is not None
+            await changes.keep(session, item)
+            now = utc_now()
+            file = File(
+                id=new_id(),
+                filename=item.filename,
+                content_type=item.content_type,
+                size=item.sealed.size,
+                sha256=item.sealed.sha256,
+                batch_id=batch.id if batch else None,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(file)
+            files.append(file)
+        await session.flush()
+    return files, batch
+
+
+async def current_etag(session: AsyncSession, file_id: str) -> str | None:
+    sha = await session.scalar(select(File.sha256).where(File.id == file_id))
+    return None if sha is None else strong_etag(sha)
+
+
+async def put_file(
+    database: Database,
+    store: BlobStore,
+    file_id: str,
+    incoming: IncomingFile,
+    precondition: Precondition,
+) -> tuple[File, bool]:
+    """Create or replace the file ``file_id``; True when it was created.
+    ``precondition`` gets the current ETag (None if absent) inside the
+    transaction, so a concurrent change cannot slip between check and write."""
+    assert incoming.sealed is not None
+    async with blob_transaction(database, store) as (session, changes):
+        file = await session.scalar(select(File).where(File.id == file_id))
+        if not precondition(None if file is None else strong_etag(file.sha256)):
+            raise PreconditionFailed("The file's current state does not match the precondition.")
+        await changes.keep(session, incoming)
+        now = utc_now()
+        created = file is None
+        if file is None:
+            file = File(id=file_id, created_at=now, batch_id=None)
+            session.add(file)
+            old_sha = None
+        else:
+            old_sha = file.sha256
+        file.filename = incoming.filename
+        file.content_type = incoming.content_type
+        file.size = incoming.sealed.size
+        file.sha256 = incoming.sealed.sha256
+        file.updated_at = now
+        await session.flush()
+        if old_sha is not None and old_sha != file.sha256:
+            await changes.release(session, old_sha)
+    return file, created
+
+
+async def delete_file(
+    database: Database, store: BlobStore, file_id: str, precondition: Precondition
+) -> None:
+    async with blob_transaction(database, store) as (session, changes):
+        file = await session.scalar(select(File).where(File.id == file_id))
+        if file is None:
+            raise NotFound(f"There is no file {file_id}.")
+        if not precondition(strong_etag(file.sha256)):
+            raise PreconditionFailed("The file's current state does not match If-Match.")
+        await session.delete(file)
+        await session.flush()
+        await changes.release(session, file.sha256)
+
+
+async def get_file(session: AsyncSession, file_id: str) -> File:
+    file = await session.scalar(select(File).where(File.id == file_id))
+    if file is None:
+        raise NotFound(f"There is no file {file_id}.")
+    return file
+
+
+async def list_files(session: AsyncSession, after: int, limit: int) -> tuple[list[File], bool]:
+    rows = await session.scalars(
+        select(File).where(File.seq > after).order_by(File.seq).limit(limit + 1)
+    )
+    files = list(rows)
+    return files[:limit], len(files) > limit
+
+
+async def get_batch(session: AsyncSession, batch_id: str) -> tuple[Batch, list[File]]:
+    batch = await session.get(Batch, batch_id)
+    if batch is None:
+        raise NotFound(f"There is no batch {batch_id}.")
+    files = await session.scalars(select(File).where(File.batch_id == batch_id).order_by(File.seq))
+    return batch, list(files)

@@ -1,0 +1,78 @@
+"""Blob storage: the small protocol the service code depends on.
+
+A blob is immutable bytes addressed by their sha256. Writing goes through a
+:class:`BlobWriter`: bytes stream into a temp file while size and sha256 are
+computed; ``seal()`` makes them durable (fsync) without publishing them;
+``publish()`` moves them to their content address (atomic rename). Service
+code publishes inside its database transaction, so a row and its bytes
+appear together (see services/files.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StorageFull(Exception):
+    """The backend has no room left (ENOSPC, EDQUOT)."""
+
+
+class BlobTooLarge(Exception):
+    """More bytes were written than the writer's limit allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
+
+
+class BlobMissing(Exception):
+    """No blob is stored at that address."""
+
+
+@dataclass(frozen=True)
+class SealedBlob:
+    sha256: str
+    size: int
+
+
+class BlobWriter(Protocol):
+    size: int
+
+    async def write(self, data: bytes) -> None:
+        """Append bytes; raises BlobTooLarge past the limit, StorageFull."""
+
+    async def seal(self) -> SealedBlob:
+        """Flush and fsync; the bytes are durable but not yet published."""
+
+    async def publish(self) -> bool:
+        """Move the sealed bytes to their address. False when that address
+        already held the same bytes (the temp copy is dropped)."""
+
+    async def unpublish(self) -> None:
+        """Undo publish() when the transaction it belonged to failed."""
+
+    async def discard(self) -> None:
+        """Remove the temp file, if any. Safe to call more than once."""
+
+
+class BlobStore(Protocol):
+    def writer(self, max_bytes: int) -> BlobWriter: ...
+
+    async def exists(self, sha256: str) -> bool: ...
+
+    async def size(self, sha256: str) -> int:
+        """Raises BlobMissing."""
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a blob, in chunks. Raises BlobMissing."""
+
+    async def retire(self, sha256: str) -> str | None:
+        """Take a blob away from its address (atomic rename to a trash name),
+        returning a token for purge() or restore(); None if it was not there."""
+
+    async def restore(self, token: str) -> None: ...
+
+    async def purge(self, token: str) -> None:
+        """Delete retired bytes for good. Idempotent."""
