@@ -18,9 +18,13 @@ def curl(*args: str) -> tuple[int, dict[str, str], str]:
         ["curl", "-sS", "-i", "--max-time", "20", *args],
         capture_output=True,
         text=True,
+        errors="replace",
         check=True,
     )
-    head, _, body = result.stdout.replace("\r\n", "\n").partition("\n\n")
+    text = result.stdout.replace("\r\n", "\n")
+    head, _, body = text.partition("\n\n")
+    while head.startswith("HTTP/") and head.split()[1].startswith("1"):
+        head, _, body = body.partition("\n\n")  # an interim 100 Continue
     lines = head.split("\n")
     status = int(lines[0].split()[1])
     headers = {}

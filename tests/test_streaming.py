@@ -1,0 +1,140 @@
+"""streaming.py replaces parts of Quart; these tests pin what it relies on
+and prove back-pressure, limits and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from quart import Quart
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers.request import Body
+
+from quart_app import create_app
+from quart_app.config import load_settings
+from quart_app.streaming import BackPressureHTTPConnection, BoundedBody
+
+
+def test_quart_is_in_the_range_streaming_was_built_for() -> None:
+    major, minor = (int(x) for x in version("quart").split(".")[:2])
+    assert (major, minor) == (0, 22), "re-check streaming.py against this Quart, then widen"
+
+
+def test_quart_internals_streaming_replaces_are_still_there() -> None:
+    # The receive loop we override, with the signature we override it with.
+    params = list(inspect.signature(ASGIHTTPConnection.handle_messages).parameters)
+    assert params == ["self", "request", "receive"]
+    # The Body state BoundedBody drives.
+    body = Body(None, None)
+    for attribute in ("_data", "_complete", "_has_data", "_must_raise"):
+        assert hasattr(body, attribute), attribute
+    # The hooks create_app plugs them in with.
+    assert hasattr(Quart, "asgi_http_class") and hasattr(Quart, "request_class")
+
+
+async def test_app_uses_the_bounded_body(app: Quart) -> None:
+    assert app.asgi_http_class is BackPressureHTTPConnection
+    assert app.request_class.body_class is BoundedBody
+
+
+class FastClient:
+    """An ASGI receive() that always has 64 KiB ready: a client on a fast link."""
+
+    def __init__(self, total: int) -> None:
+        self.remaining = total
+        self.sent = 0
+        self.done = False
+
+    async def receive(self) -> dict[str, Any]:
+        if self.done:
+            await asyncio.Event().wait()  # like a real client: nothing until disconnect
+        chunk = min(65536, self.remaining)
+        self.remaining -= chunk
+        self.sent += chunk
+        self.done = self.remaining == 0
+        await asyncio.sleep(0)
+        return {"type": "http.request", "body": b"x" * chunk, "more_body": not self.done}
+
+
+async def test_a_fast_client_and_a_slow_consumer_stay_within_the_buffer() -> None:
+    settings = load_settings({"BODY_BUFFER_BYTES": 256 * 1024}, environ={})
+    body = BoundedBody(None, None)
+    body.configure(None, settings)
+    client = FastClient(64 * 1024 * 1024)
+
+    class FakeRequest:
+        pass
+
+    request = FakeRequest()
+    request.body = body  # type: ignore[attr-defined]
+    connection = BackPressureHTTPConnection.__new__(BackPressureHTTPConnection)
+    receiver = asyncio.ensure_future(connection.handle_messages(request, client.receive))  # type: ignore[arg-type]
+    consumed = 0
+    peak_buffered = 0
+    async for chunk in body:
+        consumed += len(chunk)
+        peak_buffered = max(peak_buffered, len(chunk))
+        # The unread bytes pulled from the client never exceed the buffer
+        # plus one message, however slow this consumer is.
+        assert client.sent - consumed <= 256 * 1024 + 65536
+        await asyncio.sleep(0.001)  # a slow consumer (disk, say)
+    receiver.cancel()
+    assert consumed == 64 * 1024 * 1024
+    assert peak_buffered <= 256 * 1024 + 65536
+
+
+async def test_stock_quart_would_have_buffered_it_all() -> None:
+    """The trap this module exists for: Body grows without bound."""
+    body = Body(None, None)
+    for _ in range(256):
+        body.append(b"x" * 65536)
+    assert len(body._data) == 16 * 1024 * 1024
+
+
+async def test_chunked_body_over_the_limit_is_413_as_it_passes(
+    overrides: dict[str, Any], tmp_path: Path
+) -> None:
+    app = create_app({**overrides, "MAX_UPLOAD_BYTES": 100_000, "MAX_MULTIPART_OVERHEAD_BYTES": 0})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.request(
+            "/files/big.bin", method="PUT", headers={"Content-Type": "application/octet-stream"}
+        ) as connection:
+            for _ in range(10):
+                await connection.send(b"x" * 20_000)
+            await connection.send_complete()
+            await connection.receive()
+        assert connection.status_code == 413
+        assert connection.headers["Content-Type"] == "application/problem+json"
+    assert list((overrides["STORAGE_DIR"] / "tmp").iterdir()) == []
+
+
+async def test_upload_idle_timeout_is_408_and_leaves_nothing(overrides: dict[str, Any]) -> None:
+    app = create_app({**overrides, "BODY_IDLE_TIMEOUT": 0.2})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.request("/files/slow.bin", method="PUT") as connection:
+            await connection.send(b"x" * 1000)
+            await asyncio.sleep(0.6)
+            await connection.send_complete()
+            await connection.receive()
+        assert connection.status_code == 408
+    assert list((overrides["STORAGE_DIR"] / "tmp").iterdir()) == []
+
+
+async def test_whole_body_deadline_is_408_even_for_a_steady_trickle(
+    overrides: dict[str, Any],
+) -> None:
+    app = create_app({**overrides, "BODY_IDLE_TIMEOUT": 5, "BODY_DEADLINE": 0.5})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.request("/files/trickle.bin", method="PUT") as connection:
+            for _ in range(10):
+                await connection.send(b"x" * 10)
+                await asyncio.sleep(0.1)
+            await connection.send_complete()
+            await connection.receive()
+        assert connection.status_code == 408
