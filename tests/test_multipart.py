@@ -125,3 +125,23 @@ async def test_malformed_multipart_is_a_4xx_and_leaves_nothing(
         assert response.status_code == status, await response.get_data()
         assert response.content_type == "application/problem+json"
         await assert_nothing_stored(test_app.app, Path(overrides["STORAGE_DIR"]))  # type: ignore[attr-defined]
+
+
+async def test_upload_routes_never_touch_request_files_or_form(
+    client: QuartClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quart.wrappers.request import Request
+
+    async def refuse(self: Request) -> None:
+        raise AssertionError("request.files/form buffers and copies the upload")
+
+    monkeypatch.setattr(Request, "files", property(refuse))
+    monkeypatch.setattr(Request, "form", property(refuse))
+    monkeypatch.setattr(Request, "get_data", refuse)
+    body = multipart(part("file", b"data", "a.txt"), part("file", b"more", "b.txt"))
+    assert (await client.post("/files", data=body, headers=multipart_headers())).status_code == 201
+    assert (await client.put("/files/x", data=b"raw")).status_code == 201
+    raw = await client.post(
+        "/files", data=b"raw", headers={"Content-Disposition": 'attachment; filename="r"'}
+    )
+    assert raw.status_code == 201

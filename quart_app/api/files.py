@@ -52,6 +52,13 @@ DOWNLOAD_SECURITY_HEADERS = {
 }
 
 
+def empty_response(status: int, headers: dict[str, str] | None = None) -> Response:
+    """204 and 304 carry no body, so no Content-Type either."""
+    response = Response(status=status, headers=headers)
+    del response.headers["Content-Type"]
+    return response
+
+
 def file_response(file: File, status: int) -> Response:
     response = jsonify(file_body(file))
     response.status_code = status
@@ -143,7 +150,7 @@ async def get_one(file_id: str) -> Response:
     file = await get_file(get_session(), file_id)
     etag = strong_etag(file.sha256)
     if not if_none_match_passes(request.headers.get("If-None-Match"), etag):
-        return Response(status=304, headers={"ETag": etag})
+        return empty_response(304, {"ETag": etag})
     return file_response(file, 200)
 
 
@@ -160,7 +167,7 @@ async def delete_one(file_id: str) -> Response:
             lambda current: if_match_passes(request.headers.get("If-Match"), current),
         )
     )
-    return Response(status=204)
+    return empty_response(204)
 
 
 @blueprint.get("/files")
@@ -208,7 +215,7 @@ async def get_content(file_id: str) -> Response:
         if_none_match is None
         and not_modified_since(request.headers.get("If-Modified-Since"), file.updated_at)
     ):
-        return Response(status=304, headers=headers)
+        return empty_response(304, headers)
     try:
         byte_range = requested_range(
             request.headers.get("Range"),
