@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from quart import Blueprint, Response, current_app, jsonify, request, url_for
+from quart import Blueprint, Response, jsonify, request, url_for
 from quart_schema import document_querystring, document_request, document_response
 from quart_schema.validation import DataSource
 from werkzeug.http import http_date
@@ -22,7 +22,6 @@ from ..db import get_database, get_session
 from ..disposition import download_disposition
 from ..errors import InvalidInput, PreconditionFailed
 from ..models import File
-from ..pagination import CursorCodec, parse_limit
 from ..problems import problem_response
 from ..schemas import (
     Binary,
@@ -39,8 +38,9 @@ from ..services.files import create_files, current_etag, delete_file, get_file, 
 from ..shielded import run_to_completion
 from ..streaming import body_limit, upload_body_limit
 from .openapi import problems
+from .paging import page_request, page_response
 from .representations import batch_body, file_body
-from .upload_body import blob_store, discard, receive_raw, receive_upload, settings
+from .upload_body import blob_store, discard, receive_raw, receive_upload
 
 blueprint = Blueprint("files", __name__)
 CURSOR_RESOURCE = "files"
@@ -176,20 +176,11 @@ async def delete_one(file_id: str) -> Response:
 @problems(400)
 async def get_page() -> Response:
     """Files in creation order, a page at a time; follow `next` or Link."""
-    config = settings()
-    codec: CursorCodec = current_app.extensions["cursor_codec"]
-    limit = parse_limit(request.args.get("limit"), config.PAGE_SIZE_DEFAULT, config.PAGE_SIZE_MAX)
-    cursor = request.args.get("cursor")
-    after = codec.decode(CURSOR_RESOURCE, cursor) if cursor is not None else 0
+    after, limit = page_request(CURSOR_RESOURCE)
     files, more = await list_files(get_session(), after, limit)
-    next_url = None
-    if more:
-        next_cursor = codec.encode(CURSOR_RESOURCE, files[-1].seq)
-        next_url = url_for("files.get_page", limit=limit, cursor=next_cursor, _external=True)
-    response = jsonify({"items": [file_body(f) for f in files], "next": next_url})
-    if next_url:
-        response.headers["Link"] = f'<{next_url}>; rel="next"'
-    return response
+    items = [file_body(f) for f in files]
+    last = files[-1].seq if more else None
+    return page_response(CURSOR_RESOURCE, "files.get_page", items, last, limit)
 
 
 @blueprint.get("/files/<file_id>/content")

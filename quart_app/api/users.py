@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, current_app, jsonify, request, url_for
+from quart import Blueprint, Response, jsonify, url_for
 from quart_schema import document_querystring, document_request, document_response
 
 from ..db import get_session, writing
 from ..errors import EmailTaken
 from ..models import User
-from ..pagination import CursorCodec, parse_limit
 from ..schemas import LinkHeader, LocationHeader, PageQuery, UserCreate, UserOut, UserPage
 from ..services.users import create_user, get_user, list_users
 from .json_body import read_model
 from .openapi import problems
+from .paging import page_request, page_response
 
 blueprint = Blueprint("users", __name__)
 CURSOR_RESOURCE = "users"
@@ -59,19 +59,8 @@ async def get_one(user_id: int) -> Response:
 @problems(400)
 async def get_page() -> Response:
     """Users in creation order, a page at a time; follow `next` or Link."""
-    settings = current_app.extensions["settings"]
-    codec: CursorCodec = current_app.extensions["cursor_codec"]
-    limit = parse_limit(
-        request.args.get("limit"), settings.PAGE_SIZE_DEFAULT, settings.PAGE_SIZE_MAX
-    )
-    cursor = request.args.get("cursor")
-    after = codec.decode(CURSOR_RESOURCE, cursor) if cursor is not None else 0
+    after, limit = page_request(CURSOR_RESOURCE)
     users, more = await list_users(get_session(), after, limit)
-    next_url = None
-    if more:
-        next_cursor = codec.encode(CURSOR_RESOURCE, users[-1].id)
-        next_url = url_for("users.get_page", limit=limit, cursor=next_cursor, _external=True)
-    response = jsonify({"items": [user_body(u) for u in users], "next": next_url})
-    if next_url:
-        response.headers["Link"] = f'<{next_url}>; rel="next"'
-    return response
+    items = [user_body(u) for u in users]
+    last = users[-1].id if more else None
+    return page_response(CURSOR_RESOURCE, "users.get_page", items, last, limit)

@@ -30,6 +30,7 @@ from ..errors import NotFound, PreconditionFailed
 from ..models import Batch, Blob, File, utc_now
 from ..multipart import IncomingFile
 from ..storage import BlobStore, BlobWriter
+from .paging import keyset_page
 
 Precondition = Callable[[str | None], bool]
 
@@ -193,11 +194,7 @@ async def get_file(session: AsyncSession, file_id: str) -> File:
 
 
 async def list_files(session: AsyncSession, after: int, limit: int) -> tuple[list[File], bool]:
-    rows = await session.scalars(
-        select(File).where(File.seq > after).order_by(File.seq).limit(limit + 1)
-    )
-    files = list(rows)
-    return files[:limit], len(files) > limit
+    return await keyset_page(session, File, File.seq, after, limit)
 
 
 async def get_batch(session: AsyncSession, batch_id: str) -> tuple[Batch, list[File]]:

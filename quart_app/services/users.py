@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import EmailTaken, NotFound
 from ..models import User
+from .paging import keyset_page
 
 
 async def create_user(session: AsyncSession, name: str, email: str) -> User:
@@ -35,8 +36,4 @@ async def get_user(session: AsyncSession, user_id: int) -> User:
 
 async def list_users(session: AsyncSession, after: int, limit: int) -> tuple[list[User], bool]:
     """A page of users with ids above ``after``, and whether more remain."""
-    rows = await session.scalars(
-        select(User).where(User.id > after).order_by(User.id).limit(limit + 1)
-    )
-    users = list(rows)
-    return users[:limit], len(users) > limit
+    return await keyset_page(session, User, User.id, after, limit)
