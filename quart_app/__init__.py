@@ -12,12 +12,14 @@ from typing import Any
 from quart import Quart
 from quart_schema import QuartSchema
 
-from . import db, problems, streaming
-from .api import batches, files, health, users
+from . import background, cors, db, problems, streaming
+from .api import batches, files, health, uploads, users
 from .config import Settings, load_settings
 from .instance import load_secret_key, prepare_directories
+from .method_override import MethodOverrideMiddleware
 from .pagination import CursorCodec
 from .request_log import RequestLogMiddleware, configure_logging
+from .services.uploads import HashStates
 from .storage.local import LocalBlobStore
 
 __all__ = ["create_app"]
@@ -49,12 +51,17 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
         store.prepare()
         app.extensions["blob_store"] = store
+        app.extensions["upload_hashes"] = HashStates()
 
     db.init_app(app, settings)
+    background.init_app(app, settings)
+    cors.init_app(app, settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(users.blueprint)
     app.register_blueprint(files.blueprint)
     app.register_blueprint(batches.blueprint)
+    app.register_blueprint(uploads.blueprint)
+    app.asgi_app = MethodOverrideMiddleware(app.asgi_app)  # type: ignore[method-assign]
     app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
     return app
 

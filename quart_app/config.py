@@ -59,6 +59,13 @@ class Settings:
     # Count: page size default and maximum for list endpoints.
     PAGE_SIZE_DEFAULT: int = 20
     PAGE_SIZE_MAX: int = 100
+    # Seconds a resumable upload lives after its last PATCH (Upload-Expires).
+    UPLOAD_EXPIRES_SECONDS: float = 24 * 3600.0
+    # Seconds between sweeps that remove expired resumable uploads.
+    UPLOAD_SWEEP_SECONDS: float = 60.0
+    # Origins allowed to call the API from a browser (CORS), comma-separated;
+    # "*" for any. Empty: no CORS headers.
+    CORS_ORIGINS: str = ""
     # Key that signs list cursors. Empty: generated once into INSTANCE_DIR.
     SECRET_KEY: str = ""
     # Python logging level name for the app's loggers.

@@ -59,3 +59,27 @@ class TooManyParts(DomainError):
 
 class InsufficientStorage(DomainError):
     code = "insufficient-storage"
+
+
+class OffsetMismatch(DomainError):
+    code = "offset-mismatch"
+
+
+class UploadLocked(DomainError):
+    code = "upload-locked"
+
+
+class Gone(DomainError):
+    code = "gone"
+
+
+class ChecksumMismatch(DomainError):
+    code = "checksum-mismatch"
+
+
+class UnsupportedProtocolVersion(DomainError):
+    code = "unsupported-protocol-version"
+
+
+class Conflict(DomainError):
+    code = "conflict"

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, String, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -89,3 +98,23 @@ class File(Base):
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+
+
+class Upload(Base):
+    """A resumable (tus) upload. Its bytes live in the store's partial area
+    until the last one arrives; then the file with the same id is created."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # None while the client defers the length (Upload-Defer-Length: 1).
+    length: Mapped[int | None] = mapped_column(BigInteger)
+    # Bytes durably received and acknowledged.
+    offset: Mapped[int] = mapped_column("received", BigInteger, default=0)
+    upload_metadata: Mapped[str | None] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sha256: Mapped[str | None] = mapped_column(String(64))

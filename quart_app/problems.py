@@ -32,10 +32,16 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid-cursor": (400, "The paging cursor is not valid"),
     "not-found": (404, "Not found"),
     "email-taken": (409, "That email address is already taken"),
+    "offset-mismatch": (409, "Upload-Offset does not match the upload's offset"),
+    "conflict": (409, "Conflict"),
+    "gone": (410, "The upload has expired"),
     "precondition-failed": (412, "A precondition failed"),
+    "unsupported-protocol-version": (412, "Unsupported tus version"),
     "too-large": (413, "Content too large"),
     "too-many-parts": (413, "Too many parts in the request"),
     "unsupported-media-type": (415, "Unsupported media type"),
+    "upload-locked": (423, "Another request is writing to this upload"),
+    "checksum-mismatch": (460, "Checksum mismatch"),
     "insufficient-storage": (507, "Insufficient storage"),
 }
 

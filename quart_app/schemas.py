@@ -114,3 +114,31 @@ class Binary(RootModel[bytes]):
 
 class NoContent(BaseModel):
     """No body."""
+
+
+class UploadLinks(BaseModel):
+    self: str
+    file: str | None = None
+
+
+class UploadOut(BaseModel):
+    """A resumable upload; `links.file` appears once it is complete."""
+
+    id: str
+    offset: int
+    length: int | None
+    filename: str
+    content_type: str
+    created_at: datetime
+    expires_at: datetime
+    completed: bool
+    links: UploadLinks
+
+
+class TusCreateHeaders(BaseModel):
+    tus_resumable: str = Field(description="1.0.0")
+    upload_length: int | None = Field(default=None, description="bytes; or defer")
+    upload_defer_length: int | None = Field(default=None, description="1 to give the length later")
+    upload_metadata: str | None = Field(
+        default=None, description="key base64value pairs; filename, filetype"
+    )

@@ -30,7 +30,8 @@ def settings() -> Settings:
     return value
 
 
-async def _chunks() -> AsyncIterator[bytes]:
+async def request_chunks() -> AsyncIterator[bytes]:
+    """The request body as it arrives (through streaming.BoundedBody)."""
     async for chunk in request.body:
         yield chunk
 
@@ -59,7 +60,7 @@ async def _receive_multipart(boundary: str | None) -> list[IncomingFile]:
         max_field_bytes=config.MAX_FORM_FIELD_BYTES,
         max_filename_chars=config.MAX_FILENAME_CHARS,
     )
-    upload = await read_multipart(_chunks(), boundary, limits, blob_store().writer)
+    upload = await read_multipart(request_chunks(), boundary, limits, blob_store().writer)
     if not upload.files:
         raise InvalidInput(
             "The form has no file: send a part named 'file' with a filename.",
@@ -102,7 +103,7 @@ async def receive_raw(default_filename: str | None) -> IncomingFile:
     writer = blob_store().writer(settings().MAX_UPLOAD_BYTES)
     incoming = IncomingFile(filename, raw_content_type(filename), writer)
     try:
-        async for chunk in request.body:
+        async for chunk in request_chunks():
             await writer.write(chunk)
         incoming.sealed = await writer.seal()
     except BlobTooLarge as error:

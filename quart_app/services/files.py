@@ -18,7 +18,7 @@ slow part holds no lock.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import delete, func, select
@@ -29,7 +29,7 @@ from ..db import Database
 from ..errors import NotFound, PreconditionFailed
 from ..models import Batch, Blob, File, utc_now
 from ..multipart import IncomingFile
-from ..storage import BlobStore, BlobWriter
+from ..storage import BlobStore
 from .paging import keyset_page
 
 Precondition = Callable[[str | None], bool]
@@ -41,26 +41,41 @@ def new_id() -> str:
 
 
 class BlobChanges:
-    """Byte moves made inside one transaction, to undo or finish."""
+    """Byte moves made inside one transaction: steps to undo them if it
+    fails, and steps to finish them once it has committed."""
 
     def __init__(self, store: BlobStore) -> None:
         self.store = store
-        self.published: list[BlobWriter] = []
-        self.retired: list[str] = []
+        self._undo: list[Callable[[], Awaitable[None]]] = []
+        self._finish: list[Callable[[], Awaitable[None]]] = []
+
+    def on_undo(self, step: Callable[[], Awaitable[None]]) -> None:
+        self._undo.append(step)
+
+    def after_commit(self, step: Callable[[], Awaitable[None]]) -> None:
+        self._finish.append(step)
+
+    async def blob_is_stored(self, session: AsyncSession, sha256: str) -> tuple[bool, bool]:
+        """(row exists, row exists and its bytes are there)."""
+        blob = await session.get(Blob, sha256)
+        return blob is not None, blob is not None and await self.store.exists(sha256)
+
+    async def add_blob_row(self, session: AsyncSession, sha256: str, size: int) -> None:
+        session.add(Blob(sha256=sha256, size=size))
+        await session.flush()
 
     async def keep(self, session: AsyncSession, incoming: IncomingFile) -> None:
         """Make the incoming bytes the stored blob for their sha256."""
         sealed = incoming.sealed
         assert sealed is not None, "keep() needs a sealed upload"
-        blob = await session.get(Blob, sealed.sha256)
-        if blob is not None and await self.store.exists(sealed.sha256):
+        has_row, stored = await self.blob_is_stored(session, sealed.sha256)
+        if stored:
             await incoming.writer.discard()  # identical bytes are already stored
             return
         if await incoming.writer.publish():
-            self.published.append(incoming.writer)
-        if blob is None:
-            session.add(Blob(sha256=sealed.sha256, size=sealed.size))
-            await session.flush()
+            self.on_undo(incoming.writer.unpublish)
+        if not has_row:
+            await self.add_blob_row(session, sealed.sha256, sealed.size)
 
     async def release(self, session: AsyncSession, sha256: str) -> None:
         """Drop a blob that no file refers to any more."""
@@ -72,17 +87,17 @@ class BlobChanges:
         await session.execute(delete(Blob).where(Blob.sha256 == sha256))
         token = await self.store.retire(sha256)
         if token is not None:
-            self.retired.append(token)
+            retired = token
+            self.on_undo(lambda: self.store.restore(retired))
+            self.after_commit(lambda: self.store.purge(retired))
 
     async def undo(self) -> None:
-        for writer in self.published:
-            await writer.unpublish()
-        for token in self.retired:
-            await self.store.restore(token)
+        for step in reversed(self._undo):
+            await step()
 
     async def finish(self) -> None:
-        for token in self.retired:
-            await self.store.purge(token)
+        for step in self._finish:
+            await step()
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StorageFull(Exception):
@@ -29,6 +29,10 @@ class BlobTooLarge(Exception):
 
 class BlobMissing(Exception):
     """No blob is stored at that address."""
+
+
+class PartialBusy(Exception):
+    """Another request is writing to that resumable upload."""
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,39 @@ class BlobStore(Protocol):
 
     async def purge(self, token: str) -> None:
         """Delete retired bytes for good. Idempotent."""
+
+
+class PartialWriter(Protocol):
+    offset: int
+
+    async def acquire(self) -> None:
+        """Take the upload for this request; PartialBusy if another has it."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def flush(self) -> None:
+        """All bytes written so far have been hashed and handed to the file."""
+
+    async def make_durable(self) -> int:
+        """fsync; the returned offset may be acknowledged."""
+
+    async def roll_back(self) -> None:
+        """Cut the partial back to where this writer started."""
+
+    def release(self) -> None: ...
+
+
+class ResumableStore(BlobStore, Protocol):
+    """A BlobStore that also keeps partial uploads under their upload id."""
+
+    async def create_partial(self, upload_id: str) -> None: ...
+
+    def partial_writer(self, upload_id: str, offset: int, hashes: list[Any]) -> PartialWriter: ...
+
+    async def hash_partial(self, upload_id: str, length: int) -> Any: ...
+
+    async def publish_partial(self, upload_id: str, sha256: str) -> bool: ...
+
+    async def unpublish_partial(self, upload_id: str, sha256: str) -> None: ...
+
+    async def delete_partial(self, upload_id: str) -> None: ...

@@ -4,6 +4,7 @@ Layout under the storage root::
 
     blobs/ab/cd/<sha256>   published blobs, by content address
     tmp/<random>.part      uploads in flight (write-once, O_EXCL)
+    partial/<upload id>    resumable (tus) uploads not yet complete
     trash/<sha256>.<rand>  blobs retired by a transaction not yet committed
 
 Writes are batched (about WRITE_BATCH_BYTES) and each batch is one thread hop
@@ -17,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-from . import BlobMissing, BlobTooLarge, SealedBlob, StorageFull
+from . import BlobMissing, BlobTooLarge, PartialBusy, SealedBlob, StorageFull
 
 READ_CHUNK_BYTES = 1024 * 1024
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -43,41 +46,43 @@ def _storage_error(error: OSError) -> Exception:
     return error
 
 
-class LocalBlobWriter:
-    def __init__(self, store: LocalBlobStore, max_bytes: int) -> None:
+class BatchedWriter:
+    """Appends to a file in batches of about ``batch_bytes``, one thread hop
+    per batch that feeds ``hashes`` and writes; one batch in flight at a time
+    while the next is gathered."""
+
+    def __init__(self, store: LocalBlobStore, hashes: list[Any]) -> None:
         self._store = store
-        self._max_bytes = max_bytes
         self._batch_bytes = store.batch_bytes
         self._buffer = bytearray()
-        self._hash = hashlib.sha256()
+        self._hashes = hashes
         self._fd: int | None = None
         self._in_flight: asyncio.Future[None] | None = None
-        self.temp_path = store.tmp / f"{secrets.token_hex(16)}.part"
-        self.size = 0
-        self._sealed: SealedBlob | None = None
-        self._published: Path | None = None
+
+    def _open(self) -> int:
+        raise NotImplementedError
 
     # -- runs in a worker thread -------------------------------------------
     def _write_batch(self, data: bytes | bytearray) -> None:
         if self._fd is None:
-            self._fd = os.open(
-                self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-        self._hash.update(data)
+            self._fd = self._open()
+        for digest in self._hashes:
+            digest.update(data)
         view = memoryview(data)
         while view:
             written = self._store.os_write(self._fd, view)
             view = view[written:]
 
-    def _sync_and_close(self) -> None:
+    def _fsync(self) -> None:
         if self._fd is None:
             self._write_batch(b"")
         assert self._fd is not None
-        try:
-            os.fsync(self._fd)
-        finally:
-            os.close(self._fd)
-            self._fd = None
+        os.fsync(self._fd)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     # -- event loop side ---------------------------------------------------
     async def _wait_in_flight(self) -> None:
@@ -88,24 +93,60 @@ class LocalBlobWriter:
             except OSError as error:
                 raise _storage_error(error) from error
 
-    async def write(self, data: bytes) -> None:
-        if self.size + len(data) > self._max_bytes:
-            raise BlobTooLarge(self._max_bytes)
-        self.size += len(data)
+    async def _append(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) >= self._batch_bytes:
             await self._wait_in_flight()
             batch, self._buffer = self._buffer, bytearray()
             self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
 
-    async def seal(self) -> SealedBlob:
+    async def flush(self) -> None:
+        """Everything written so far has passed through the hashes and
+        reached the file (not yet fsynced)."""
         await self._wait_in_flight()
         batch, self._buffer = self._buffer, bytearray()
         try:
             await asyncio.to_thread(self._write_batch, batch)
-            await asyncio.to_thread(self._sync_and_close)
         except OSError as error:
             raise _storage_error(error) from error
+
+    async def _flush_and_fsync(self) -> None:
+        await self.flush()
+        try:
+            await asyncio.to_thread(self._fsync)
+        except OSError as error:
+            raise _storage_error(error) from error
+
+    async def _settle(self) -> None:
+        """Let a batch in flight land (its error no longer matters)."""
+        self._buffer = bytearray()
+        if self._in_flight is not None:
+            with contextlib.suppress(Exception):
+                await self._wait_in_flight()
+
+
+class LocalBlobWriter(BatchedWriter):
+    def __init__(self, store: LocalBlobStore, max_bytes: int) -> None:
+        self._hash = hashlib.sha256()
+        super().__init__(store, [self._hash])
+        self._max_bytes = max_bytes
+        self.temp_path = store.tmp / f"{secrets.token_hex(16)}.part"
+        self.size = 0
+        self._sealed: SealedBlob | None = None
+        self._published: Path | None = None
+
+    def _open(self) -> int:
+        return os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    async def write(self, data: bytes) -> None:
+        if self.size + len(data) > self._max_bytes:
+            raise BlobTooLarge(self._max_bytes)
+        self.size += len(data)
+        await self._append(data)
+
+    async def seal(self) -> SealedBlob:
+        await self._flush_and_fsync()
+        self._close()
         self._sealed = SealedBlob(self._hash.hexdigest(), self.size)
         return self._sealed
 
@@ -135,20 +176,73 @@ class LocalBlobWriter:
             published, self._published = self._published, None
             await asyncio.to_thread(published.unlink, True)
 
-    def _discard(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+    async def discard(self) -> None:
+        await self._settle()
+        # Synchronous from here on: discard runs on error and cancellation
+        # paths, where a further await could itself be cancelled.
+        with contextlib.suppress(OSError):
+            self._close()
         self.temp_path.unlink(missing_ok=True)
 
-    async def discard(self) -> None:
-        if self._in_flight is not None:
-            with contextlib.suppress(Exception):
-                await self._wait_in_flight()
-        # Synchronous on purpose: discard runs on error and cancellation
-        # paths, where a further await could itself be cancelled.
-        self._discard()
+
+class PartialWriter(BatchedWriter):
+    """Appends to a resumable upload's partial file at ``offset``, holding an
+    exclusive flock on it (cross-process; released when the fd closes, or the
+    process dies). Bytes past ``offset`` that were never acknowledged (a
+    crash between write and commit) are cut off first."""
+
+    def __init__(self, store: LocalBlobStore, path: Path, offset: int, hashes: list[Any]) -> None:
+        super().__init__(store, hashes)
+        self.path = path
+        self.start = offset
+        self.offset = offset
+
+    def _lock(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PartialBusy(self.path.name) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, self.start)
+        os.lseek(fd, self.start, os.SEEK_SET)
+        self._fd = fd
+
+    async def acquire(self) -> None:
+        """Raises PartialBusy when another request holds the upload,
+        BlobMissing when its partial file is gone."""
+        try:
+            await asyncio.to_thread(self._lock)
+        except FileNotFoundError:
+            raise BlobMissing(self.path.name) from None
+
+    def _open(self) -> int:
+        raise AssertionError("acquire() opens the partial file")
+
+    async def write(self, data: bytes) -> None:
+        self.offset += len(data)
+        await self._append(data)
+
+    async def make_durable(self) -> int:
+        """Flush and fsync; returns the offset now safe to acknowledge."""
+        await self._flush_and_fsync()
+        return self.offset
+
+    async def roll_back(self) -> None:
+        """Cut the file back to where this writer started."""
+        await self._settle()
+        if self._fd is not None:
+            fd = self._fd
+            await asyncio.to_thread(os.ftruncate, fd, self.start)
+            await asyncio.to_thread(os.fsync, fd)
+        self.offset = self.start
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self._close()
 
 
 class LocalBlobStore:
@@ -157,10 +251,11 @@ class LocalBlobStore:
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
         self.trash = root / "trash"
+        self.partial = root / "partial"
         self.batch_bytes = batch_bytes
 
     def prepare(self) -> None:
-        for directory in (self.blobs, self.tmp, self.trash):
+        for directory in (self.blobs, self.tmp, self.trash, self.partial):
             directory.mkdir(parents=True, exist_ok=True)
 
     def os_write(self, fd: int, data: memoryview) -> int:
@@ -236,3 +331,61 @@ class LocalBlobStore:
 
     async def purge(self, token: str) -> None:
         await asyncio.to_thread((self.trash / token).unlink, True)
+
+    # -- resumable uploads (ResumableStore) --------------------------------
+    def partial_path(self, upload_id: str) -> Path:
+        if not upload_id.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("not an upload id")
+        return self.partial / upload_id
+
+    def _create_partial(self, upload_id: str) -> None:
+        fd = os.open(self.partial_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fsync(fd)
+        os.close(fd)
+        _fsync_dir(self.partial)
+
+    async def create_partial(self, upload_id: str) -> None:
+        await asyncio.to_thread(self._create_partial, upload_id)
+
+    def partial_writer(self, upload_id: str, offset: int, hashes: list[Any]) -> PartialWriter:
+        return PartialWriter(self, self.partial_path(upload_id), offset, hashes)
+
+    def _hash_partial(self, upload_id: str, length: int) -> Any:
+        digest = hashlib.sha256()
+        with self.partial_path(upload_id).open("rb") as handle:
+            remaining = length
+            while remaining:
+                chunk = handle.read(min(READ_CHUNK_BYTES, remaining))
+                if not chunk:
+                    raise BlobMissing(f"{upload_id} is shorter than {length} bytes")
+                digest.update(chunk)
+                remaining -= len(chunk)
+        return digest
+
+    async def hash_partial(self, upload_id: str, length: int) -> Any:
+        """sha256 state over the first ``length`` bytes (after a restart)."""
+        return await asyncio.to_thread(self._hash_partial, upload_id, length)
+
+    def _publish_partial(self, upload_id: str, sha256: str) -> bool:
+        target = self.path_for(sha256)
+        made = self.make_parents(target)
+        if target.exists():
+            return False
+        os.rename(self.partial_path(upload_id), target)
+        for directory in {target.parent, self.partial, *made}:
+            _fsync_dir(directory)
+        return True
+
+    async def publish_partial(self, upload_id: str, sha256: str) -> bool:
+        """Move a complete partial to its content address; False (and the
+        partial left in place) when identical bytes are already there."""
+        try:
+            return await asyncio.to_thread(self._publish_partial, upload_id, sha256)
+        except OSError as error:
+            raise _storage_error(error) from error
+
+    async def unpublish_partial(self, upload_id: str, sha256: str) -> None:
+        await asyncio.to_thread(os.rename, self.path_for(sha256), self.partial_path(upload_id))
+
+    async def delete_partial(self, upload_id: str) -> None:
+        await asyncio.to_thread(self.partial_path(upload_id).unlink, True)

@@ -1,0 +1,248 @@
+"""Resumable uploads: tus 1.0.0 at /uploads (core, creation,
+creation-with-upload, creation-defer-length, termination, checksum,
+expiration). A second PATCH on an upload while one is running gets 423."""
+
+from __future__ import annotations
+
+import mimetypes
+from datetime import timedelta
+from typing import Any
+
+from quart import Blueprint, Response, current_app, jsonify, request, url_for
+from quart_schema import document_headers, document_response
+from werkzeug.http import http_date
+
+from ..config import Settings
+from ..db import get_database, get_session
+from ..disposition import clean_filename
+from ..errors import InvalidInput, TooLarge, UnsupportedMediaType, UnsupportedProtocolVersion
+from ..models import Upload
+from ..multipart import upload_content_type
+from ..problems import domain_problem
+from ..schemas import LocationHeader, NoContent, TusCreateHeaders, UploadOut
+from ..services.uploads import (
+    HashStates,
+    Patch,
+    UploadSpec,
+    append,
+    create_upload,
+    get_upload,
+    terminate,
+)
+from ..shielded import run_to_completion
+from ..storage import ResumableStore
+from ..streaming import body_limit, upload_body_limit
+from ..tus import (
+    CHECKSUM_ALGORITHMS,
+    OFFSET_CONTENT_TYPE,
+    TUS_EXTENSIONS,
+    TUS_VERSION,
+    parse_checksum,
+    parse_count,
+    parse_metadata,
+)
+from .openapi import problems
+from .upload_body import request_chunks
+
+blueprint = Blueprint("uploads", __name__)
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["settings"]
+    return settings
+
+
+def _store() -> ResumableStore:
+    store: ResumableStore = current_app.extensions["blob_store"]
+    return store
+
+
+def _hashes() -> HashStates:
+    hashes: HashStates = current_app.extensions["upload_hashes"]
+    return hashes
+
+
+def _expires_in() -> timedelta:
+    return timedelta(seconds=_settings().UPLOAD_EXPIRES_SECONDS)
+
+
+@blueprint.before_request
+async def _require_tus_version() -> Response | None:
+    if request.method == "OPTIONS":
+        return None
+    if request.headers.get("Tus-Resumable") != TUS_VERSION:
+        response = domain_problem(
+            UnsupportedProtocolVersion(f"This server speaks tus {TUS_VERSION}: send Tus-Resumable.")
+        )
+        response.headers["Tus-Version"] = TUS_VERSION
+        return response
+    return None
+
+
+@blueprint.after_request
+async def _tus_headers(response: Response) -> Response:
+    response.headers["Tus-Resumable"] = TUS_VERSION
+    return response
+
+
+def upload_headers(upload: Upload) -> dict[str, str]:
+    headers = {
+        "Upload-Offset": str(upload.offset),
+        "Upload-Expires": http_date(upload.expires_at),
+        "Cache-Control": "no-store",
+    }
+    if upload.length is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(upload.length)
+    if upload.upload_metadata:
+        headers["Upload-Metadata"] = upload.upload_metadata
+    if upload.completed_at is not None:
+        file_url = url_for("files.get_one", file_id=upload.id, _external=True)
+        headers["Link"] = f'<{file_url}>; rel="related"'
+    return headers
+
+
+def upload_body(upload: Upload) -> dict[str, Any]:
+    links = {"self": url_for("uploads.get_one", upload_id=upload.id, _external=True)}
+    if upload.completed_at is not None:
+        links["file"] = url_for("files.get_one", file_id=upload.id, _external=True)
+    return UploadOut(
+        id=upload.id,
+        offset=upload.offset,
+        length=upload.length,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        created_at=upload.created_at,
+        expires_at=upload.expires_at,
+        completed=upload.completed_at is not None,
+        links=links,
+    ).model_dump(mode="json")
+
+
+def _empty(status: int, headers: dict[str, str]) -> Response:
+    response = Response(status=status, headers=headers)
+    del response.headers["Content-Type"]
+    return response
+
+
+@blueprint.route("/uploads", methods=["OPTIONS"], provide_automatic_options=False)
+@document_response(NoContent, 204)
+async def options() -> Response:
+    """What this tus server supports."""
+    return _empty(
+        204,
+        {
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": TUS_EXTENSIONS,
+            "Tus-Max-Size": str(_settings().MAX_UPLOAD_BYTES),
+            "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+        },
+    )
+
+
+def _creation_spec() -> UploadSpec:
+    settings = _settings()
+    length = parse_count("Upload-Length", request.headers.get("Upload-Length"))
+    defer = request.headers.get("Upload-Defer-Length")
+    if (length is None) == (defer is None) or (defer is not None and defer.strip() != "1"):
+        raise InvalidInput(
+            "Send Upload-Length, or Upload-Defer-Length: 1 (not both).",
+            errors=[{"field": "Upload-Length", "message": "required unless deferred"}],
+        )
+    if length is not None and length > settings.MAX_UPLOAD_BYTES:
+        raise TooLarge(f"Upload-Length is over the limit of {settings.MAX_UPLOAD_BYTES} bytes.")
+    header = request.headers.get("Upload-Metadata")
+    metadata = parse_metadata(header)
+    raw_name = metadata.get("filename") or metadata.get("name")
+    filename = clean_filename(raw_name, settings.MAX_FILENAME_CHARS) if raw_name else "upload"
+    given_type = metadata.get("filetype") or metadata.get("type") or metadata.get("contentType")
+    content_type = upload_content_type(given_type or mimetypes.guess_type(filename)[0])
+    return UploadSpec(length, header, filename, content_type)
+
+
+def _patch(offset: int) -> Patch:
+    return Patch(
+        offset=offset,
+        checksum=parse_checksum(request.headers.get("Upload-Checksum")),
+        new_length=parse_count("Upload-Length", request.headers.get("Upload-Length")),
+        max_length=_settings().MAX_UPLOAD_BYTES,
+        expires_in=_expires_in(),
+    )
+
+
+def _has_offset_body() -> bool:
+    return request.mimetype == OFFSET_CONTENT_TYPE
+
+
+@blueprint.post("/uploads")
+@body_limit(upload_body_limit)
+@document_headers(TusCreateHeaders)
+@document_response(UploadOut, 201, LocationHeader)
+@problems(400, 412, 413, 415)
+async def create() -> Response:
+    """Create an upload (tus creation); a body of
+    application/offset+octet-stream is its first chunk."""
+    spec = _creation_spec()
+    with_body = _has_offset_body()
+    patch = _patch(0) if with_body else None
+    upload = await run_to_completion(create_upload(get_database(), _store(), spec, _expires_in()))
+    if patch is not None and upload.completed_at is None:
+        upload = await append(
+            get_database(), _store(), _hashes(), upload.id, request_chunks(), patch
+        )
+    response = jsonify(upload_body(upload))
+    response.status_code = 201
+    response.headers["Location"] = url_for("uploads.get_one", upload_id=upload.id, _external=True)
+    headers = upload_headers(upload)
+    if not with_body:
+        headers.pop("Upload-Offset")
+    for name in ("Upload-Offset", "Upload-Expires", "Link"):
+        if name in headers:
+            response.headers[name] = headers[name]
+    return response
+
+
+@blueprint.get("/uploads/<upload_id>")
+@document_response(UploadOut)
+@problems(404, 410, 412)
+async def get_one(upload_id: str) -> Response:
+    """HEAD: the tus offset headers. GET: the same, with a JSON body."""
+    upload = await get_upload(get_session(), upload_id)
+    if request.method == "HEAD":
+        return _empty(200, upload_headers(upload))
+    response = jsonify(upload_body(upload))
+    response.headers.update(upload_headers(upload))
+    return response
+
+
+@blueprint.patch("/uploads/<upload_id>")
+@body_limit(upload_body_limit)
+@document_response(NoContent, 204)
+@problems(400, 404, 409, 410, 412, 413, 415, 423, 460)
+async def patch_one(upload_id: str) -> Response:
+    """Append bytes at Upload-Offset; 204 with the new offset."""
+    if not _has_offset_body():
+        raise UnsupportedMediaType(f"PATCH bodies must be {OFFSET_CONTENT_TYPE}.")
+    offset = parse_count("Upload-Offset", request.headers.get("Upload-Offset"))
+    if offset is None:
+        raise InvalidInput(
+            "Upload-Offset is required.",
+            errors=[{"field": "Upload-Offset", "message": "required"}],
+        )
+    upload = await append(
+        get_database(), _store(), _hashes(), upload_id, request_chunks(), _patch(offset)
+    )
+    headers = upload_headers(upload)
+    return _empty(
+        204, {k: headers[k] for k in ("Upload-Offset", "Upload-Expires", "Link") if k in headers}
+    )
+
+
+@blueprint.delete("/uploads/<upload_id>")
+@document_response(NoContent, 204)
+@problems(404, 410, 412, 423)
+async def delete_one(upload_id: str) -> Response:
+    """Terminate an upload (tus termination); a completed upload's file stays."""
+    await run_to_completion(terminate(get_database(), _store(), upload_id))
+    return _empty(204, {})

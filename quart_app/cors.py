@@ -1,0 +1,45 @@
+"""CORS for browser clients (tus-js-client in a page, say): allowed origins
+come from QUART_APP_CORS_ORIGINS; tus and upload headers are exposed."""
+
+from __future__ import annotations
+
+from quart import Quart, Response, request
+
+from .config import Settings
+
+EXPOSED = (
+    "Location, ETag, Link, X-Request-ID, Content-Disposition, Content-Range, "
+    "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Expires, "
+    "Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm"
+)
+ALLOWED_HEADERS = (
+    "Content-Type, Content-Disposition, If-Match, If-None-Match, If-Range, Range, "
+    "Idempotency-Key, X-Request-ID, X-HTTP-Method-Override, Tus-Resumable, Upload-Length, "
+    "Upload-Offset, Upload-Metadata, Upload-Defer-Length, Upload-Checksum"
+)
+METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+PREFLIGHT_MAX_AGE = "86400"
+
+
+def allowed_origins(settings: Settings) -> set[str]:
+    return {o.strip() for o in settings.CORS_ORIGINS.split(",") if o.strip()}
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    origins = allowed_origins(settings)
+    if not origins:
+        return
+
+    @app.after_request
+    async def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin is None or ("*" not in origins and origin not in origins):
+            return response
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+        response.vary.add("Origin")
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response.headers["Access-Control-Allow-Methods"] = METHODS
+            response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        return response

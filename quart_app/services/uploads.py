@@ -1,0 +1,304 @@
+"""Resumable uploads: create, append, complete, terminate, expire.
+
+Durability: a PATCH's bytes are fsynced before the new offset is committed,
+so the offset only ever covers bytes on disk. A crash between the two leaves
+bytes past the offset; the next PATCH cuts them off (PartialWriter). One
+writer at a time per upload, across processes (the partial file's flock).
+
+The sha256 of the whole upload is computed as bytes stream in, across
+PATCHes: each process keeps the hash state of the uploads it served
+(HashStates); after a restart, or when another worker took the previous
+PATCH, the state is rebuilt by reading the partial file once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..db import Database
+from ..errors import (
+    ChecksumMismatch,
+    Conflict,
+    Gone,
+    InvalidInput,
+    NotFound,
+    OffsetMismatch,
+    TooLarge,
+    UploadLocked,
+)
+from ..models import File, Upload, utc_now
+from ..shielded import run_to_completion
+from ..storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
+from ..tus import CHECKSUM_ALGORITHMS
+from .files import BlobChanges, blob_transaction, new_id
+
+
+class HashStates:
+    """sha256 states of uploads in progress, by (id, offset); bounded LRU."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._states: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._capacity = capacity
+
+    def take(self, upload_id: str, offset: int) -> Any | None:
+        entry = self._states.pop(upload_id, None)
+        return entry[1] if entry is not None and entry[0] == offset else None
+
+    def put(self, upload_id: str, offset: int, state: Any) -> None:
+        self._states[upload_id] = (offset, state)
+        self._states.move_to_end(upload_id)
+        while len(self._states) > self._capacity:
+            self._states.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    length: int | None
+    metadata_header: str | None
+    filename: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Patch:
+    offset: int
+    checksum: tuple[str, bytes] | None
+    new_length: int | None
+    max_length: int
+    expires_in: timedelta
+
+
+def _check_live(upload: Upload | None, upload_id: str, now: datetime) -> Upload:
+    if upload is None:
+        raise NotFound(f"There is no upload {upload_id}.")
+    if upload.expires_at <= now:
+        raise Gone(f"The upload {upload_id} expired at {upload.expires_at.isoformat()}.")
+    return upload
+
+
+async def get_upload(session: AsyncSession, upload_id: str) -> Upload:
+    return _check_live(await session.get(Upload, upload_id), upload_id, utc_now())
+
+
+async def _complete(
+    session: AsyncSession, changes: BlobChanges, store: ResumableStore, upload: Upload, sha: str
+) -> None:
+    """The partial becomes a blob, and the file with the upload's id appears."""
+    if await session.scalar(select(File.id).where(File.id == upload.id)) is not None:
+        raise Conflict(f"A file {upload.id} already exists; the upload cannot complete.")
+    upload_id = upload.id
+    has_row, stored = await changes.blob_is_stored(session, sha)
+    if not stored and await store.publish_partial(upload_id, sha):
+        changes.on_undo(lambda: store.unpublish_partial(upload_id, sha))
+    else:
+        changes.after_commit(lambda: store.delete_partial(upload_id))
+    if not has_row:
+        await changes.add_blob_row(session, sha, upload.offset)
+    now = utc_now()
+    session.add(
+        File(
+            id=upload_id,
+            filename=upload.filename,
+            content_type=upload.content_type,
+            size=upload.offset,
+            sha256=sha,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    upload.completed_at = now
+    upload.sha256 = sha
+
+
+async def create_upload(
+    database: Database, store: ResumableStore, spec: UploadSpec, expires_in: timedelta
+) -> Upload:
+    upload_id = new_id()
+    await store.create_partial(upload_id)
+    try:
+        async with blob_transaction(database, store) as (session, changes):
+            now = utc_now()
+            upload = Upload(
+                id=upload_id,
+                length=spec.length,
+                offset=0,
+                upload_metadata=spec.metadata_header,
+                filename=spec.filename,
+                content_type=spec.content_type,
+                created_at=now,
+                expires_at=now + expires_in,
+            )
+            session.add(upload)
+            await session.flush()
+            if spec.length == 0:
+                await _complete(session, changes, store, upload, hashlib.sha256().hexdigest())
+    except BaseException:
+        await store.delete_partial(upload_id)
+        raise
+    return upload
+
+
+async def _record(
+    database: Database,
+    store: ResumableStore,
+    hashes: HashStates,
+    writer: PartialWriter,
+    upload_id: str,
+    state: Any,
+    patch: Patch,
+) -> Upload:
+    """fsync what arrived, then move the offset over it (and complete the
+    upload when it is whole). Runs to the end even if the client has gone;
+    it owns the writer's lock until then."""
+    try:
+        offset = await writer.make_durable()
+        async with blob_transaction(database, store) as (session, changes):
+            upload = await session.get(Upload, upload_id)
+            if upload is None:
+                raise NotFound(f"The upload {upload_id} was removed while it was written.")
+            upload.offset = offset
+            if patch.new_length is not None:
+                upload.length = patch.new_length
+            upload.expires_at = utc_now() + patch.expires_in
+            if upload.length is not None and offset == upload.length:
+                await _complete(session, changes, store, upload, state.hexdigest())
+        hashes.put(upload_id, offset, state)
+        return upload
+    finally:
+        writer.release()
+
+
+async def append(
+    database: Database,
+    store: ResumableStore,
+    hashes: HashStates,
+    upload_id: str,
+    chunks: AsyncIterator[bytes],
+    patch: Patch,
+) -> Upload:
+    """Append a PATCH body at ``patch.offset``. A body cut off part-way is
+    kept up to where it stopped, unless it carried a checksum (which cannot
+    be verified then): then nothing of it is kept."""
+    async with database.sessionmaker() as session:
+        upload = await get_upload(session, upload_id)
+    length = upload.length
+    if patch.new_length is not None:
+        if length is not None and length != patch.new_length:
+            raise InvalidInput(
+                "Upload-Length cannot change once set.",
+                errors=[{"field": "Upload-Length", "message": "already set"}],
+            )
+        if patch.new_length > patch.max_length:
+            raise TooLarge(f"Upload-Length is over the limit of {patch.max_length} bytes.")
+        if patch.new_length < upload.offset:
+            raise InvalidInput(
+                "Upload-Length is below the bytes already received.",
+                errors=[{"field": "Upload-Length", "message": "below the offset"}],
+            )
+        length = patch.new_length
+    if patch.offset != upload.offset:
+        raise OffsetMismatch(f"The upload's offset is {upload.offset}, not {patch.offset}.")
+    limit = patch.max_length if length is None else length
+
+    state = hashes.take(upload_id, upload.offset)
+    if state is None:
+        state = await store.hash_partial(upload_id, upload.offset)
+    checker = CHECKSUM_ALGORITHMS[patch.checksum[0]]() if patch.checksum else None
+    writer = store.partial_writer(
+        upload_id, upload.offset, [state, *([checker] if checker else [])]
+    )
+    try:
+        await writer.acquire()
+    except PartialBusy:
+        raise UploadLocked("Another request is writing to this upload; retry later.") from None
+    recording = False
+    try:
+        async with database.sessionmaker() as session:
+            # Another process may have moved the offset before we had the lock.
+            current = await get_upload(session, upload_id)
+            if current.offset != upload.offset:
+                raise OffsetMismatch(f"The upload's offset is now {current.offset}.")
+        try:
+            async for chunk in chunks:
+                if writer.offset + len(chunk) > limit:
+                    raise TooLarge(f"The body goes past the upload's length of {limit} bytes.")
+                await writer.write(chunk)
+        except TooLarge:
+            await writer.roll_back()
+            raise
+        except BaseException:
+            # Cut off: disconnect, timeout, cancellation.
+            if checker is not None:
+                await writer.roll_back()
+                raise
+            recording = True
+            await run_to_completion(
+                _record(database, store, hashes, writer, upload_id, state, patch)
+            )
+            raise
+        await writer.flush()
+        if checker is not None and patch.checksum and checker.digest() != patch.checksum[1]:
+            await writer.roll_back()
+            raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
+        recording = True
+        return await run_to_completion(
+            _record(database, store, hashes, writer, upload_id, state, patch)
+        )
+    finally:
+        if not recording:
+            writer.release()
+
+
+async def _remove(database: Database, store: ResumableStore, upload: Upload) -> None:
+    """Delete an upload's row and, if it never completed, its partial bytes
+    (waiting for no writer: one that holds the upload makes this 423)."""
+    upload_id, incomplete = upload.id, upload.completed_at is None
+    writer = store.partial_writer(upload_id, upload.offset, [])
+    if incomplete:
+        try:
+            await writer.acquire()
+        except PartialBusy:
+            raise UploadLocked("Another request is writing to this upload.") from None
+        except BlobMissing:
+            pass  # the bytes are already gone; the row still goes
+    try:
+        async with blob_transaction(database, store) as (session, changes):
+            row = await session.get(Upload, upload_id)
+            if row is not None:
+                await session.delete(row)
+            if incomplete:
+                changes.after_commit(lambda: store.delete_partial(upload_id))
+    finally:
+        writer.release()
+
+
+async def terminate(database: Database, store: ResumableStore, upload_id: str) -> None:
+    """Remove an upload and its partial bytes. A completed upload's file stays."""
+    async with database.sessionmaker() as session:
+        upload = await get_upload(session, upload_id)
+    await _remove(database, store, upload)
+
+
+async def sweep_expired(database: Database, store: ResumableStore, now: datetime) -> int:
+    """Remove expired uploads and their partial bytes; busy ones wait for
+    the next sweep."""
+    async with database.sessionmaker() as session:
+        expired = list(
+            await session.scalars(select(Upload).where(Upload.expires_at <= now).limit(1000))
+        )
+    removed = 0
+    for upload in expired:
+        try:
+            await _remove(database, store, upload)
+        except UploadLocked:
+            continue
+        removed += 1
+    return removed
