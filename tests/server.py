@@ -3,12 +3,14 @@ free loopback port, over its own database and storage directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,25 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The app's JSON access-log lines so far."""
+        lines = [json.loads(x) for x in self.log().splitlines() if x.startswith("{")]
+        return [x for x in lines if x.get("logger") == "quart_app.access"]
+
+    def wait_for_access(
+        self, matches: Callable[[dict[str, Any]], bool], count: int = 1, timeout: float = 15
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` access lines match. A line is written once the
+        app is done with a request (cleanup included), after the response."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.access_lines() if matches(line)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such access line; log tail:\n{self.log()[-2000:]}")
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

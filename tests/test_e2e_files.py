@@ -118,20 +118,6 @@ def send_and_hang_up(server: RunningServer, head: bytes, body: bytes) -> None:
         time.sleep(0.2)
 
 
-def access_lines(server: RunningServer, method: str) -> list[dict[str, object]]:
-    lines = [json.loads(x) for x in server.log().splitlines() if x.startswith("{")]
-    return [x for x in lines if x.get("logger") == "quart_app.access" and x["method"] == method]
-
-
-def wait_for_requests_to_end(server: RunningServer, method: str, count: int) -> None:
-    """The access line is written when the app has finished with a request,
-    cleanup included."""
-    deadline = time.monotonic() + 15
-    while len(access_lines(server, method)) < count:
-        assert time.monotonic() < deadline, server.log()[-2000:]
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("fraction", [0.0, 0.01, 0.5, 0.99, 1.0])
 def test_a_client_that_disconnects_mid_upload_leaves_nothing(
     server: RunningServer, fraction: float
@@ -152,8 +138,8 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(
     }
     for head, body in uploads.values():
         send_and_hang_up(server, head.encode(), body[: int(len(body) * fraction)])
-    wait_for_requests_to_end(server, "POST", 1)
-    wait_for_requests_to_end(server, "PUT", 1)
+    server.wait_for_access(lambda x: x["method"] == "POST")
+    server.wait_for_access(lambda x: x["method"] == "PUT")
     assert rows(server, "files") == 0
     assert rows(server, "blobs") == 0
     assert leftovers(server.storage_dir) == []
