@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from quart import Blueprint, Response, jsonify, request, url_for
 from quart_schema import document_querystring, document_request, document_response
@@ -40,6 +39,7 @@ from ..streaming import body_limit, upload_body_limit
 from .openapi import problems
 from .paging import page_request, page_response
 from .representations import batch_body, file_body
+from .responses import created, empty_response
 from .upload_body import blob_store, discard, receive_raw, receive_upload
 
 blueprint = Blueprint("files", __name__)
@@ -52,24 +52,10 @@ DOWNLOAD_SECURITY_HEADERS = {
 }
 
 
-def empty_response(status: int, headers: dict[str, str] | None = None) -> Response:
-    """204 and 304 carry no body, so no Content-Type either."""
-    response = Response(status=status, headers=headers)
-    del response.headers["Content-Type"]
-    return response
-
-
 def file_response(file: File, status: int) -> Response:
     response = jsonify(file_body(file))
     response.status_code = status
     response.headers["ETag"] = strong_etag(file.sha256)
-    return response
-
-
-def _created(body: dict[str, Any], location: str) -> Response:
-    response = jsonify(body)
-    response.status_code = 201
-    response.headers["Location"] = location
     return response
 
 
@@ -90,10 +76,9 @@ async def post_files() -> Response:
         await discard(incoming)
         raise
     if batch is None:
-        response = _created(file_body(files[0]), file_body(files[0])["links"]["self"])
-        response.headers["ETag"] = strong_etag(files[0].sha256)
-        return response
-    return _created(
+        body = file_body(files[0])
+        return created(body, body["links"]["self"], {"ETag": body["etag"]})
+    return created(
         batch_body(batch, files), url_for("batches.get_one", batch_id=batch.id, _external=True)
     )
 
@@ -127,18 +112,15 @@ async def put_one(file_id: str) -> Response:
         raise PreconditionFailed("The file's current state does not match the precondition.")
     incoming = await receive_raw(default_filename=file_id)
     try:
-        file, created = await run_to_completion(
+        file, is_new = await run_to_completion(
             put_file(get_database(), blob_store(), file_id, incoming, _put_precondition)
         )
     except BaseException:
         await discard([incoming])
         raise
-    if created:
-        response = _created(
-            file_body(file), url_for("files.get_one", file_id=file.id, _external=True)
-        )
-        response.headers["ETag"] = strong_etag(file.sha256)
-        return response
+    if is_new:
+        body = file_body(file)
+        return created(body, body["links"]["self"], {"ETag": body["etag"]})
     return file_response(file, 200)
 
 

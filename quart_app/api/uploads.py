@@ -42,6 +42,7 @@ from ..tus import (
     parse_metadata,
 )
 from .openapi import problems
+from .responses import created, empty_response
 from .upload_body import request_chunks
 
 blueprint = Blueprint("uploads", __name__)
@@ -120,17 +121,11 @@ def upload_body(upload: Upload) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _empty(status: int, headers: dict[str, str]) -> Response:
-    response = Response(status=status, headers=headers)
-    del response.headers["Content-Type"]
-    return response
-
-
 @blueprint.route("/uploads", methods=["OPTIONS"], provide_automatic_options=False)
 @document_response(NoContent, 204)
 async def options() -> Response:
     """What this tus server supports."""
-    return _empty(
+    return empty_response(
         204,
         {
             "Tus-Version": TUS_VERSION,
@@ -191,26 +186,23 @@ async def create() -> Response:
         upload = await append(
             get_database(), _store(), _hashes(), upload.id, request_chunks(), patch
         )
-    response = jsonify(upload_body(upload))
-    response.status_code = 201
-    response.headers["Location"] = url_for("uploads.get_one", upload_id=upload.id, _external=True)
     headers = upload_headers(upload)
-    if not with_body:
-        headers.pop("Upload-Offset")
-    for name in ("Upload-Offset", "Upload-Expires", "Link"):
-        if name in headers:
-            response.headers[name] = headers[name]
-    return response
+    wanted = (
+        ("Upload-Offset", "Upload-Expires", "Link") if with_body else ("Upload-Expires", "Link")
+    )
+    return created(
+        upload_body(upload),
+        url_for("uploads.get_one", upload_id=upload.id, _external=True),
+        {name: headers[name] for name in wanted if name in headers},
+    )
 
 
 @blueprint.get("/uploads/<upload_id>")
 @document_response(UploadOut)
 @problems(404, 410, 412)
 async def get_one(upload_id: str) -> Response:
-    """HEAD: the tus offset headers. GET: the same, with a JSON body."""
+    """The upload, with the tus offset headers (HEAD: the headers alone)."""
     upload = await get_upload(get_session(), upload_id)
-    if request.method == "HEAD":
-        return _empty(200, upload_headers(upload))
     response = jsonify(upload_body(upload))
     response.headers.update(upload_headers(upload))
     return response
@@ -234,7 +226,7 @@ async def patch_one(upload_id: str) -> Response:
         get_database(), _store(), _hashes(), upload_id, request_chunks(), _patch(offset)
     )
     headers = upload_headers(upload)
-    return _empty(
+    return empty_response(
         204, {k: headers[k] for k in ("Upload-Offset", "Upload-Expires", "Link") if k in headers}
     )
 
@@ -245,4 +237,4 @@ async def patch_one(upload_id: str) -> Response:
 async def delete_one(upload_id: str) -> Response:
     """Terminate an upload (tus termination); a completed upload's file stays."""
     await run_to_completion(terminate(get_database(), _store(), upload_id))
-    return _empty(204, {})
+    return empty_response(204, {})

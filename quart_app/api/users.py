@@ -15,6 +15,7 @@ from ..services.users import create_user, get_user, list_users
 from .json_body import read_model
 from .openapi import problems
 from .paging import page_request, page_response
+from .responses import created
 
 blueprint = Blueprint("users", __name__)
 CURSOR_RESOURCE = "users"
@@ -39,10 +40,7 @@ async def post_user() -> Response:
             "users.get_one", user_id=error.existing_id, _external=True
         )
         raise
-    response = jsonify(user_body(user))
-    response.status_code = 201
-    response.headers["Location"] = url_for("users.get_one", user_id=user.id, _external=True)
-    return response
+    return created(user_body(user), url_for("users.get_one", user_id=user.id, _external=True))
 
 
 @blueprint.get("/users/<int:user_id>")
