@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .helpers import BOUNDARY, multipart, part
@@ -196,6 +197,22 @@ def test_memory_does_not_grow_with_the_upload(server: RunningServer, tmp_path: P
     ):
         status, _, body = curl(*form)
         assert status in (200, 201), body
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = httpx.post(
+        f"{server.url}/uploads", headers={**tus, "Upload-Length": str(256 * 1024 * 1024)}
+    )
+    with big.open("rb") as body:
+        patched = httpx.patch(
+            created.headers["Location"],
+            content=body,
+            headers={
+                **tus,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+            timeout=120,
+        )
+    assert patched.status_code == 204
     growth_mib = (memory_kib(pid, "VmHWM") - before) / 1024
     # Stock Quart would hold the 256 MiB body; the bound is the body buffer,
     # Hypercorn's queue and two write batches.

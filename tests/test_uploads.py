@@ -344,3 +344,18 @@ async def test_cors_for_browser_clients(overrides: dict[str, Any]) -> None:
             "/uploads", headers={**TUS, "Upload-Length": "1", "Origin": "https://evil.example"}
         )
         assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_the_background_sweep_runs_by_itself(overrides: dict[str, Any]) -> None:
+    app = create_app({**overrides, "UPLOAD_EXPIRES_SECONDS": 0.5, "UPLOAD_SWEEP_SECONDS": 0.2})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        url = await create(client, 10)
+        await patch(client, url, 0, b"abc")
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if await count_rows(app, Upload) == 0:
+                break
+        assert await count_rows(app, Upload) == 0
+        assert (await head(client, url)).status_code == 404
+        assert list((Path(overrides["STORAGE_DIR"]) / "partial").iterdir()) == []
