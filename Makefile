@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint pytest bench check clean
+.PHONY: run test lint pytest purge-idempotency clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,8 @@ pytest: $(STAMP)
 
 test: lint pytest
 
-check: $(STAMP)
-	$(BIN)/python -m quart_app check
-
-bench: $(STAMP)
-	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+purge-idempotency: $(STAMP)
+	$(BIN)/python -m quart_app purge-idempotency
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -61,8 +61,11 @@ class Settings:
     PAGE_SIZE_MAX: int = 100
     # Seconds a resumable upload lives after its last PATCH (Upload-Expires).
     UPLOAD_EXPIRES_SECONDS: float = 24 * 3600.0
-    # Seconds between sweeps that remove expired resumable uploads.
+    # Seconds between sweeps that remove expired resumable uploads and
+    # Idempotency-Key records past their time to live.
     UPLOAD_SWEEP_SECONDS: float = 60.0
+    # Seconds an Idempotency-Key and its stored response are kept.
+    IDEMPOTENCY_TTL_SECONDS: float = 24 * 3600.0
     # Origins allowed to call the API from a browser (CORS), comma-separated;
     # "*" for any. Empty: no CORS headers.
     CORS_ORIGINS: str = ""

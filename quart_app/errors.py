@@ -83,3 +83,11 @@ class UnsupportedProtocolVersion(DomainError):
 
 class Conflict(DomainError):
     code = "conflict"
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "idempotency-key-reused"
+
+
+class IdempotencyKeyBusy(DomainError):
+    code = "idempotency-key-in-use"

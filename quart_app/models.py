@@ -10,6 +10,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -118,3 +119,26 @@ class Upload(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class IdempotencyRecord(Base):
+    """An Idempotency-Key and what its first request answered.
+
+    While the first request runs the row holds a lock (``lock_token`` until
+    ``locked_until``); when it succeeds, the response is stored in the same
+    transaction as the resource it created."""
+
+    __tablename__ = "idempotency_records"
+
+    # The client identity keys belong to (one anonymous identity until
+    # authentication arrives) and the key itself.
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    lock_token: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int | None] = mapped_column(Integer)
+    headers: Mapped[str | None] = mapped_column(Text)  # JSON [[name, value], ...]
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

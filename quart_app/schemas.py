@@ -142,3 +142,6 @@ class TusCreateHeaders(BaseModel):
     upload_metadata: str | None = Field(
         default=None, description="key base64value pairs; filename, filetype"
     )
+    idempotency_key: str | None = Field(
+        default=None, description="a retry with the same key and payload replays the 201"
+    )

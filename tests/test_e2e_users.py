@@ -91,3 +91,25 @@ def test_startup_log_is_json_per_request(server: RunningServer) -> None:
     [line] = server.wait_for_access(lambda x: x["request_id"] == "e2e-1")
     assert line["status"] == 200 and line["path"] == "/healthz"
     assert {"method", "duration_ms", "bytes_in", "bytes_out"} <= set(line)
+
+
+def test_fifty_concurrent_retries_with_one_idempotency_key(server: RunningServer) -> None:
+    body = {"name": "Ada", "email": "ada@example.com"}
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/users", json=body, headers={"Idempotency-Key": "k1"})
+                    for _ in range(50)
+                )
+            )
+
+    responses = asyncio.run(run())
+    statuses = [r.status_code for r in responses]
+    assert all(s in (201, 409) for s in statuses), statuses
+    assert len({r.content for r in responses if r.status_code == 201}) == 1
+    with sqlite3.connect(server.database_path) as db:
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
+    replay = httpx.post(f"{server.url}/users", json=body, headers={"Idempotency-Key": '"k1"'})
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"

@@ -5,8 +5,14 @@ from __future__ import annotations
 import re
 
 from quart import Blueprint, Response, jsonify, request, url_for
-from quart_schema import document_querystring, document_request, document_response
+from quart_schema import (
+    document_headers,
+    document_querystring,
+    document_request,
+    document_response,
+)
 from quart_schema.validation import DataSource
+from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
 from ..conditional import (
@@ -20,7 +26,7 @@ from ..conditional import (
 from ..db import get_database, get_session
 from ..disposition import download_disposition
 from ..errors import InvalidInput, PreconditionFailed
-from ..models import File
+from ..models import Batch, File
 from ..problems import problem_response
 from ..schemas import (
     Binary,
@@ -36,6 +42,7 @@ from ..schemas import (
 from ..services.files import create_files, current_etag, delete_file, get_file, list_files, put_file
 from ..shielded import run_to_completion
 from ..streaming import body_limit, upload_body_limit
+from .idempotency import IdempotencyHeaders, idempotent, record_response
 from .openapi import problems
 from .paging import page_request, page_response
 from .representations import batch_body, file_body
@@ -61,26 +68,37 @@ def file_response(file: File, status: int) -> Response:
 
 @blueprint.post("/files")
 @body_limit(upload_body_limit)
+@idempotent
+@document_headers(IdempotencyHeaders)
 @document_request(FileUpload, source=DataSource.FORM_MULTIPART)
 @document_response(FileOut, 201, LocationHeader)
-@problems(400, 413, 415, 507)
+@problems(400, 409, 413, 415, 422, 507)
 async def post_files() -> Response:
     """Upload: multipart (one or several `file` parts) or a raw body named by
     Content-Disposition. Several parts make a batch: all stored or none."""
     incoming = await receive_upload()
+    responses: list[Response] = []
+
+    async def respond(session: AsyncSession, files: list[File], batch: Batch | None) -> None:
+        if batch is None:
+            body = file_body(files[0])
+            response = created(body, body["links"]["self"], {"ETag": body["etag"]})
+        else:
+            location = url_for("batches.get_one", batch_id=batch.id, _external=True)
+            response = created(batch_body(batch, files), location)
+        await record_response(session, response)
+        responses.append(response)
+
     try:
-        files, batch = await run_to_completion(
-            create_files(get_database(), blob_store(), incoming, as_batch=len(incoming) > 1)
+        await run_to_completion(
+            create_files(
+                get_database(), blob_store(), incoming, len(incoming) > 1, before_commit=respond
+            )
         )
     except BaseException:
         await discard(incoming)
         raise
-    if batch is None:
-        body = file_body(files[0])
-        return created(body, body["links"]["self"], {"ETag": body["etag"]})
-    return created(
-        batch_body(batch, files), url_for("batches.get_one", batch_id=batch.id, _external=True)
-    )
+    return responses[0]
 
 
 def _client_file_id(file_id: str) -> str:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from quart import request
 
 from ..errors import InvalidInput, MalformedBody, UnsupportedMediaType
+from .idempotency import observe_body
 
 M = TypeVar("M", bound=BaseModel)
 MAX_DEPTH = 32
@@ -86,7 +87,9 @@ async def read_model(model: type[M]) -> M:
         raise UnsupportedMediaType(
             f"Send the body as application/json, not {mimetype or 'no Content-Type'}."
         )
-    data = parse_json(await request.get_data(False, False, False))
+    raw = await request.get_data(False, False, False)
+    observe_body(raw)
+    data = parse_json(raw)
     try:
         return model.model_validate(data)
     except ValidationError as error:

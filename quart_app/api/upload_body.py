@@ -15,6 +15,7 @@ from ..disposition import clean_filename, header_text, parse_disposition
 from ..errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
 from ..multipart import IncomingFile, MultipartLimits, read_multipart, upload_content_type
 from ..storage import BlobStore, BlobTooLarge
+from .idempotency import observe_body
 
 # Types curl and forms put on a raw body by default: they say nothing of the file.
 _NOT_THE_FILES_TYPE = {"", "application/x-www-form-urlencoded"}
@@ -31,8 +32,10 @@ def settings() -> Settings:
 
 
 async def request_chunks() -> AsyncIterator[bytes]:
-    """The request body as it arrives (through streaming.BoundedBody)."""
+    """The request body as it arrives (through streaming.BoundedBody), each
+    chunk also fed to the Idempotency-Key fingerprint."""
     async for chunk in request.body:
+        observe_body(chunk)
         yield chunk
 
 

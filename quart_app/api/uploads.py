@@ -10,6 +10,7 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, jsonify, request, url_for
 from quart_schema import document_headers, document_response
+from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
 from ..config import Settings
@@ -41,6 +42,7 @@ from ..tus import (
     parse_count,
     parse_metadata,
 )
+from .idempotency import idempotent, record_response
 from .openapi import problems
 from .responses import created, empty_response
 from .upload_body import request_chunks
@@ -172,29 +174,46 @@ def _has_offset_body() -> bool:
 
 @blueprint.post("/uploads")
 @body_limit(upload_body_limit)
+@idempotent
 @document_headers(TusCreateHeaders)
 @document_response(UploadOut, 201, LocationHeader)
-@problems(400, 412, 413, 415)
+@problems(400, 409, 412, 413, 415, 422)
 async def create() -> Response:
     """Create an upload (tus creation); a body of
     application/offset+octet-stream is its first chunk."""
     spec = _creation_spec()
     with_body = _has_offset_body()
     patch = _patch(0) if with_body else None
-    upload = await run_to_completion(create_upload(get_database(), _store(), spec, _expires_in()))
-    if patch is not None and upload.completed_at is None:
-        upload = await append(
-            get_database(), _store(), _hashes(), upload.id, request_chunks(), patch
+    responses: list[Response] = []
+
+    async def respond(session: AsyncSession, upload: Upload) -> None:
+        """Inside the transaction that ends the request's work: the creation,
+        or with a first chunk, the one that commits its offset."""
+        headers = upload_headers(upload)
+        wanted = ("Upload-Offset", "Upload-Expires", "Link") if with_body else ("Upload-Expires",)
+        response = created(
+            upload_body(upload),
+            url_for("uploads.get_one", upload_id=upload.id, _external=True),
+            {name: headers[name] for name in wanted if name in headers},
         )
-    headers = upload_headers(upload)
-    wanted = (
-        ("Upload-Offset", "Upload-Expires", "Link") if with_body else ("Upload-Expires", "Link")
+        await record_response(session, response)
+        responses.append(response)
+
+    first_chunk_follows = patch is not None and spec.length != 0
+    upload = await run_to_completion(
+        create_upload(
+            get_database(),
+            _store(),
+            spec,
+            _expires_in(),
+            before_commit=None if first_chunk_follows else respond,
+        )
     )
-    return created(
-        upload_body(upload),
-        url_for("uploads.get_one", upload_id=upload.id, _external=True),
-        {name: headers[name] for name in wanted if name in headers},
-    )
+    if patch is not None and first_chunk_follows:
+        await append(
+            get_database(), _store(), _hashes(), upload.id, request_chunks(), patch, respond
+        )
+    return responses[-1]
 
 
 @blueprint.get("/uploads/<upload_id>")

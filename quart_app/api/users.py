@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Blueprint, Response, jsonify, url_for
-from quart_schema import document_querystring, document_request, document_response
+from quart_schema import (
+    document_headers,
+    document_querystring,
+    document_request,
+    document_response,
+)
 
 from ..db import get_session, writing
 from ..errors import EmailTaken
 from ..models import User
 from ..schemas import LinkHeader, LocationHeader, PageQuery, UserCreate, UserOut, UserPage
 from ..services.users import create_user, get_user, list_users
+from .idempotency import IdempotencyHeaders, idempotent, record_response
 from .json_body import read_model
 from .openapi import problems
 from .paging import page_request, page_response
@@ -26,21 +32,27 @@ def user_body(user: User) -> dict[str, Any]:
 
 
 @blueprint.post("/users")
+@idempotent
+@document_headers(IdempotencyHeaders)
 @document_request(UserCreate)
 @document_response(UserOut, 201, LocationHeader)
-@problems(400, 409, 413, 415)
+@problems(400, 409, 413, 415, 422)
 async def post_user() -> Response:
     """Create a user; 201 with its Location, 409 if the email is taken."""
     data = await read_model(UserCreate)
     try:
         async with writing() as session:
             user = await create_user(session, data.name, data.email)
+            location = url_for("users.get_one", user_id=user.id, _external=True)
+            response = created(user_body(user), location)
+            # The Idempotency-Key record commits with the user.
+            await record_response(session, response)
     except EmailTaken as error:
         error.members["existing"] = url_for(
             "users.get_one", user_id=error.existing_id, _external=True
         )
         raise
-    return created(user_body(user), url_for("users.get_one", user_id=user.id, _external=True))
+    return response
 
 
 @blueprint.get("/users/<int:user_id>")

@@ -118,10 +118,19 @@ async def blob_transaction(
     await changes.finish()
 
 
+FilesHook = Callable[[AsyncSession, list[File], Batch | None], Awaitable[None]]
+
+
 async def create_files(
-    database: Database, store: BlobStore, incoming: list[IncomingFile], as_batch: bool
+    database: Database,
+    store: BlobStore,
+    incoming: list[IncomingFile],
+    as_batch: bool,
+    before_commit: FilesHook | None = None,
 ) -> tuple[list[File], Batch | None]:
-    """All the files or none; a batch row when several arrived together."""
+    """All the files or none; a batch row when several arrived together.
+    ``before_commit`` runs inside the transaction (the Idempotency-Key record
+    commits with the files)."""
     async with blob_transaction(database, store) as (session, changes):
         batch = Batch(id=new_id(), created_at=utc_now()) if as_batch else None
         if batch is not None:
@@ -144,6 +153,8 @@ async def create_files(
             session.add(file)
             files.append(file)
         await session.flush()
+        if before_commit is not None:
+            await before_commit(session, files, batch)
     return files, batch
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,6 +57,9 @@ class HashStates:
         self._states.move_to_end(upload_id)
         while len(self._states) > self._capacity:
             self._states.popitem(last=False)
+
+
+UploadHook = Callable[[AsyncSession, Upload], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,13 @@ async def _complete(
 
 
 async def create_upload(
-    database: Database, store: ResumableStore, spec: UploadSpec, expires_in: timedelta
+    database: Database,
+    store: ResumableStore,
+    spec: UploadSpec,
+    expires_in: timedelta,
+    before_commit: UploadHook | None = None,
 ) -> Upload:
+    """``before_commit`` runs inside the creating transaction."""
     upload_id = new_id()
     await store.create_partial(upload_id)
     try:
@@ -140,6 +148,8 @@ async def create_upload(
             await session.flush()
             if spec.length == 0:
                 await _complete(session, changes, store, upload, hashlib.sha256().hexdigest())
+            if before_commit is not None:
+                await before_commit(session, upload)
     except BaseException:
         await store.delete_partial(upload_id)
         raise
@@ -154,6 +164,7 @@ async def _record(
     upload_id: str,
     state: Any,
     patch: Patch,
+    before_commit: UploadHook | None,
 ) -> Upload:
     """fsync what arrived, then move the offset over it (and complete the
     upload when it is whole). Runs to the end even if the client has gone;
@@ -170,6 +181,8 @@ async def _record(
             upload.expires_at = utc_now() + patch.expires_in
             if upload.length is not None and offset == upload.length:
                 await _complete(session, changes, store, upload, state.hexdigest())
+            if before_commit is not None:
+                await before_commit(session, upload)
         hashes.put(upload_id, offset, state)
         return upload
     finally:
@@ -183,6 +196,7 @@ async def append(
     upload_id: str,
     chunks: AsyncIterator[bytes],
     patch: Patch,
+    before_commit: UploadHook | None = None,
 ) -> Upload:
     """Append a PATCH body at ``patch.offset``. A body cut off part-way is
     kept up to where it stopped, unless it carried a checksum (which cannot
@@ -241,7 +255,7 @@ async def append(
                 raise
             recording = True
             await run_to_completion(
-                _record(database, store, hashes, writer, upload_id, state, patch)
+                _record(database, store, hashes, writer, upload_id, state, patch, None)
             )
             raise
         await writer.flush()
@@ -250,7 +264,7 @@ async def append(
             raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
         recording = True
         return await run_to_completion(
-            _record(database, store, hashes, writer, upload_id, state, patch)
+            _record(database, store, hashes, writer, upload_id, state, patch, before_commit)
         )
     finally:
         if not recording:

@@ -1,0 +1,255 @@
+"""Idempotency-Key on POST /users, POST /files and POST /uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.testing import QuartClient
+
+from quart_app.api.idempotency import parse_key
+from quart_app.errors import InvalidInput
+from quart_app.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
+from quart_app.services.idempotency import purge_expired
+
+from .helpers import blob_files, count_rows, multipart, multipart_headers, part
+
+KEY = {"Idempotency-Key": '"order-42"'}
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [('"abc"', "abc"), ("abc", "abc"), ('"a\\"b"', 'a"b'), ('"a\\\\b"', "a\\b"),
+     ("  padded ", "padded"), ("x" * 255, "x" * 255)],
+)  # fmt: skip
+def test_keys_quoted_or_bare(raw: str, key: str) -> None:
+    assert parse_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    "raw", ["", '""', '"abc', '"a"b"', '"a\\nb"', "x" * 256, "sp ace", "é", '"\\"'],
+)  # fmt: skip
+def test_bad_keys(raw: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_key(raw)
+
+
+async def test_bad_key_is_a_400_problem(app: Quart, client: QuartClient) -> None:
+    response = await client.post(
+        "/users", json={"name": "A", "email": "a@example.com"}, headers={"Idempotency-Key": ""}
+    )
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+    assert await count_rows(app, User) == 0
+
+
+async def test_replay_returns_the_same_response_and_creates_nothing(
+    app: Quart, client: QuartClient
+) -> None:
+    body = {"name": "Ada", "email": "ada@example.com"}
+    first = await client.post("/users", json=body, headers=KEY)
+    assert first.status_code == 201
+    assert "Idempotent-Replayed" not in first.headers
+    again = await client.post("/users", json=body, headers={"Idempotency-Key": "order-42"})
+    assert again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["Location"] == first.headers["Location"]
+    assert await again.get_data() == await first.get_data()
+    assert await count_rows(app, User) == 1
+
+
+async def test_same_key_other_payload_is_422(app: Quart, client: QuartClient) -> None:
+    await client.post("/users", json={"name": "Ada", "email": "ada@example.com"}, headers=KEY)
+    other = await client.post(
+        "/users", json={"name": "Bob", "email": "bob@example.com"}, headers=KEY
+    )
+    assert other.status_code == 422
+    assert other.content_type == "application/problem+json"
+    assert await count_rows(app, User) == 1
+
+
+async def test_a_rejected_request_is_not_recorded(app: Quart, client: QuartClient) -> None:
+    bad = await client.post("/users", json={"name": "", "email": "x"}, headers=KEY)
+    assert bad.status_code == 400
+    await client.post("/users", json={"name": "T", "email": "taken@example.com"})
+    taken = await client.post(
+        "/users", json={"name": "T", "email": "taken@example.com"}, headers=KEY
+    )
+    assert taken.status_code == 409
+    fixed = await client.post(
+        "/users", json={"name": "Ada", "email": "ada@example.com"}, headers=KEY
+    )
+    assert fixed.status_code == 201
+    assert await count_rows(app, IdempotencyRecord) == 1
+
+
+async def test_fifty_concurrent_requests_with_one_key_create_one_user(
+    app: Quart, client: QuartClient
+) -> None:
+    body = {"name": "Ada", "email": "ada@example.com"}
+    responses = await asyncio.gather(
+        *(client.post("/users", json=body, headers=KEY) for _ in range(50))
+    )
+    statuses = [r.status_code for r in responses]
+    assert all(s in (201, 409) for s in statuses), statuses
+    originals = [r for r in responses if r.status_code == 201]
+    assert len([r for r in originals if "Idempotent-Replayed" not in r.headers]) == 1
+    bodies = {await r.get_data() for r in originals}
+    assert len(bodies) == 1
+    assert await count_rows(app, User) == 1
+
+
+async def test_upload_replay_consumes_the_body_and_stores_no_second_blob(
+    app: Quart, client: QuartClient, overrides: dict[str, Any]
+) -> None:
+    data = os.urandom(200_000)
+    form = multipart(part("file", data, "a.bin"))
+    first = await client.post("/files", data=form, headers={**multipart_headers(), **KEY})
+    assert first.status_code == 201
+    again = await client.post("/files", data=form, headers={**multipart_headers(), **KEY})
+    assert again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.get_data() == await first.get_data()
+    assert await count_rows(app, File) == 1
+    assert await count_rows(app, Blob) == 1
+    storage = Path(overrides["STORAGE_DIR"])
+    assert len(blob_files(storage)) == 1
+    assert list((storage / "tmp").iterdir()) == []
+    changed = multipart(part("file", data[:-1] + b"!", "a.bin"))
+    other = await client.post("/files", data=changed, headers={**multipart_headers(), **KEY})
+    assert other.status_code == 422
+    assert await count_rows(app, File) == 1
+
+
+async def test_batch_and_raw_uploads_replay(app: Quart, client: QuartClient) -> None:
+    form = multipart(part("file", b"one", "1.txt"), part("file", b"two", "2.txt"))
+    first = await client.post("/files", data=form, headers={**multipart_headers(), **KEY})
+    again = await client.post("/files", data=form, headers={**multipart_headers(), **KEY})
+    assert again.headers["Location"] == first.headers["Location"]
+    raw_headers = {"Content-Disposition": 'attachment; filename="r.txt"', "Idempotency-Key": "r"}
+    raw = await client.post("/files", data=b"raw", headers=raw_headers)
+    raw_again = await client.post("/files", data=b"raw", headers=raw_headers)
+    assert raw_again.headers["Location"] == raw.headers["Location"]
+    assert await count_rows(app, File) == 3
+
+
+async def test_tus_creation_replays(app: Quart, client: QuartClient) -> None:
+    headers = {"Tus-Resumable": "1.0.0", "Upload-Length": "10", **KEY}
+    first = await client.post("/uploads", headers=headers)
+    again = await client.post("/uploads", headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await count_rows(app, Upload) == 1
+    with_body = {
+        "Tus-Resumable": "1.0.0", "Upload-Length": "10", "Idempotency-Key": "with-body",
+        "Content-Type": "application/offset+octet-stream",
+    }  # fmt: skip
+    created = await client.post("/uploads", data=b"12345", headers=with_body)
+    replayed = await client.post("/uploads", data=b"12345", headers=with_body)
+    assert created.headers["Upload-Offset"] == replayed.headers["Upload-Offset"] == "5"
+    assert replayed.headers["Location"] == created.headers["Location"]
+    assert await count_rows(app, Upload) == 2
+
+
+async def test_a_running_request_makes_its_twin_409(app: Quart, client: QuartClient) -> None:
+    async with client.request(
+        "/files", method="POST",
+        headers={"Content-Disposition": 'attachment; filename="slow"', **KEY},
+    ) as slow:  # fmt: skip
+        await slow.send(b"first half ")
+        await asyncio.sleep(0.2)
+        twin = await client.post(
+            "/files", data=b"x", headers={"Content-Disposition": 'attachment; filename="t"', **KEY}
+        )
+        assert twin.status_code == 409
+        assert twin.content_type == "application/problem+json"
+        await slow.send(b"second half")
+        await slow.send_complete()
+        await slow.receive()
+    assert slow.status_code == 201
+
+
+async def test_a_lapsed_claim_can_be_taken_over(app: Quart, client: QuartClient) -> None:
+    database = app.extensions["database"]
+    async with database.sessionmaker() as session, database.writing(session):
+        session.add(
+            IdempotencyRecord(
+                owner="anonymous", key="order-42", lock_token="dead-worker",
+                locked_until=utc_now() - timedelta(seconds=1), created_at=utc_now(),
+            )
+        )  # fmt: skip
+    response = await client.post(
+        "/users", json={"name": "A", "email": "a@example.com"}, headers=KEY
+    )
+    assert response.status_code == 201
+
+
+async def test_records_expire_and_are_purged(app: Quart, client: QuartClient) -> None:
+    await client.post("/users", json={"name": "A", "email": "a@example.com"}, headers=KEY)
+    database = app.extensions["database"]
+    assert await purge_expired(database, utc_now() - timedelta(hours=24)) == 0
+    assert await purge_expired(database, utc_now() + timedelta(seconds=1)) == 1
+    assert await count_rows(app, IdempotencyRecord) == 0
+    again = await client.post("/users", json={"name": "A", "email": "a@example.com"}, headers=KEY)
+    assert again.status_code == 409  # a new request: the email is taken
+
+
+async def test_openapi_documents_the_header_on_every_create(client: QuartClient) -> None:
+    spec = await (await client.get("/openapi.json")).get_json()
+    for path in ("/users", "/files", "/uploads"):
+        names = {p["name"].lower() for p in spec["paths"][path]["post"].get("parameters", [])}
+        assert "idempotency-key" in names, path
+
+
+async def test_the_background_sweep_purges_expired_records(overrides: dict[str, Any]) -> None:
+    from quart_app import create_app
+
+    app = create_app({**overrides, "IDEMPOTENCY_TTL_SECONDS": 0.5, "UPLOAD_SWEEP_SECONDS": 0.2})
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await client.post("/users", json={"name": "A", "email": "a@example.com"}, headers=KEY)
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if await count_rows(app, IdempotencyRecord) == 0:
+                break
+        assert await count_rows(app, IdempotencyRecord) == 0
+
+
+def test_the_cli_purges_on_demand(tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    from .server import PROJECT_ROOT
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")},
+        "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}",
+        "QUART_APP_STORAGE_DIR": str(tmp_path / "uploads"),
+        "QUART_APP_INSTANCE_DIR": str(tmp_path / "instance"),
+        "QUART_APP_IDEMPOTENCY_TTL_SECONDS": "60",
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+
+    def run() -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "quart_app", "purge-idempotency"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+    assert run() == "0 idempotency record(s) purged"
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        db.executemany(
+            "INSERT INTO idempotency_records (owner, key, created_at) VALUES ('anonymous', ?, ?)",
+            [("old", "2000-01-01 00:00:00.000000"), ("new", "2999-01-01 00:00:00.000000")],
+        )
+    assert run() == "1 idempotency record(s) purged"
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        assert db.execute("SELECT key FROM idempotency_records").fetchall() == [("new",)]
