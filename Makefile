@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint pytest purge-idempotency clean
+.PHONY: run test lint pytest bench purge-idempotency clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: lint pytest
 
 purge-idempotency: $(STAMP)
 	$(BIN)/python -m quart_app purge-idempotency
+
+# wrk (Debian's package) drives the load tests; without it they are skipped.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk could not be installed: the load figures will be skipped"
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,13 +1,13 @@
 """Background work of a serving process: removing expired resumable uploads
-and purging Idempotency-Key records past their time to live. Started in
-before_serving, cancelled in after_serving; ``python -m quart_app`` runs
-the same work on demand."""
+and purging Idempotency-Key records past their time to live, while the app
+serves; ``python -m quart_app`` runs the same work on demand."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 
 from quart import Quart
@@ -31,24 +31,26 @@ async def sweep_once(app: Quart, settings: Settings) -> None:
         log.info("swept", extra={"expired_uploads": removed, "idempotency_records": purged})
 
 
-async def _sweep_loop(app: Quart, settings: Settings) -> None:
-    while True:
+async def _sweep_loop(app: Quart, settings: Settings, stop: asyncio.Event) -> None:
+    while not stop.is_set():
         try:
             await sweep_once(app, settings)
         except Exception:
             log.exception("the sweep failed; it runs again at the next interval")
-        await asyncio.sleep(settings.UPLOAD_SWEEP_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.UPLOAD_SWEEP_SECONDS)
 
 
 def init_app(app: Quart, settings: Settings) -> None:
-    @app.before_serving
-    async def _start() -> None:
-        app.extensions["sweeper"] = asyncio.ensure_future(_sweep_loop(app, settings))
-
-    @app.after_serving
-    async def _stop() -> None:
-        task = app.extensions.pop("sweeper", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    @app.while_serving
+    async def _sweeper() -> AsyncGenerator[None, None]:
+        # while_serving: started after every before_serving function (the
+        # database is open) and stopped before any after_serving one (the
+        # database is still open). Stopped between sweeps, never cancelled
+        # inside one: a sweep cancelled mid-query would abandon its
+        # pooled connection.
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(_sweep_loop(app, settings, stop))
+        yield
+        stop.set()
+        await task

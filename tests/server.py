@@ -3,6 +3,7 @@ free loopback port, over its own database and storage directory."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -18,6 +19,13 @@ from typing import Any
 import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, so a killed test
+    run leaves no server behind (Linux PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -71,6 +79,7 @@ class RunningServer:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
 
     def _wait_until_serving(self, timeout: float) -> None:

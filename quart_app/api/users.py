@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, jsonify, url_for
+from quart import Blueprint, Response, current_app, g, jsonify, url_for
 from quart_schema import (
     document_headers,
     document_querystring,
@@ -12,10 +12,11 @@ from quart_schema import (
     document_response,
 )
 
-from ..db import get_session, writing
+from ..db import get_database, get_session, writing
 from ..errors import EmailTaken
 from ..models import User
 from ..schemas import LinkHeader, LocationHeader, PageQuery, UserCreate, UserOut, UserPage
+from ..services.user_batches import UserBatcher
 from ..services.users import create_user, get_user, list_users
 from .idempotency import IdempotencyHeaders, idempotent, record_response
 from .json_body import read_model
@@ -24,6 +25,13 @@ from .paging import page_request, page_response
 from .responses import created
 
 blueprint = Blueprint("users", __name__)
+
+
+@blueprint.before_app_serving
+async def _start_batcher() -> None:
+    current_app.extensions["user_batcher"] = UserBatcher(get_database())
+
+
 CURSOR_RESOURCE = "users"
 
 
@@ -41,18 +49,23 @@ async def post_user() -> Response:
     """Create a user; 201 with its Location, 409 if the email is taken."""
     data = await read_model(UserCreate)
     try:
+        if g.get("idempotency_claim") is None:
+            user = await current_app.extensions["user_batcher"].create(data.name, data.email)
+            return created(user_body(user), _user_url(user.id))
+        # With an Idempotency-Key the record must commit with the user, so
+        # this create gets a transaction of its own instead of a batch.
         async with writing() as session:
             user = await create_user(session, data.name, data.email)
-            location = url_for("users.get_one", user_id=user.id, _external=True)
-            response = created(user_body(user), location)
-            # The Idempotency-Key record commits with the user.
+            response = created(user_body(user), _user_url(user.id))
             await record_response(session, response)
+        return response
     except EmailTaken as error:
-        error.members["existing"] = url_for(
-            "users.get_one", user_id=error.existing_id, _external=True
-        )
+        error.members["existing"] = _user_url(error.existing_id)
         raise
-    return response
+
+
+def _user_url(user_id: int | None) -> str:
+    return url_for("users.get_one", user_id=user_id, _external=True)
 
 
 @blueprint.get("/users/<int:user_id>")

@@ -1,0 +1,240 @@
+"""`make bench`: quart_app against the disk and its peers, in one run.
+
+    python -m bench            1 GiB files, 3 runs each, 10 s load tests
+    python -m bench --quick    256 MiB, 1 run, 3 s load tests (under 2 minutes)
+    python -m bench --smoke    4 MiB, 1 run: keeps the benchmark working in CI
+
+Every figure is taken in the same run, so compare ratios, not absolutes: the
+machine is shared and noisy. Prints a table and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import measure
+from .servers import Server, start_fastapi, start_nothing, start_ours, start_stock_quart
+
+MiB = measure.MiB
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    size: int
+    runs: int
+    seconds: int
+    concurrent_size: int
+    small_size: int
+
+
+MODES = {
+    "full": Mode("full", 1024 * MiB, 3, 10, 256 * MiB, 64 * MiB),
+    "quick": Mode("quick", 256 * MiB, 1, 3, 32 * MiB, 16 * MiB),
+    "smoke": Mode("smoke", 4 * MiB, 1, 1, 1 * MiB, 1 * MiB),
+}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "min": round(min(values), 1),
+        "median": round(statistics.median(values), 1),
+        "max": round(max(values), 1),
+    }
+
+
+class Bench:
+    def __init__(self, mode: Mode, root: Path) -> None:
+        self.mode = mode
+        self.root = root.resolve()  # servers run with another cwd
+        self.results: dict[str, Any] = {"mode": mode.name, "size_bytes": mode.size}
+        self.file = measure.make_file(root / "payload.bin", mode.size)
+
+    def log(self, text: str) -> None:
+        print(text, flush=True)
+
+    def clear_uploads(self, server: Server) -> None:
+        """Free the blocks the last upload used (see measure.warm_disk)."""
+        for directory in (server.root / "uploads" / "blobs", server.root / "data"):
+            if directory.exists():
+                for path in directory.rglob("*"):
+                    if path.is_file() and path.suffix != ".sqlite3":
+                        path.unlink()
+
+    def uploads(self, server: Server, verify: bool) -> dict[str, Any]:
+        figures: dict[str, Any] = {}
+        expected = measure.sha256_of(self.file) if verify else None
+        for how in ("multipart", "put"):
+            speeds, peaks = [], []
+            for _ in range(self.mode.runs):
+                self.clear_uploads(server)
+                measure.warm_disk(self.root, self.mode.size)
+                server.reset_peak_memory()
+                speed, answer = measure.curl_upload(server, self.file, how)
+                if expected is not None and answer.get("sha256") != expected:
+                    raise RuntimeError(f"{server.name} stored other bytes")
+                speeds.append(speed)
+                peaks.append(server.peak_memory_mib())
+            figures[how] = {
+                "mb_s": spread(speeds),
+                "peak_rss_mib_largest": round(max(p[0] for p in peaks), 1),
+                "peak_rss_mib_sum": round(max(p[1] for p in peaks), 1),
+            }
+            self.log(f"  {server.name:12} {how:9} {figures[how]['mb_s']} MB/s")
+        return figures
+
+    def run(self) -> dict[str, Any]:
+        mode, results = self.mode, self.results
+        measure.warm_disk(self.root, mode.size)
+        results["disk_mb_s"] = spread(
+            [measure.disk_mb_s(self.root, mode.size) for _ in range(mode.runs)]
+        )
+        self.log(f"disk (dd conv=fdatasync): {results['disk_mb_s']} MB/s")
+
+        ours = start_ours(self.root / "ours")
+        try:
+            results["upload"] = self.uploads(ours, verify=True)
+            results["memory"] = self.memory(ours)
+            results["tus"] = self.tus(ours)
+            results["download_mb_s"] = self.download(ours)
+            results.update(self.load(ours))
+        finally:
+            ours.stop()
+
+        results["peers"] = {}
+        starters: dict[str, Callable[[Path], Server]] = {
+            "stock_quart": start_stock_quart,
+            "fastapi": start_fastapi,
+            "nothing": start_nothing,
+        }
+        for name, start in starters.items():
+            server = start(self.root / name)
+            try:
+                results["peers"][name] = self.uploads(server, verify=False)
+                if name == "fastapi" and measure.have_wrk():
+                    results["peers"][name]["small_files_per_s"] = self.small_files(server)
+                if name == "stock_quart" and measure.have_wrk():
+                    results["peers"][name]["create"] = self.creates(server)
+            finally:
+                server.stop()
+        results["ratios"] = ratios(results)
+        return results
+
+    def memory(self, server: Server) -> dict[str, float]:
+        small = measure.make_file(self.root / "small.bin", self.mode.small_size)
+        figures = {}
+        for label, path in (("small", small), ("large", self.file)):
+            self.clear_uploads(server)
+            server.reset_peak_memory()
+            measure.curl_upload(server, path, "put")
+            figures[f"peak_rss_mib_{label}"] = round(server.peak_memory_mib()[0], 1)
+        paths = [
+            measure.make_file(self.root / f"c{i}.bin", self.mode.concurrent_size + i)
+            for i in range(8)
+        ]
+        self.clear_uploads(server)
+        server.reset_peak_memory()
+        figures["concurrent_8_mb_s"] = round(measure.concurrent_uploads(server, paths), 1)
+        figures["peak_rss_mib_8_concurrent"] = round(server.peak_memory_mib()[0], 1)
+        figures["small_bytes"] = self.mode.small_size
+        figures["concurrent_bytes_each"] = self.mode.concurrent_size
+        self.log(f"  memory: {figures}")
+        return figures
+
+    def tus(self, server: Server) -> dict[str, Any]:
+        speeds = []
+        for _ in range(self.mode.runs):
+            self.clear_uploads(server)
+            measure.warm_disk(self.root, self.mode.size)
+            speeds.append(measure.tus_upload(server, self.file, 8 * MiB))
+        self.log(f"  tus (tuspy, 8 MiB chunks): {spread(speeds)} MB/s")
+        return {"mb_s": spread(speeds)}
+
+    def download(self, server: Server) -> dict[str, float]:
+        _, answer = measure.curl_upload(server, self.file, "put")
+        speeds = [measure.curl_download(server, str(answer["id"])) for _ in range(self.mode.runs)]
+        self.log(f"  download: {spread(speeds)} MB/s")
+        return spread(speeds)
+
+    def creates(self, server: Server) -> dict[str, float]:
+        figures = measure.wrk(f"{server.url}/users", "post_users.lua", 50, self.mode.seconds)
+        health = measure.wrk(f"{server.url}/healthz", None, 50, self.mode.seconds)
+        figures["healthz_req_s"] = health["req_s"]
+        self.log(f"  {server.name}: POST /users {figures}")
+        return figures
+
+    def small_files(self, server: Server) -> float:
+        figures = measure.wrk(f"{server.url}/files", "small_files.lua", 32, self.mode.seconds)
+        self.log(f"  {server.name}: 4 KiB files {figures['req_s']}/s")
+        return figures["req_s"]
+
+    def load(self, server: Server) -> dict[str, Any]:
+        if not measure.have_wrk():
+            self.log("  wrk is not installed: create and small-file figures skipped")
+            return {"create": None, "small_files_per_s": None}
+        create = self.creates(server)
+        database = server.root / "instance" / "db.sqlite3"
+        create["rows"] = float(measure.rows(database, "users"))
+        return {"create": create, "small_files_per_s": self.small_files(server)}
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    def median(figure: dict[str, Any]) -> float:
+        return float(figure["mb_s"]["median"])
+
+    ours, peers = results["upload"], results["peers"]
+    found: dict[str, float | None] = {}
+    for how in ("multipart", "put"):
+        found[f"{how}_vs_disk"] = median(ours[how]) / results["disk_mb_s"]["median"]
+        for name in peers:
+            found[f"{how}_vs_{name}"] = median(ours[how]) / median(peers[name][how])
+    found["tus_vs_put"] = median(results["tus"]) / median(ours["put"])
+    create = results.get("create")
+    found["create_vs_healthz"] = create["req_s"] / create["healthz_req_s"] if create else None
+    fastapi_small = peers.get("fastapi", {}).get("small_files_per_s")
+    small = results.get("small_files_per_s")
+    found["small_files_vs_fastapi"] = small / fastapi_small if small and fastapi_small else None
+    return {k: (round(v, 2) if v is not None else None) for k, v in found.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true")
+    group.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
+    args = parser.parse_args()
+    mode = MODES["quick" if args.quick else "smoke" if args.smoke else "full"]
+    root = args.dir or Path(tempfile.mkdtemp(prefix="quart-app-bench-", dir="."))
+    started = time.time()
+    try:
+        results = Bench(mode, root).run()
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    results["seconds"] = round(time.time() - started, 1)
+    results["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results["ratios"], indent=2))
+    print(f"written to {args.out} in {results['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["httpx"]

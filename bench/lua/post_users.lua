@@ -1,0 +1,35 @@
+-- POST /users with a unique email per request; counts the 201s.
+-- Globals, not locals: done() reads them from each thread with thread:get.
+counter = 0
+created = 0
+threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  thread:set("seed", os.time() + #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  math.randomseed(seed)
+  run = math.random(1, 1000000000)
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  counter = counter + 1
+  local body = string.format('{"name": "bench", "email": "u%d-%d-%d@example.com"}',
+                             run, id, counter)
+  return wrk.format(nil, "/users", nil, body)
+end
+
+function response(status, headers, body)
+  if status == 201 then created = created + 1 end
+end
+
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + thread:get("created") end
+  io.write(string.format("created %d\n", total))
+end

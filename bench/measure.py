@@ -1,0 +1,156 @@
+"""One function per measurement; each returns plain numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from .servers import PROJECT_ROOT, Server
+
+MiB = 1024 * 1024
+LUA = Path(__file__).parent / "lua"
+
+
+def make_file(path: Path, size: int) -> Path:
+    """Random bytes (no dedupe shortcut), written once and reused."""
+    if not path.exists() or path.stat().st_size != size:
+        with path.open("wb") as handle:
+            block = hashlib.sha256(b"seed").digest() * (MiB // 32)
+            for index in range(size // MiB):
+                handle.write(hashlib.sha256(str(index).encode()).digest() + block[32:])
+            handle.write(block[: size % MiB])
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def warm_disk(directory: Path, size: int) -> None:
+    """Write and delete about 3x the file size: on these virtual disks a write
+    to never-used blocks is several times slower than to recently freed ones,
+    and every figure should see the same kind of blocks."""
+    target = directory / "warm.bin"
+    for _ in range(3):
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={size // MiB}",
+             "conv=fdatasync", "status=none"],
+            check=True,
+        )  # fmt: skip
+        target.unlink()
+
+
+def disk_mb_s(directory: Path, size: int) -> float:
+    target = directory / "dd.bin"
+    result = subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={size // MiB}",
+         "conv=fdatasync"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    target.unlink()
+    match = re.search(r"copied, ([\d.]+) s", result.stderr)
+    assert match, result.stderr
+    return size / float(match.group(1)) / 1e6
+
+
+def curl_upload(server: Server, path: Path, how: str) -> tuple[float, dict[str, object]]:
+    """MB/s of one upload with curl (-F multipart or -T PUT), and the JSON answer."""
+    url = f"{server.url}/files" if how == "multipart" else f"{server.url}/files/{path.name}"
+    form = ["-F", f"file=@{path}"] if how == "multipart" else ["-T", str(path)]
+    result = subprocess.run(
+        ["curl", "-sS", "-o", "-", "-w", "\n%{http_code} %{speed_upload}", *form, url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    body, _, tail = result.stdout.rpartition("\n")
+    status, speed = tail.split()
+    if status not in ("200", "201"):
+        raise RuntimeError(f"{server.name} answered {status}: {body[:300]}")
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    return float(speed) / 1e6, answer
+
+
+def curl_download(server: Server, file_id: str) -> float:
+    result = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{speed_download}",
+         f"{server.url}/files/{file_id}/content"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    status, speed = result.stdout.split()
+    assert status == "200", status
+    return float(speed) / 1e6
+
+
+def concurrent_uploads(server: Server, paths: list[Path]) -> float:
+    """Total MB/s of several PUTs at once."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(paths)) as pool:
+        list(pool.map(lambda p: curl_upload(server, p, "put"), paths))
+    return sum(p.stat().st_size for p in paths) / (time.perf_counter() - started) / 1e6
+
+
+def tus_upload(server: Server, path: Path, chunk: int) -> float:
+    from tusclient import client
+
+    started = time.perf_counter()
+    uploader = client.TusClient(f"{server.url}/uploads").uploader(
+        str(path), chunk_size=chunk, metadata={"filename": path.name}
+    )
+    uploader.upload()
+    elapsed = time.perf_counter() - started
+    file_id = (uploader.url or "").rsplit("/", 1)[1]
+    served = httpx.get(f"{server.url}/files/{file_id}").json()["sha256"]
+    if served != sha256_of(path):
+        raise RuntimeError("tus upload stored other bytes")
+    return path.stat().st_size / elapsed / 1e6
+
+
+def wrk(url: str, script: str | None, connections: int, seconds: int) -> dict[str, float]:
+    """wrk's requests/s, p50 and p99 in ms, and (with a script that counts
+    them) the number of 201 answers."""
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script:
+        argv[1:1] = ["-s", str(LUA / script)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    figures = {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for name, label in (("p50_ms", "50%"), ("p99_ms", "99%")):
+        match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
+        assert match, out
+        value, unit = float(match.group(1)), match.group(2)
+        figures[name] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    created = re.search(r"created (\d+)", out)
+    if created:
+        figures["created"] = float(created.group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["non_2xx"] = float(non2xx.group(1)) if non2xx else 0.0
+    return figures
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def rows(database: Path, table: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        count: int = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return count
+
+
+__all__ = ["PROJECT_ROOT", "asyncio"]

@@ -1,0 +1,133 @@
+"""Starting the servers under test, and reading their memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    name: str
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The server process and every descendant (Hypercorn's workers)."""
+        found = [self.process.pid]
+        index = 0
+        while index < len(found):
+            pid = found[index]
+            children = Path(f"/proc/{pid}/task/{pid}/children")
+            if children.exists():
+                found += [int(p) for p in children.read_text().split()]
+            index += 1
+        return found
+
+    def reset_peak_memory(self) -> None:
+        """Writing 5 to clear_refs resets VmHWM (Linux 4.0+)."""
+        for pid in self.pids():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def peak_memory_mib(self) -> tuple[float, float]:
+        """(largest, sum) of VmHWM over the server's processes, in MiB.
+        The supervisor and multiprocessing's resource tracker are counted
+        in the sum; the largest is the worker."""
+        peaks = []
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        return max(peaks), sum(peaks)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _wait_ready(server: Server, path: str) -> Server:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited: see {server.root / 'server.log'}")
+        try:
+            httpx.get(server.url + path, timeout=1)
+            return server
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{server.name} did not start")
+
+
+def _spawn(name: str, root: Path, argv: list[str], env: dict[str, str], ready: str) -> Server:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [a.replace("{port}", str(port)) for a in argv]
+    environment = {**os.environ, **env, "PYTHONPATH": str(PROJECT_ROOT)}
+    with (root / "server.log").open("ab") as log:
+        process = subprocess.Popen(
+            argv, cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
+    return _wait_ready(Server(name, root, port, process), ready)
+
+
+def hypercorn(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hypercorn", *args]
+
+
+def start_ours(root: Path) -> Server:
+    env = {
+        "QUART_APP_STORAGE_DIR": str(root / "uploads"),
+        "QUART_APP_INSTANCE_DIR": str(root / "instance"),
+        "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
+    }
+    # The project's own hypercorn.toml, access logs and all: as deployed.
+    argv = hypercorn(
+        "-c", str(PROJECT_ROOT / "hypercorn.toml"), "--bind", "127.0.0.1:{port}",
+        "quart_app:create_app()",
+    )  # fmt: skip
+    return _spawn("quart_app", root, argv, env, "/healthz")
+
+
+def start_stock_quart(root: Path) -> Server:
+    argv = hypercorn("--bind", "127.0.0.1:{port}", "bench.peers.stock_quart:app")
+    return _spawn("stock Quart", root, argv, {"PEER_DIR": str(root / "data")}, "/healthz")
+
+
+def start_fastapi(root: Path) -> Server:
+    argv = [
+        sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}",
+        "--no-access-log", "bench.peers.fastapi_app:app",
+    ]  # fmt: skip
+    return _spawn("FastAPI", root, argv, {"PEER_DIR": str(root / "data")}, "/docs")
+
+
+def start_nothing(root: Path) -> Server:
+    argv = hypercorn("--bind", "127.0.0.1:{port}", "bench.peers.nothing:app")
+    return _spawn("do-nothing", root, argv, {}, "/")
