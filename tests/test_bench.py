@@ -24,4 +24,6 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert results["tus"]["mb_s"]["median"] > 0
     assert results["ratios"]["multipart_vs_nothing"] is not None
     if results["create"] is not None:
-        assert results["create"]["created"] == results["create"]["rows"]
+        # Requests still in flight when wrk stops commit but are never counted.
+        create = results["create"]
+        assert create["created"] <= create["rows"] <= create["created"] + create["connections"]

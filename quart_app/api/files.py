@@ -42,12 +42,13 @@ from ..schemas import (
 from ..services.files import create_files, current_etag, delete_file, get_file, list_files, put_file
 from ..shielded import run_to_completion
 from ..streaming import body_limit, upload_body_limit
+from .context import blob_store
 from .idempotency import IdempotencyHeaders, idempotent, record_response
 from .openapi import problems
 from .paging import page_request, page_response
 from .representations import batch_body, file_body
 from .responses import created, empty_response
-from .upload_body import blob_store, discard, receive_raw, receive_upload
+from .upload_body import discard, receive_raw, receive_upload
 
 blueprint = Blueprint("files", __name__)
 CURSOR_RESOURCE = "files"

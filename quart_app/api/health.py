@@ -13,6 +13,7 @@ from quart_schema import document_response
 from ..db import get_database, ping
 from ..problems import problem_response
 from ..schemas import Health
+from .context import settings
 from .openapi import problems
 
 blueprint = Blueprint("health", __name__)
@@ -46,7 +47,7 @@ async def readyz() -> Response:
         current_app.logger.warning("readyz: database check failed: %r", error)
         return problem_response(503, detail="The database is not reachable.")
     try:
-        await asyncio.to_thread(_probe_storage, current_app.extensions["settings"].STORAGE_DIR)
+        await asyncio.to_thread(_probe_storage, settings().STORAGE_DIR)
     except OSError as error:
         current_app.logger.warning("readyz: storage check failed: %r", error)
         return problem_response(503, detail="The storage directory is not writable.")

@@ -20,11 +20,10 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
-from quart import Response, current_app, g, request
+from quart import Response, g, request
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.datastructures import Headers
 
-from ..config import Settings
 from ..db import get_database
 from ..errors import IdempotencyKeyBusy, IdempotencyKeyReused, InvalidInput
 from ..services.idempotency import (
@@ -37,6 +36,7 @@ from ..services.idempotency import (
     release,
 )
 from ..shielded import run_to_completion
+from .context import settings
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -152,8 +152,7 @@ def _replay(stored: StoredResponse) -> Response:
 
 
 def _lease() -> timedelta:
-    settings: Settings = current_app.extensions["settings"]
-    return timedelta(seconds=settings.BODY_DEADLINE) + LEASE_MARGIN
+    return timedelta(seconds=settings().BODY_DEADLINE) + LEASE_MARGIN
 
 
 def idempotent(view: V) -> V:

@@ -6,8 +6,8 @@ from typing import Any
 
 from quart import Response, current_app, jsonify, request, url_for
 
-from ..config import Settings
 from ..pagination import CursorCodec, parse_limit
+from .context import settings
 
 
 def _codec() -> CursorCodec:
@@ -17,10 +17,8 @@ def _codec() -> CursorCodec:
 
 def page_request(resource: str) -> tuple[int, int]:
     """(after, limit) from the query string; 400 for a bad limit or cursor."""
-    settings: Settings = current_app.extensions["settings"]
-    limit = parse_limit(
-        request.args.get("limit"), settings.PAGE_SIZE_DEFAULT, settings.PAGE_SIZE_MAX
-    )
+    config = settings()
+    limit = parse_limit(request.args.get("limit"), config.PAGE_SIZE_DEFAULT, config.PAGE_SIZE_MAX)
     cursor = request.args.get("cursor")
     after = _codec().decode(resource, cursor) if cursor is not None else 0
     return after, limit

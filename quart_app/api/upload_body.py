@@ -7,28 +7,18 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import AsyncIterator
 
-from quart import current_app, request
+from quart import request
 from werkzeug.http import parse_options_header
 
-from ..config import Settings
 from ..disposition import clean_filename, header_text, parse_disposition
 from ..errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
 from ..multipart import IncomingFile, MultipartLimits, read_multipart, upload_content_type
-from ..storage import BlobStore, BlobTooLarge
+from ..storage import BlobTooLarge
+from .context import blob_store, settings
 from .idempotency import observe_body
 
 # Types curl and forms put on a raw body by default: they say nothing of the file.
 _NOT_THE_FILES_TYPE = {"", "application/x-www-form-urlencoded"}
-
-
-def blob_store() -> BlobStore:
-    store: BlobStore = current_app.extensions["blob_store"]
-    return store
-
-
-def settings() -> Settings:
-    value: Settings = current_app.extensions["settings"]
-    return value
 
 
 async def request_chunks() -> AsyncIterator[bytes]:

@@ -13,7 +13,6 @@ from quart_schema import document_headers, document_response
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
-from ..config import Settings
 from ..db import get_database, get_session
 from ..disposition import clean_filename
 from ..errors import InvalidInput, TooLarge, UnsupportedMediaType, UnsupportedProtocolVersion
@@ -31,7 +30,6 @@ from ..services.uploads import (
     terminate,
 )
 from ..shielded import run_to_completion
-from ..storage import ResumableStore
 from ..streaming import body_limit, upload_body_limit
 from ..tus import (
     CHECKSUM_ALGORITHMS,
@@ -42,6 +40,7 @@ from ..tus import (
     parse_count,
     parse_metadata,
 )
+from .context import blob_store, settings
 from .idempotency import idempotent, record_response
 from .openapi import problems
 from .responses import created, empty_response
@@ -50,23 +49,13 @@ from .upload_body import request_chunks
 blueprint = Blueprint("uploads", __name__)
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["settings"]
-    return settings
-
-
-def _store() -> ResumableStore:
-    store: ResumableStore = current_app.extensions["blob_store"]
-    return store
-
-
 def _hashes() -> HashStates:
     hashes: HashStates = current_app.extensions["upload_hashes"]
     return hashes
 
 
 def _expires_in() -> timedelta:
-    return timedelta(seconds=_settings().UPLOAD_EXPIRES_SECONDS)
+    return timedelta(seconds=settings().UPLOAD_EXPIRES_SECONDS)
 
 
 @blueprint.before_request
@@ -132,14 +121,14 @@ async def options() -> Response:
         {
             "Tus-Version": TUS_VERSION,
             "Tus-Extension": TUS_EXTENSIONS,
-            "Tus-Max-Size": str(_settings().MAX_UPLOAD_BYTES),
+            "Tus-Max-Size": str(settings().MAX_UPLOAD_BYTES),
             "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
         },
     )
 
 
 def _creation_spec() -> UploadSpec:
-    settings = _settings()
+    config = settings()
     length = parse_count("Upload-Length", request.headers.get("Upload-Length"))
     defer = request.headers.get("Upload-Defer-Length")
     if (length is None) == (defer is None) or (defer is not None and defer.strip() != "1"):
@@ -147,12 +136,12 @@ def _creation_spec() -> UploadSpec:
             "Send Upload-Length, or Upload-Defer-Length: 1 (not both).",
             errors=[{"field": "Upload-Length", "message": "required unless deferred"}],
         )
-    if length is not None and length > settings.MAX_UPLOAD_BYTES:
-        raise TooLarge(f"Upload-Length is over the limit of {settings.MAX_UPLOAD_BYTES} bytes.")
+    if length is not None and length > config.MAX_UPLOAD_BYTES:
+        raise TooLarge(f"Upload-Length is over the limit of {config.MAX_UPLOAD_BYTES} bytes.")
     header = request.headers.get("Upload-Metadata")
     metadata = parse_metadata(header)
     raw_name = metadata.get("filename") or metadata.get("name")
-    filename = clean_filename(raw_name, settings.MAX_FILENAME_CHARS) if raw_name else "upload"
+    filename = clean_filename(raw_name, config.MAX_FILENAME_CHARS) if raw_name else "upload"
     given_type = metadata.get("filetype") or metadata.get("type") or metadata.get("contentType")
     content_type = upload_content_type(given_type or mimetypes.guess_type(filename)[0])
     return UploadSpec(length, header, filename, content_type)
@@ -163,7 +152,7 @@ def _patch(offset: int) -> Patch:
         offset=offset,
         checksum=parse_checksum(request.headers.get("Upload-Checksum")),
         new_length=parse_count("Upload-Length", request.headers.get("Upload-Length")),
-        max_length=_settings().MAX_UPLOAD_BYTES,
+        max_length=settings().MAX_UPLOAD_BYTES,
         expires_in=_expires_in(),
     )
 
@@ -203,7 +192,7 @@ async def create() -> Response:
     upload = await run_to_completion(
         create_upload(
             get_database(),
-            _store(),
+            blob_store(),
             spec,
             _expires_in(),
             before_commit=None if first_chunk_follows else respond,
@@ -211,7 +200,7 @@ async def create() -> Response:
     )
     if patch is not None and first_chunk_follows:
         await append(
-            get_database(), _store(), _hashes(), upload.id, request_chunks(), patch, respond
+            get_database(), blob_store(), _hashes(), upload.id, request_chunks(), patch, respond
         )
     return responses[-1]
 
@@ -242,7 +231,7 @@ async def patch_one(upload_id: str) -> Response:
             errors=[{"field": "Upload-Offset", "message": "required"}],
         )
     upload = await append(
-        get_database(), _store(), _hashes(), upload_id, request_chunks(), _patch(offset)
+        get_database(), blob_store(), _hashes(), upload_id, request_chunks(), _patch(offset)
     )
     headers = upload_headers(upload)
     return empty_response(
@@ -255,5 +244,5 @@ async def patch_one(upload_id: str) -> Response:
 @problems(404, 410, 412, 423)
 async def delete_one(upload_id: str) -> Response:
     """Terminate an upload (tus termination); a completed upload's file stays."""
-    await run_to_completion(terminate(get_database(), _store(), upload_id))
+    await run_to_completion(terminate(get_database(), blob_store(), upload_id))
     return empty_response(204, {})

@@ -1,0 +1,19 @@
+"""Typed access to what the app keeps for the serving process."""
+
+from __future__ import annotations
+
+from quart import current_app
+
+from ..config import Settings
+from ..storage import ResumableStore
+
+
+def settings() -> Settings:
+    value: Settings = current_app.extensions["settings"]
+    return value
+
+
+def blob_store() -> ResumableStore:
+    """The store of blobs and partial uploads (the local backend today)."""
+    store: ResumableStore = current_app.extensions["blob_store"]
+    return store
