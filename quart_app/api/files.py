@@ -127,7 +127,11 @@ async def put_one(file_id: str) -> Response:
     If-Match and If-None-Match: * (412 when they fail)."""
     file_id = _client_file_id(file_id)
     # Checked before the body is read, to fail fast, and again when committing.
-    if not _put_precondition(await current_etag(get_session(), file_id)):
+    # A short session of its own: a read transaction held open for the whole
+    # upload would keep SQLite from checkpointing its WAL.
+    async with get_database().sessionmaker() as session:
+        etag = await current_etag(session, file_id)
+    if not _put_precondition(etag):
         raise PreconditionFailed("The file's current state does not match the precondition.")
     incoming = await receive_raw(default_filename=file_id)
     try:
