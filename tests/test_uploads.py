@@ -77,7 +77,9 @@ async def test_tus_resumable_is_required_and_answered(client: QuartClient) -> No
         assert response.headers["Tus-Version"] == "1.0.0"
         assert response.content_type == "application/problem+json"
     url = await create(client, 10)
-    for response in (await head(client, url), await patch(client, url, 0, b"abc")):
+    unknown = await head(client, "/uploads/unknown")
+    assert unknown.status_code == 404
+    for response in (await head(client, url), await patch(client, url, 0, b"abc"), unknown):
         assert response.headers["Tus-Resumable"] == "1.0.0"
 
 
