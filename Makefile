@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint pytest bench purge-idempotency clean
+.PHONY: run test lint pytest bench check purge-idempotency clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint pytest
+
+# Verify every stored file; `make check REPAIR=1` also removes orphans.
+check: $(STAMP)
+	$(BIN)/python -m quart_app check $(if $(REPAIR),--repair,)
 
 purge-idempotency: $(STAMP)
 	$(BIN)/python -m quart_app purge-idempotency

@@ -6,6 +6,7 @@ Serve with ``hypercorn -c hypercorn.toml 'quart_app:create_app()'``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from . import background, cors, db, problems, streaming
 from .api import batches, files, health, uploads, users
 from .config import Settings, load_settings
 from .instance import load_secret_key, prepare_directories
+from .integrity import TEMP_GRACE_SECONDS, recover
 from .method_override import MethodOverrideMiddleware
 from .pagination import CursorCodec
 from .request_log import RequestLogMiddleware, configure_logging
@@ -54,6 +56,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         app.extensions["upload_hashes"] = HashStates()
 
     db.init_app(app, settings)
+
+    @app.before_serving
+    async def _recover_from_a_crash() -> None:
+        temp_max_age = settings.BODY_DEADLINE + TEMP_GRACE_SECONDS
+        for line in await recover(app.extensions["database"], store_of(app), temp_max_age):
+            logging.getLogger("quart_app.integrity").warning(line)
+
     background.init_app(app, settings)
     cors.init_app(app, settings)
     app.register_blueprint(health.blueprint)
@@ -64,6 +73,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.asgi_app = MethodOverrideMiddleware(app.asgi_app)  # type: ignore[method-assign]
     app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
     return app
+
+
+def store_of(app: Quart) -> LocalBlobStore:
+    store: LocalBlobStore = app.extensions["blob_store"]
+    return store
 
 
 def app_settings(app: Quart) -> Settings:
