@@ -8,12 +8,13 @@ What a crash can leave, and what undoes it:
   back and the blob row still stands: the bytes must go back to their
   address. If it committed, the bytes are garbage. Recovery decides by the
   blob row, so it is right either way.
-- ``tmp/*.part``: an upload in flight. Only files older than the longest a
-  body may take (BODY_DEADLINE) are removed, so a cleanup never touches
-  another worker's upload.
-- a published blob without its row (died between rename and commit):
-  harmless (an identical upload reuses it); ``check`` reports it as an orphan
-  and ``--repair`` removes it.
+- ``tmp/<pid>-*.part``: an upload in flight. Removed when its process is
+  gone, or when older than the longest a body may take (BODY_DEADLINE), so
+  a cleanup never touches another live worker's upload.
+- a published blob without its row (died between rename and commit): the
+  ``tmp/<pid>-publishing-<sha256>`` marker left with it names it, so the
+  bytes are removed at startup if no row has that sha256. ``check`` finds
+  any other orphan by a full scan; ``--repair`` removes it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,24 @@ def _stale(path: Path, older_than: float) -> bool:
         return False
 
 
+def _owner_gone(path: Path) -> bool:
+    """A temp file named ``<pid>-...`` whose process no longer exists."""
+    pid = path.name.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _abandoned(path: Path, older_than: float) -> bool:
+    return _owner_gone(path) or _stale(path, older_than)
+
+
 async def recover(database: Database, store: LocalBlobStore, temp_max_age: float) -> list[str]:
     """The cheap part, run at startup: settle trash, drop stale temp files.
 
@@ -88,10 +107,18 @@ async def recover(database: Database, store: LocalBlobStore, temp_max_age: float
             else:
                 await asyncio.to_thread(path.unlink, True)
                 done.append(f"purged trash {path.name}")
+        for marker in sorted(store.tmp.glob("*-publishing-*")):
+            if not _abandoned(marker, temp_max_age):
+                continue  # its transaction may still be running
+            sha256 = marker.name.rsplit("-", 1)[1]
+            if len(sha256) == 64 and await session.get(Blob, sha256) is None:
+                await asyncio.to_thread(store.path_for(sha256).unlink, True)
+                done.append(f"removed blob {sha256}: published, but its row never committed")
+            await asyncio.to_thread(marker.unlink, True)
     for path in sorted(store.tmp.iterdir()):
-        if _stale(path, temp_max_age):
+        if _abandoned(path, temp_max_age):
             await asyncio.to_thread(path.unlink, True)
-            done.append(f"removed stale temp file {path.name}")
+            done.append(f"removed abandoned temp file {path.name}")
     return done
 
 
@@ -138,7 +165,9 @@ async def check(
     report.unused_blob_rows = sorted(blob_rows - used)
     on_disk = {p.name for p in store.blobs.rglob("*") if p.is_file()}
     report.orphan_blobs = sorted(on_disk - blob_rows)
-    report.stale_temp_files = sorted(p.name for p in store.tmp.iterdir() if _stale(p, temp_max_age))
+    report.stale_temp_files = sorted(
+        p.name for p in store.tmp.iterdir() if _abandoned(p, temp_max_age)
+    )
     report.trash_files = sorted(p.name for p in store.trash.iterdir())
     # Age-gated: a partial file exists a moment before its upload's row.
     report.orphan_partials = sorted(

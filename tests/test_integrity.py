@@ -69,8 +69,10 @@ async def test_check_reports_damage_and_repair_removes_only_orphans(
     stale = storage / "tmp" / "dead.part"
     stale.write_bytes(b"half an upload")
     os.utime(stale, (OLD, OLD))
-    fresh = storage / "tmp" / "in-flight.part"
+    fresh = storage / "tmp" / f"{os.getpid()}-in-flight.part"  # a live owner
     fresh.write_bytes(b"someone is uploading")
+    dead_owner = storage / "tmp" / f"{2**22 + 1}-killed.part"  # above pid_max: gone
+    dead_owner.write_bytes(b"a killed worker's upload")
     partial = storage / "partial" / "forgotten"
     partial.write_bytes(b"x")
     os.utime(partial, (OLD, OLD))
@@ -82,12 +84,14 @@ async def test_check_reports_damage_and_repair_removes_only_orphans(
     assert "file whose bytes do not match its size and sha256: keep" in out
     assert f"orphan blob (no row): {orphan}" in out
     assert "stale temp file: dead.part" in out and "in-flight.part" not in out
+    assert "killed.part" in out
     assert "orphan partial upload: forgotten" in out
 
     repaired = run_check(overrides, "--repair")
     assert repaired.returncode == 1  # rows with bad bytes remain: a person decides
     assert not blob_path(storage, orphan).exists()
     assert not stale.exists() and fresh.exists() and not partial.exists()
+    assert not dead_owner.exists()
     assert blob_path(storage, shas["keep"]).exists()  # bytes under a row stay
     assert "file whose bytes are missing: gone" in repaired.stdout
 
@@ -109,4 +113,26 @@ async def test_startup_restores_bytes_retired_by_a_transaction_that_never_commit
         assert await content.get_data() == b"kept bytes"
     assert list((storage / "trash").iterdir()) == []
     assert len(blob_files(storage)) == 2
+    assert run_check(overrides).returncode == 0
+
+
+async def test_startup_removes_bytes_published_by_a_transaction_that_never_committed(
+    overrides: dict[str, Any],
+) -> None:
+    shas = await store_two_files(overrides)
+    storage = Path(overrides["STORAGE_DIR"])
+    dead = 2**22 + 1  # above any pid_max: no such process
+    # Renamed into place, then killed before the commit: no row.
+    doubtful = hashlib.sha256(b"never committed").hexdigest()
+    blob_path(storage, doubtful).parent.mkdir(parents=True, exist_ok=True)
+    blob_path(storage, doubtful).write_bytes(b"never committed")
+    (storage / "tmp" / f"{dead}-publishing-{doubtful}").touch()
+    # Killed after the commit, before the marker went: the row stands.
+    (storage / "tmp" / f"{dead}-publishing-{shas['keep']}").touch()
+    app = create_app(overrides)
+    async with app.test_app():
+        pass
+    assert not blob_path(storage, doubtful).exists()
+    assert blob_path(storage, shas["keep"]).exists()
+    assert list((storage / "tmp").iterdir()) == []
     assert run_check(overrides).returncode == 0

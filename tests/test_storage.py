@@ -55,6 +55,9 @@ async def test_write_seal_publish_is_content_addressed(store: LocalBlobStore) ->
     assert sealed.sha256 == hashlib.sha256(data).hexdigest()
     assert sealed.size == len(data)
     assert await writer.publish() is True
+    # Until its transaction commits, a marker names the published blob.
+    assert store.publish_marker(sealed.sha256).exists()
+    await writer.settle()
     path = store.path_for(sealed.sha256)
     assert path.read_bytes() == data
     assert path.parent.parent.parent == store.blobs
@@ -67,6 +70,7 @@ async def test_identical_content_is_stored_once(store: LocalBlobStore) -> None:
         await writer.write(b"same")
         await writer.seal()
         assert await writer.publish() is expected
+        await writer.settle()
     assert len(list(store.blobs.rglob("*"))) == 3  # ab/, ab/cd/, the blob
     assert leftovers(store) == []
 
@@ -117,6 +121,7 @@ async def test_retire_restore_purge(store: LocalBlobStore) -> None:
     await writer.write(b"keep me")
     sealed = await writer.seal()
     await writer.publish()
+    await writer.settle()
     token = await store.retire(sealed.sha256)
     assert token is not None
     assert not await store.exists(sealed.sha256)

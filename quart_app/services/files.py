@@ -74,6 +74,7 @@ class BlobChanges:
             return
         if await incoming.writer.publish():
             self.on_undo(incoming.writer.unpublish)
+            self.after_commit(incoming.writer.settle)
         if not has_row:
             await self.add_blob_row(session, sealed.sha256, sealed.size)
 

@@ -101,6 +101,7 @@ async def _complete(
     has_row, stored = await changes.blob_is_stored(session, sha)
     if not stored and await store.publish_partial(upload_id, sha):
         changes.on_undo(lambda: store.unpublish_partial(upload_id, sha))
+        changes.after_commit(lambda: store.settle_publish(sha))
     else:
         changes.after_commit(lambda: store.delete_partial(upload_id))
     if not has_row:

@@ -57,6 +57,9 @@ class BlobWriter(Protocol):
     async def unpublish(self) -> None:
         """Undo publish() when the transaction it belonged to failed."""
 
+    async def settle(self) -> None:
+        """publish()'s transaction committed: the bytes are no longer in doubt."""
+
     async def discard(self) -> None:
         """Remove the temp file, if any. Safe to call more than once."""
 
@@ -114,5 +117,8 @@ class ResumableStore(BlobStore, Protocol):
     async def publish_partial(self, upload_id: str, sha256: str) -> bool: ...
 
     async def unpublish_partial(self, upload_id: str, sha256: str) -> None: ...
+
+    async def settle_publish(self, sha256: str) -> None:
+        """The transaction that published ``sha256`` committed."""
 
     async def delete_partial(self, upload_id: str) -> None: ...

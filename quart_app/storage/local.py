@@ -3,7 +3,7 @@
 Layout under the storage root::
 
     blobs/ab/cd/<sha256>   published blobs, by content address
-    tmp/<random>.part      uploads in flight (write-once, O_EXCL)
+    tmp/<pid>-<random>.part  uploads in flight (write-once, O_EXCL)
     partial/<upload id>    resumable (tus) uploads not yet complete
     trash/<sha256>.<rand>  blobs retired by a transaction not yet committed
 
@@ -130,7 +130,9 @@ class LocalBlobWriter(BatchedWriter):
         self._hash = hashlib.sha256()
         super().__init__(store, [self._hash])
         self._max_bytes = max_bytes
-        self.temp_path = store.tmp / f"{secrets.token_hex(16)}.part"
+        # The pid names the owner: after a crash, startup removes temp files
+        # whose process is gone (integrity.recover).
+        self.temp_path = store.tmp / f"{os.getpid()}-{secrets.token_hex(16)}.part"
         self.size = 0
         self._sealed: SealedBlob | None = None
         self._published: Path | None = None
@@ -155,6 +157,7 @@ class LocalBlobWriter(BatchedWriter):
         if target.exists():
             self.temp_path.unlink()
             return False
+        self._store.mark_publishing(target.name)
         os.rename(self.temp_path, target)
         for directory in {target.parent, *made}:
             _fsync_dir(directory)
@@ -175,6 +178,12 @@ class LocalBlobWriter(BatchedWriter):
         if self._published is not None:
             published, self._published = self._published, None
             await asyncio.to_thread(published.unlink, True)
+            await self._store.settle_publish(published.name)
+
+    async def settle(self) -> None:
+        """The row committed: the bytes are no longer in doubt."""
+        if self._published is not None:
+            await self._store.settle_publish(self._published.name)
 
     async def discard(self) -> None:
         await self._settle()
@@ -278,6 +287,19 @@ class LocalBlobStore:
                 made.append(directory.parent)
         return made
 
+    # A blob renamed into place before its transaction commits is in doubt
+    # until the commit: a marker names it, so that if the process dies in
+    # between, startup (integrity.recover) can tell those bytes have no row
+    # without scanning every blob.
+    def publish_marker(self, sha256: str) -> Path:
+        return self.tmp / f"{os.getpid()}-publishing-{sha256}"
+
+    def mark_publishing(self, sha256: str) -> None:
+        os.close(os.open(self.publish_marker(sha256), os.O_WRONLY | os.O_CREAT, 0o600))
+
+    async def settle_publish(self, sha256: str) -> None:
+        await asyncio.to_thread(self.publish_marker(sha256).unlink, True)
+
     def writer(self, max_bytes: int) -> LocalBlobWriter:
         return LocalBlobWriter(self, max_bytes)
 
@@ -371,6 +393,7 @@ class LocalBlobStore:
         made = self.make_parents(target)
         if target.exists():
             return False
+        self.mark_publishing(sha256)
         os.rename(self.partial_path(upload_id), target)
         for directory in {target.parent, self.partial, *made}:
             _fsync_dir(directory)
@@ -386,6 +409,7 @@ class LocalBlobStore:
 
     async def unpublish_partial(self, upload_id: str, sha256: str) -> None:
         await asyncio.to_thread(os.rename, self.path_for(sha256), self.partial_path(upload_id))
+        await self.settle_publish(sha256)
 
     async def delete_partial(self, upload_id: str) -> None:
         await asyncio.to_thread(self.partial_path(upload_id).unlink, True)
