@@ -23,7 +23,7 @@ from .test_e2e_files import rows, worker_pid
 
 SEED = int(os.environ.get("QUART_APP_CRASH_SEED", "20261121"))
 ROUNDS = 3
-KILL_WINDOWS = [(0.05, 0.3), (0.4, 0.9), (1.2, 2.5)]  # seconds after the work starts
+KILL_WINDOWS = [(0.02, 0.15), (0.4, 0.9), (1.5, 3.0)]  # seconds after the work starts
 
 
 def create_user(url: str, email: str) -> tuple[str, Any] | None:
@@ -70,7 +70,8 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> 
     files: dict[str, str] = {}
     try:
         for round_ in range(ROUNDS):
-            payloads = [rng.randbytes(rng.randint(1, 4 << 20)) for _ in range(20)]
+            # ~100 MiB a round: the early kill always finds uploads in flight.
+            payloads = [rng.randbytes(rng.randint(2 << 20, 8 << 20)) for _ in range(20)]
             with ThreadPoolExecutor(48) as pool:
                 # Uploads first, so they are in flight when the kill comes.
                 jobs = [
