@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from . import measure
 from .servers import Server, start_fastapi, start_nothing, start_ours, start_stock_quart
 
@@ -246,6 +244,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-__all__ = ["httpx"]

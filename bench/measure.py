@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from .servers import PROJECT_ROOT, Server
+from .servers import Server
 
 MiB = 1024 * 1024
 LUA = Path(__file__).parent / "lua"
@@ -151,6 +150,3 @@ def rows(database: Path, table: str) -> int:
     with sqlite3.connect(database) as db:
         count: int = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         return count
-
-
-__all__ = ["PROJECT_ROOT", "asyncio"]

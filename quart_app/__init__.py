@@ -15,7 +15,7 @@ from quart_schema import QuartSchema
 
 from . import background, cors, db, problems, streaming
 from .api import batches, files, health, uploads, users
-from .config import Settings, load_settings
+from .config import load_settings
 from .instance import load_secret_key, prepare_directories
 from .integrity import TEMP_GRACE_SECONDS, recover
 from .method_override import MethodOverrideMiddleware
@@ -78,8 +78,3 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
 def store_of(app: Quart) -> LocalBlobStore:
     store: LocalBlobStore = app.extensions["blob_store"]
     return store
-
-
-def app_settings(app: Quart) -> Settings:
-    settings: Settings = app.extensions["settings"]
-    return settings

@@ -236,8 +236,7 @@ async def read_multipart(
         if not reader.ended:
             raise MalformedBody("The multipart body ends before its closing boundary.")
     except BaseException:
-        if reader.part is not None and reader.part.file is not None:
-            await reader.part.file.writer.discard()
+        # Every file part, the one in progress included, is in result.files.
         await reader.result.discard()
         raise
     return reader.result

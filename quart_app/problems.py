@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import DomainError
+from .errors import DomainError, InsufficientStorage
 from .storage import StorageFull
 from .streaming import ClientDisconnected
 
@@ -81,8 +81,8 @@ def problem_response(
     return response
 
 
-def domain_problem(error: DomainError, code: str | None = None) -> Response:
-    code = code or error.code
+def domain_problem(error: DomainError) -> Response:
+    code = error.code
     status, title = PROBLEMS[code]
     return problem_response(
         status, title=title, detail=error.detail, type_=TYPE_PREFIX + code, **error.members
@@ -120,9 +120,7 @@ def init_app(app: Quart) -> None:
     @app.errorhandler(StorageFull)
     async def _storage_full(error: StorageFull) -> Response:
         log.error("storage full", extra={"request_id": request_id(), "path": request.path})
-        return domain_problem(
-            DomainError("There is no room left to store the file."), "insufficient-storage"
-        )
+        return domain_problem(InsufficientStorage("There is no room left to store the file."))
 
     @app.errorhandler(ClientDisconnected)
     async def _disconnected(error: ClientDisconnected) -> Response:

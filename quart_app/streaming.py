@@ -143,11 +143,6 @@ class BoundedBody(Body):
 class BoundedRequest(Request):
     body_class = BoundedBody
 
-    @property
-    def bounded_body(self) -> BoundedBody:
-        assert isinstance(self.body, BoundedBody)
-        return self.body
-
 
 class BackPressureHTTPConnection(ASGIHTTPConnection):
     async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from .server import PROJECT_ROOT, RunningServer, start_server
+from .server import RunningServer, start_server
 from .test_e2e_files import rows, worker_pid
 
 SEED = int(os.environ.get("QUART_APP_CRASH_SEED", "20261121"))
@@ -144,6 +144,3 @@ def test_many_concurrent_writers_no_5xx_no_lock_errors(tmp_path: Path) -> None:
         assert rows(server, "users") == 200 and rows(server, "files") == 50
     finally:
         server.stop()
-
-
-__all__ = ["PROJECT_ROOT"]

@@ -5,12 +5,18 @@ from __future__ import annotations
 from quart import current_app
 
 from ..config import Settings
+from ..services.uploads import HashStates
 from ..storage import ResumableStore
 
 
 def settings() -> Settings:
     value: Settings = current_app.extensions["settings"]
     return value
+
+
+def upload_hashes() -> HashStates:
+    hashes: HashStates = current_app.extensions["upload_hashes"]
+    return hashes
 
 
 def blob_store() -> ResumableStore:

@@ -8,7 +8,7 @@ import mimetypes
 from datetime import timedelta
 from typing import Any
 
-from quart import Blueprint, Response, current_app, jsonify, request, url_for
+from quart import Blueprint, Response, jsonify, request, url_for
 from quart_schema import document_headers, document_response
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
@@ -21,7 +21,6 @@ from ..multipart import upload_content_type
 from ..problems import domain_problem
 from ..schemas import LocationHeader, NoContent, TusCreateHeaders, UploadOut
 from ..services.uploads import (
-    HashStates,
     Patch,
     UploadSpec,
     append,
@@ -40,18 +39,13 @@ from ..tus import (
     parse_count,
     parse_metadata,
 )
-from .context import blob_store, settings
+from .context import blob_store, settings, upload_hashes
 from .idempotency import idempotent, record_response
 from .openapi import problems
 from .responses import created, empty_response
 from .upload_body import request_chunks
 
 blueprint = Blueprint("uploads", __name__)
-
-
-def _hashes() -> HashStates:
-    hashes: HashStates = current_app.extensions["upload_hashes"]
-    return hashes
 
 
 def _expires_in() -> timedelta:
@@ -200,7 +194,13 @@ async def create() -> Response:
     )
     if patch is not None and first_chunk_follows:
         await append(
-            get_database(), blob_store(), _hashes(), upload.id, request_chunks(), patch, respond
+            get_database(),
+            blob_store(),
+            upload_hashes(),
+            upload.id,
+            request_chunks(),
+            patch,
+            respond,
         )
     return responses[-1]
 
@@ -231,7 +231,7 @@ async def patch_one(upload_id: str) -> Response:
             errors=[{"field": "Upload-Offset", "message": "required"}],
         )
     upload = await append(
-        get_database(), blob_store(), _hashes(), upload_id, request_chunks(), _patch(offset)
+        get_database(), blob_store(), upload_hashes(), upload_id, request_chunks(), _patch(offset)
     )
     headers = upload_headers(upload)
     return empty_response(

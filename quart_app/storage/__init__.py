@@ -69,9 +69,6 @@ class BlobStore(Protocol):
 
     async def exists(self, sha256: str) -> bool: ...
 
-    async def size(self, sha256: str) -> int:
-        """Raises BlobMissing."""
-
     def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a blob, in chunks. Raises BlobMissing."""
 

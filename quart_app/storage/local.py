@@ -306,12 +306,6 @@ class LocalBlobStore:
     async def exists(self, sha256: str) -> bool:
         return await asyncio.to_thread(self.path_for(sha256).exists)
 
-    async def size(self, sha256: str) -> int:
-        try:
-            return (await asyncio.to_thread(self.path_for(sha256).stat)).st_size
-        except FileNotFoundError:
-            raise BlobMissing(sha256) from None
-
     async def read(
         self, sha256: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
