@@ -82,7 +82,14 @@ class ByteRange:
         return f"bytes {self.start}-{self.end - 1}/{size}"
 
 
-_RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+_RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$", re.ASCII)
+# A byte position of more digits than this is past any file we hold (and
+# int() refuses numbers of over 4300 digits).
+_MAX_DIGITS = 19
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= _MAX_DIGITS else 2**64
 
 
 def requested_range(
@@ -108,14 +115,14 @@ def requested_range(
         return None
     first, last = match.group(1), match.group(2)
     if first:
-        start = int(first)
-        end = size if not last else int(last) + 1
-        if last and int(last) < start:
+        start = _position(first)
+        end = size if not last else _position(last) + 1
+        if last and _position(last) < start:
             return None
         if start >= size:
             raise RangeNotSatisfiable(size)
         return ByteRange(start, min(end, size))
-    suffix = int(last)
+    suffix = _position(last)
     if suffix == 0 or size == 0:
         raise RangeNotSatisfiable(size)
     return ByteRange(max(size - suffix, 0), size)

@@ -58,7 +58,7 @@ class CursorCodec:
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= maximum:
         raise InvalidInput(
             f"limit must be a whole number from 1 to {maximum}.",
             errors=[{"field": "limit", "message": f"must be an integer from 1 to {maximum}"}],

@@ -27,8 +27,13 @@ async def create_user(session: AsyncSession, name: str, email: str) -> User:
     return user
 
 
+# SQLite (and PostgreSQL's bigint) hold ids up to this; a larger one in a URL
+# names no user rather than overflowing the driver.
+MAX_ID = 2**63 - 1
+
+
 async def get_user(session: AsyncSession, user_id: int) -> User:
-    user = await session.get(User, user_id)
+    user = await session.get(User, user_id) if 0 < user_id <= MAX_ID else None
     if user is None:
         raise NotFound(f"There is no user {user_id}.")
     return user
