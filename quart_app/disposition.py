@@ -15,7 +15,9 @@ from urllib.parse import quote, unquote_to_bytes
 from .errors import InvalidInput
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)', re.DOTALL)
+_QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
+_QUOTED = re.compile(_QUOTED_STRING, re.DOTALL)
+_PARAM = re.compile(rf"\s*;\s*({_TOKEN})\s*=\s*({_QUOTED_STRING}|[^;]*)", re.DOTALL)
 _TYPE = re.compile(rf"\s*({_TOKEN})")
 _BIDI_CONTROLS = {
     "\u061c", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
@@ -77,13 +79,27 @@ def parse_disposition(value: str) -> tuple[str, dict[str, str]]:
             if decoded is not None:
                 extended[name[:-1]] = decoded
         else:
+            if '"' in raw and not _QUOTED.fullmatch(raw.strip()):
+                raise InvalidInput(
+                    f"The Content-Disposition parameter {name!r} has an unclosed quote.",
+                    errors=[{"field": "Content-Disposition", "message": "malformed parameter"}],
+                )
             params.setdefault(name, _unquote(raw))
     params.update(extended)
     return kind, params
 
 
 def clean_filename(raw: str, max_chars: int) -> str:
-    """NFC, no control or bidi-override characters, no directories, bounded."""
+    """NFC, no control or bidi-override characters, no directories, bounded.
+
+    A line break is refused rather than removed: no client puts one in a
+    name (browsers send it percent-encoded); it is a header-injection attempt.
+    """
+    if "\r" in raw or "\n" in raw:
+        raise InvalidInput(
+            "The filename contains a line break.",
+            errors=[{"field": "filename", "message": "must not contain CR or LF"}],
+        )
     name = unicodedata.normalize("NFC", raw)
     name = "".join(
         ch for ch in name if unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS

@@ -205,6 +205,19 @@ class _Reader:
         self.part = None
 
 
+# RFC 2046 section 5.1.1: 1 to 70 of these, not ending in a space.
+_BOUNDARY_CHARS = frozenset(
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? "
+)
+
+
+def check_boundary(boundary: str) -> None:
+    if not 1 <= len(boundary) <= 70 or boundary.endswith(" "):
+        raise MalformedBody("The multipart boundary must be 1 to 70 characters (RFC 2046).")
+    if not set(boundary) <= _BOUNDARY_CHARS:
+        raise MalformedBody("The multipart boundary has characters RFC 2046 does not allow.")
+
+
 async def read_multipart(
     chunks: AsyncIterator[bytes],
     boundary: str,
@@ -212,6 +225,7 @@ async def read_multipart(
     new_writer: Callable[[int], BlobWriter],
 ) -> MultipartUpload:
     """Parse a multipart body into sealed (durable, unpublished) blobs."""
+    check_boundary(boundary)
     reader = _Reader(limits, new_writer)
     try:
         try:

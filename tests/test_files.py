@@ -233,7 +233,7 @@ async def test_batch_not_found(client: QuartClient) -> None:
         ("nul\x00byte.txt", "nulbyte.txt"),
         ("evil\u202egnp.exe", "evilgnp.exe"),
         ("cafe\u0301.txt", "caf\u00e9.txt"),
-        ("line\r\nbreak.txt", "linebreak.txt"),
+        ("tab\tand\x7fdel.txt", "tabanddel.txt"),
     ],
 )
 async def test_filenames_are_cleaned_metadata(
