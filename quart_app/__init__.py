@@ -13,7 +13,7 @@ from typing import Any
 from quart import Quart
 from quart_schema import QuartSchema
 
-from . import background, cors, db, problems, streaming
+from . import background, cors, db, problems, request_head, streaming
 from .api import batches, files, health, uploads, users
 from .config import load_settings
 from .instance import load_secret_key, prepare_directories
@@ -43,6 +43,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         redoc_ui_path=None,
         scalar_ui_path=None,
     )
+    request_head.init_app(app, settings)
     streaming.init_app(app, settings)
     problems.init_app(app)
 

@@ -39,6 +39,9 @@ class Settings:
     MAX_MULTIPART_OVERHEAD_BYTES: int = 1 * MIB
     # Bytes: largest JSON request body.
     MAX_JSON_BYTES: int = 1 * MIB
+    # Bytes: the request head the app accepts: its target (path and query;
+    # longer -> 414) and its header fields together (larger -> 431).
+    MAX_HEADER_BYTES: int = 16 * 1024
     # Count: file parts in one multipart request (more -> 413).
     MAX_FILE_PARTS: int = 100
     # Count: text fields in one multipart request (more -> 413).

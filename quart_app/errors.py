@@ -57,6 +57,14 @@ class TooManyParts(DomainError):
     code = "too-many-parts"
 
 
+class TargetTooLong(DomainError):
+    code = "uri-too-long"
+
+
+class HeadersTooLarge(DomainError):
+    code = "headers-too-large"
+
+
 class InsufficientStorage(DomainError):
     code = "insufficient-storage"
 

@@ -40,9 +40,11 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "unsupported-protocol-version": (412, "Unsupported tus version"),
     "too-large": (413, "Content too large"),
     "too-many-parts": (413, "Too many parts in the request"),
+    "uri-too-long": (414, "The request target is too long"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "idempotency-key-reused": (422, "The Idempotency-Key was used for another request"),
     "upload-locked": (423, "Another request is writing to this upload"),
+    "headers-too-large": (431, "The request's header fields are too large"),
     "checksum-mismatch": (460, "Checksum mismatch"),
     "insufficient-storage": (507, "Insufficient storage"),
 }
