@@ -4,6 +4,7 @@ async uploaders; tus-js-client run by node, installed from npm here)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -128,32 +129,72 @@ def test_tuspy_resumes_after_a_server_restart(server: RunningServer, tmp_path: P
     assert stored_sha256(server, first.url) == sha256_of(path)
 
 
-def test_a_patch_cut_off_keeps_what_arrived(server: RunningServer) -> None:
-    created = httpx.post(
-        f"{server.url}/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(4 * MiB)}
-    )
-    url = created.headers["Location"]
-    path = url.removeprefix(server.url)
-    data = os.urandom(4 * MiB)
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def patch_and_hang_up(
+    server: RunningServer, path: str, offset: int, chunk: bytes, sent: int, checksum: bool
+) -> None:
+    """PATCH ``chunk`` at ``offset`` but send only its first ``sent`` bytes,
+    then close the connection; wait until the server is done with it."""
     head = (
         f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    ).encode()
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Length: {len(chunk)}\r\n"
+    )
+    if checksum:
+        digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+        head += f"Upload-Checksum: sha256 {digest}\r\n"
+    patches = sum(line["method"] == "PATCH" for line in server.access_lines())
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(head + data[: 3 * MiB])
-        time.sleep(0.3)
-    server.wait_for_access(lambda x: x["method"] == "PATCH")
-    offset = int(httpx.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["Upload-Offset"])
-    assert offset == 3 * MiB
+        sock.sendall((head + "\r\n").encode() + chunk[:sent])
+        time.sleep(0.2)
+    server.wait_for_access(lambda x: x["method"] == "PATCH", count=patches + 1)
+
+
+def upload_offset(url: str) -> int:
+    return int(httpx.head(url, headers=TUS).headers["Upload-Offset"])
+
+
+@pytest.mark.parametrize("cut", [0, 1, MiB + 7, 2 * MiB, 4 * MiB - 1])
+def test_a_patch_cut_off_keeps_exactly_what_arrived(server: RunningServer, cut: int) -> None:
+    """Two PATCHes cut off (at ``cut``, then half-way through the rest) keep
+    every byte that arrived and nothing else; the upload then completes with
+    identical bytes, and no temp file is left."""
+    data = os.urandom(4 * MiB)
+    url = httpx.post(
+        f"{server.url}/uploads", headers={**TUS, "Upload-Length": str(len(data))}
+    ).headers["Location"]
+    path = url.removeprefix(server.url)
+    patch_and_hang_up(server, path, 0, data, cut, checksum=False)
+    assert upload_offset(url) == cut
+    second = cut + (len(data) - cut) // 2
+    patch_and_hang_up(server, path, cut, data[cut:], second - cut, checksum=False)
+    assert upload_offset(url) == second
+    assert (server.storage_dir / "partial" / path.rsplit("/", 1)[1]).stat().st_size == second
+    assert list((server.storage_dir / "tmp").iterdir()) == []
     rest = httpx.patch(
         url,
-        content=data[offset:],
-        headers={"Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
+        content=data[second:],
+        headers={**TUS, "Upload-Offset": str(second),
                  "Content-Type": "application/offset+octet-stream"},
     )  # fmt: skip
     assert rest.status_code == 204
     assert stored_sha256(server, url) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_checksummed_patch_cut_off_keeps_nothing(server: RunningServer) -> None:
+    """With Upload-Checksum the chunk cannot be verified unless whole, so a
+    cut-off PATCH keeps none of it (the offset stays where it was)."""
+    data = os.urandom(4 * MiB)
+    url = httpx.post(
+        f"{server.url}/uploads", headers={**TUS, "Upload-Length": str(len(data))}
+    ).headers["Location"]
+    path = url.removeprefix(server.url)
+    for sent in (1, 2 * MiB, len(data) - 1):
+        patch_and_hang_up(server, path, 0, data, sent, checksum=True)
+        assert upload_offset(url) == 0
+    assert list((server.storage_dir / "tmp").iterdir()) == []
 
 
 JS_UPLOAD = """
