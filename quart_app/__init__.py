@@ -15,6 +15,7 @@ from quart_schema import QuartSchema
 
 from . import background, cors, db, problems, request_head, streaming
 from .api import batches, files, health, uploads, users
+from .api.openapi import ApiDocs
 from .config import load_settings
 from .instance import load_secret_key, prepare_directories
 from .integrity import TEMP_GRACE_SECONDS, recover
@@ -42,6 +43,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         swagger_ui_path="/docs",
         redoc_ui_path=None,
         scalar_ui_path=None,
+        openapi_provider_class=ApiDocs,
     )
     request_head.init_app(app, settings)
     streaming.init_app(app, settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -15,6 +15,16 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
+
+# A client-chosen file id (PUT /files/{id}).
+FILE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+# Idempotency-Key as documented: 1-255 visible ASCII characters (a quoted
+# structured-field string is accepted too; see api/idempotency.py).
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[!-~]+$")
+]
 
 
 class UserCreate(BaseModel):
@@ -135,13 +145,27 @@ class UploadOut(BaseModel):
     links: UploadLinks
 
 
-class TusCreateHeaders(BaseModel):
-    tus_resumable: str = Field(description="1.0.0")
-    upload_length: int | None = Field(default=None, description="bytes; or defer")
-    upload_defer_length: int | None = Field(default=None, description="1 to give the length later")
-    upload_metadata: str | None = Field(
+class TusHeaders(BaseModel):
+    tus_resumable: Literal["1.0.0"] = Field(description="the tus protocol version")
+
+
+class TusCreateHeaders(TusHeaders):
+    upload_length: int | SkipJsonSchema[None] = Field(
+        default=None, ge=0, description="bytes; or Upload-Defer-Length"
+    )
+    upload_defer_length: Literal[1] | SkipJsonSchema[None] = Field(
+        default=None, description="1 to give the length later"
+    )
+    upload_metadata: str | SkipJsonSchema[None] = Field(
         default=None, description="key base64value pairs; filename, filetype"
     )
-    idempotency_key: str | None = Field(
+    idempotency_key: IdempotencyKey | SkipJsonSchema[None] = Field(
         default=None, description="a retry with the same key and payload replays the 201"
+    )
+
+
+class TusPatchHeaders(TusHeaders):
+    upload_offset: int = Field(ge=0, description="bytes the upload holds, as HEAD reports")
+    upload_checksum: str | SkipJsonSchema[None] = Field(
+        default=None, description="algorithm and base64 digest of this PATCH's body"
     )

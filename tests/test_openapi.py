@@ -36,3 +36,25 @@ async def test_docs_page_is_served(client: QuartClient) -> None:
     response = await client.get("/docs")
     assert response.status_code == 200
     assert "openapi.json" in (await response.get_data(as_text=True))
+
+
+async def test_the_document_says_what_is_sent(client: QuartClient) -> None:
+    """Problems as application/problem+json, headers on the response (not
+    as a media type), no content for 204, file bytes as any type, required
+    request bodies and headers marked so."""
+    spec = await (await client.get("/openapi.json")).get_json()
+    post_users = spec["paths"]["/users"]["post"]
+    assert list(post_users["responses"]["409"]["content"]) == ["application/problem+json"]
+    created = post_users["responses"]["201"]
+    assert list(created["content"]) == ["application/json"]
+    assert "location" in created["headers"]
+    assert post_users["requestBody"]["required"] is True
+    delete = spec["paths"]["/files/{file_id}"]["delete"]["responses"]["204"]
+    assert "content" not in delete
+    content = spec["paths"]["/files/{file_id}/content"]["get"]["responses"]["200"]
+    assert list(content["content"]) == ["*/*"]
+    patch = spec["paths"]["/uploads/{upload_id}"]["patch"]["parameters"]
+    required = {p["name"] for p in patch if p.get("required")}
+    assert {"tus-resumable", "upload-offset"} <= required
+    put = spec["paths"]["/files/{file_id}"]["put"]["parameters"]
+    assert [p["schema"]["pattern"] for p in put if p["name"] == "file_id"]

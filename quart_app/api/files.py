@@ -29,6 +29,7 @@ from ..errors import InvalidInput, PreconditionFailed
 from ..models import Batch, File
 from ..problems import problem_response
 from ..schemas import (
+    FILE_ID_PATTERN,
     Binary,
     ContentHeaders,
     FileOut,
@@ -52,7 +53,7 @@ from .upload_body import discard, receive_raw, receive_upload
 
 blueprint = Blueprint("files", __name__)
 CURSOR_RESOURCE = "files"
-CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+CLIENT_ID = re.compile(FILE_ID_PATTERN)
 # Downloads may be opened by a browser: never let them run or fetch anything.
 DOWNLOAD_SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

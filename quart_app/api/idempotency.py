@@ -20,12 +20,14 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from quart import Response, g, request
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.datastructures import Headers
 
 from ..db import get_database
 from ..errors import IdempotencyKeyBusy, IdempotencyKeyReused, InvalidInput
+from ..schemas import IdempotencyKey
 from ..services.idempotency import (
     Claim,
     KeyCompleted,
@@ -58,7 +60,7 @@ V = TypeVar("V", bound=Callable[..., Awaitable[Response]])
 
 
 class IdempotencyHeaders(BaseModel):
-    idempotency_key: str | None = Field(
+    idempotency_key: IdempotencyKey | SkipJsonSchema[None] = Field(
         default=None,
         description="1-255 visible ASCII characters, bare or as a quoted string; "
         "a retry with the same key and payload replays the first response",

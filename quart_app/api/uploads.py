@@ -19,7 +19,14 @@ from ..errors import InvalidInput, TooLarge, UnsupportedMediaType, UnsupportedPr
 from ..models import Upload
 from ..multipart import upload_content_type
 from ..problems import domain_problem
-from ..schemas import LocationHeader, NoContent, TusCreateHeaders, UploadOut
+from ..schemas import (
+    LocationHeader,
+    NoContent,
+    TusCreateHeaders,
+    TusHeaders,
+    TusPatchHeaders,
+    UploadOut,
+)
 from ..services.uploads import (
     Patch,
     UploadSpec,
@@ -206,6 +213,7 @@ async def create() -> Response:
 
 
 @blueprint.get("/uploads/<upload_id>")
+@document_headers(TusHeaders)
 @document_response(UploadOut)
 @problems(404, 410, 412)
 async def get_one(upload_id: str) -> Response:
@@ -218,6 +226,7 @@ async def get_one(upload_id: str) -> Response:
 
 @blueprint.patch("/uploads/<upload_id>")
 @body_limit(upload_body_limit)
+@document_headers(TusPatchHeaders)
 @document_response(NoContent, 204)
 @problems(400, 404, 409, 410, 412, 413, 415, 423, 460)
 async def patch_one(upload_id: str) -> Response:
@@ -240,6 +249,7 @@ async def patch_one(upload_id: str) -> Response:
 
 
 @blueprint.delete("/uploads/<upload_id>")
+@document_headers(TusHeaders)
 @document_response(NoContent, 204)
 @problems(404, 410, 412, 423)
 async def delete_one(upload_id: str) -> Response:
