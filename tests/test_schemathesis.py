@@ -35,7 +35,7 @@ def test_the_api_conforms_to_its_openapi_document(server: RunningServer) -> None
             "--phases", "examples,coverage,fuzzing",
             "--max-examples", EXAMPLES,
             "--seed", SEED,
-            "--max-time", "45",
+            "--max-time", "30",
             "--request-timeout", "10",
             "--continue-on-failure",
         ],
