@@ -289,6 +289,15 @@ async def test_database_error_leaves_no_row_no_blob_no_temp(
     assert response.status_code == 500
     assert "trigger" not in (await response.get_data(as_text=True))
     await assert_nothing_stored(app, storage)
+    # Concurrent uploads share a group commit: it fails as a whole, and
+    # still leaves nothing, whether the bytes were new or shared.
+    same = os.urandom(10_000)
+    responses = await asyncio.gather(
+        *(upload(client, os.urandom(10_000), f"d{i}") for i in range(8)),
+        *(upload(client, same, f"s{i}") for i in range(8)),
+    )
+    assert [r.status_code for r in responses] == [500] * 16
+    await assert_nothing_stored(app, storage)
 
 
 async def test_parallel_uploads_distinct_and_identical(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from quart import Blueprint, Response, jsonify, request, url_for
+from quart import Blueprint, Response, current_app, g, jsonify, request, url_for
 from quart_schema import (
     document_headers,
     document_querystring,
@@ -40,6 +40,7 @@ from ..schemas import (
     NoContent,
     PageQuery,
 )
+from ..services.file_batches import FileBatcher
 from ..services.files import create_files, current_etag, delete_file, get_file, list_files, put_file
 from ..shielded import run_to_completion
 from ..streaming import body_limit, upload_body_limit
@@ -52,6 +53,13 @@ from .responses import created, empty_response
 from .upload_body import discard, receive_raw, receive_upload
 
 blueprint = Blueprint("files", __name__)
+
+
+@blueprint.before_app_serving
+async def _start_batcher() -> None:
+    current_app.extensions["file_batcher"] = FileBatcher(get_database(), blob_store())
+
+
 CURSOR_RESOURCE = "files"
 CLIENT_ID = re.compile(FILE_ID_PATTERN)
 # Downloads may be opened by a browser: never let them run or fetch anything.
@@ -79,6 +87,15 @@ async def post_files() -> Response:
     """Upload: multipart (one or several `file` parts) or a raw body named by
     Content-Disposition. Several parts make a batch: all stored or none."""
     incoming = await receive_upload()
+    if len(incoming) == 1 and g.get("idempotency_claim") is None:
+        # Nothing to record with the file: it rides the next group commit.
+        try:
+            file = await current_app.extensions["file_batcher"].create(incoming[0])
+        except BaseException:
+            await discard(incoming)
+            raise
+        body = file_body(file)
+        return created(body, body["links"]["self"], {"ETag": body["etag"]})
     responses: list[Response] = []
 
     async def respond(session: AsyncSession, files: list[File], batch: Batch | None) -> None:
