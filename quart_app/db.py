@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .config import Settings
+from .schema_version import schema_at_head
 
 # Seconds SQLite waits on another process's write lock before SQLITE_BUSY.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -94,7 +95,7 @@ def init_app(app: Quart, settings: Settings) -> None:
     @app.before_serving
     async def _open_database() -> None:
         database = Database(settings.database_url)
-        if settings.AUTO_MIGRATE:
+        if settings.AUTO_MIGRATE and not await schema_at_head(database.engine):
             from .migrate import upgrade_to_head
 
             await upgrade_to_head(database.engine, settings)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,33 @@ async def test_two_workers_starting_at_once_both_migrate_cleanly(
         assert count == 1
     finally:
         await asyncio.gather(first.shutdown(), second.shutdown())
+
+
+def test_the_head_read_from_the_files_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from quart_app.migrate import MIGRATIONS_DIR
+    from quart_app.schema_version import head_revision
+
+    assert head_revision() == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def test_a_worker_finding_the_schema_at_head_does_not_load_alembic(
+    overrides: dict[str, Any],
+) -> None:
+    """Alembic costs a worker ~9 MiB; at head it is never imported."""
+    code = (
+        "import asyncio, sys\n"
+        "from quart_app import create_app\n"
+        f"app = create_app({ {k: str(v) for k, v in overrides.items()}!r})\n"
+        "async def main():\n"
+        "    async with app.test_app():\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    run = [sys.executable, "-c", code]
+    first = subprocess.run(run, capture_output=True, text=True, check=True)
+    again = subprocess.run(run, capture_output=True, text=True, check=True)
+    assert first.stdout.split() == ["True"]  # a new database: Alembic migrates it
+    assert again.stdout.split() == ["False"]
