@@ -44,6 +44,10 @@ MODES = {
 }
 
 
+def cpu_per_gib(seconds: list[float], size: int) -> float:
+    return round(statistics.median(seconds) * (1 << 30) / size, 2)
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {
         "min": round(min(values), 1),
@@ -74,20 +78,26 @@ class Bench:
         figures: dict[str, Any] = {}
         expected = measure.sha256_of(self.file) if verify else None
         for how in ("multipart", "put"):
-            speeds, peaks = [], []
+            runs, peaks = [], []
             for _ in range(self.mode.runs):
                 self.clear_uploads(server)
                 measure.warm_disk(self.root, self.mode.size)
                 server.reset_peak_memory()
-                speed, answer = measure.curl_upload(server, self.file, how)
-                if expected is not None and answer.get("sha256") != expected:
+                run = measure.curl_upload(server, self.file, how)
+                if expected is not None and run.answer.get("sha256") != expected:
                     raise RuntimeError(f"{server.name} stored other bytes")
-                speeds.append(speed)
+                runs.append(run)
                 peaks.append(server.peak_memory_mib())
             figures[how] = {
-                "mb_s": spread(speeds),
+                "mb_s": spread([run.mb_s for run in runs]),
                 "peak_rss_mib_largest": round(max(p[0] for p in peaks), 1),
                 "peak_rss_mib_sum": round(max(p[1] for p in peaks), 1),
+                # Per GiB uploaded, medians: where the CPU went.
+                "server_cpu_s_per_gib": cpu_per_gib([r.server_cpu_s for r in runs], self.mode.size),
+                "client_cpu_s_per_gib": cpu_per_gib([r.client_cpu_s for r in runs], self.mode.size),
+                "cores_busy": round(
+                    statistics.median((r.server_cpu_s + r.client_cpu_s) / r.wall_s for r in runs), 2
+                ),
             }
             self.log(f"  {server.name:12} {how:9} {figures[how]['mb_s']} MB/s")
         return figures
@@ -160,7 +170,7 @@ class Bench:
         return {"mb_s": spread(speeds)}
 
     def download(self, server: Server) -> dict[str, float]:
-        _, answer = measure.curl_upload(server, self.file, "put")
+        answer = measure.curl_upload(server, self.file, "put").answer
         speeds = [measure.curl_download(server, str(answer["id"])) for _ in range(self.mode.runs)]
         self.log(f"  download: {spread(speeds)} MB/s")
         return spread(speeds)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import resource
 import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -65,7 +67,31 @@ def disk_mb_s(directory: Path, size: int) -> float:
     return size / float(match.group(1)) / 1e6
 
 
-def curl_upload(server: Server, path: Path, how: str) -> tuple[float, dict[str, object]]:
+@dataclass
+class Upload:
+    mb_s: float
+    answer: dict[str, object]
+    # CPU seconds the server's processes and curl spent, and the wall time:
+    # (server + client) / wall near the machine's core count means the
+    # upload was bound by CPU, not by the disk.
+    server_cpu_s: float
+    client_cpu_s: float
+    wall_s: float
+
+
+def curl_upload(server: Server, path: Path, how: str) -> Upload:
+    """One upload with curl (-F multipart or -T PUT)."""
+    server_cpu = server.cpu_seconds()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    mb_s, answer = _curl_upload(server, path, how)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    return Upload(mb_s, answer, server.cpu_seconds() - server_cpu, client, wall)
+
+
+def _curl_upload(server: Server, path: Path, how: str) -> tuple[float, dict[str, object]]:
     """MB/s of one upload with curl (-F multipart or -T PUT), and the JSON answer."""
     url = f"{server.url}/files" if how == "multipart" else f"{server.url}/files/{path.name}"
     form = ["-F", f"file=@{path}"] if how == "multipart" else ["-T", str(path)]

@@ -62,6 +62,15 @@ class Server:
                     peaks.append(int(line.split()[1]) / 1024)
         return max(peaks), sum(peaks)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the server's processes."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / ticks
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser
@@ -88,6 +89,7 @@ class _Reader:
         self.new_writer = new_writer
         self.result = MultipartUpload()
         self.events: list[tuple[str, bytes]] = []
+        self.chunk: bytes | None = None  # the chunk the parser is reading
         self.part: _Part | None = None
         self.header_name = bytearray()
         self.header_value = bytearray()
@@ -98,6 +100,15 @@ class _Reader:
         def data_event(kind: str) -> Callable[[bytes, int, int], None]:
             return lambda data, start, end: self.events.append((kind, data[start:end]))
 
+        def part_data(data: bytes, start: int, end: int) -> None:
+            # File bytes taken from the chunk we gave the parser are passed on
+            # as a view (no copy; nothing changes that chunk). Anything else
+            # (the parser's own look-behind buffer, which it reuses) is copied.
+            if data is self.chunk:
+                self.events.append(("data", cast(bytes, memoryview(data)[start:end])))
+            else:
+                self.events.append(("data", data[start:end]))
+
         def bare_event(kind: str) -> Callable[[], None]:
             return lambda: self.events.append((kind, b""))
 
@@ -107,7 +118,7 @@ class _Reader:
             "on_header_value": data_event("header_value"),
             "on_header_end": bare_event("header_end"),
             "on_headers_finished": bare_event("headers_finished"),
-            "on_part_data": data_event("data"),
+            "on_part_data": part_data,
             "on_part_end": bare_event("part_end"),
             "on_end": bare_event("end"),
         }
@@ -241,6 +252,7 @@ async def read_multipart(
             if reader.ended:
                 continue  # the epilogue after the closing boundary is ignored
             try:
+                reader.chunk = chunk
                 parser.write(chunk)
             except FormParserError as error:
                 raise MalformedBody(f"The multipart body is malformed: {error}") from None

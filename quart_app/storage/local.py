@@ -54,7 +54,8 @@ class BatchedWriter:
     def __init__(self, store: LocalBlobStore, hashes: list[Any]) -> None:
         self._store = store
         self._batch_bytes = store.batch_bytes
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []
+        self._gathered = 0
         self._hashes = hashes
         self._fd: int | None = None
         self._in_flight: asyncio.Future[None] | None = None
@@ -63,9 +64,11 @@ class BatchedWriter:
         raise NotImplementedError
 
     # -- runs in a worker thread -------------------------------------------
-    def _write_batch(self, data: bytes | bytearray) -> None:
+    def _write_batch(self, chunks: list[bytes]) -> None:
         if self._fd is None:
             self._fd = self._open()
+        # Joined here, off the event loop: the loop only appends references.
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         for digest in self._hashes:
             digest.update(data)
         view = memoryview(data)
@@ -75,7 +78,7 @@ class BatchedWriter:
 
     def _fsync(self) -> None:
         if self._fd is None:
-            self._write_batch(b"")
+            self._write_batch([b""])
         assert self._fd is not None
         os.fsync(self._fd)
 
@@ -93,18 +96,24 @@ class BatchedWriter:
             except OSError as error:
                 raise _storage_error(error) from error
 
+    def _take_batch(self) -> list[bytes]:
+        batch, self._chunks, self._gathered = self._chunks, [], 0
+        return batch
+
     async def _append(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= self._batch_bytes:
+        """``data`` is kept by reference: the caller must not change it."""
+        self._chunks.append(data)
+        self._gathered += len(data)
+        if self._gathered >= self._batch_bytes:
             await self._wait_in_flight()
-            batch, self._buffer = self._buffer, bytearray()
+            batch = self._take_batch()
             self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
 
     async def flush(self) -> None:
         """Everything written so far has passed through the hashes and
         reached the file (not yet fsynced)."""
         await self._wait_in_flight()
-        batch, self._buffer = self._buffer, bytearray()
+        batch = self._take_batch() or [b""]
         try:
             await asyncio.to_thread(self._write_batch, batch)
         except OSError as error:
@@ -119,7 +128,7 @@ class BatchedWriter:
 
     async def _settle(self) -> None:
         """Let a batch in flight land (its error no longer matters)."""
-        self._buffer = bytearray()
+        self._take_batch()
         if self._in_flight is not None:
             with contextlib.suppress(Exception):
                 await self._wait_in_flight()
