@@ -82,8 +82,24 @@ class RequestLogMiddleware:
                     "bytes_in": counts["in"],
                     "bytes_out": counts["out"],
                     "request_id": request_id,
+                    "client": _client(scope),
+                    "user_agent": _header(scope, b"user-agent"),
                 },
             )
+
+
+def _client(scope: Any) -> str | None:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    """A request header as text, printable ASCII only, at most 256 characters."""
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            text: str = value.decode("latin-1")
+            return "".join(ch for ch in text if " " <= ch <= "~")[:256]
+    return None
 
 
 _RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

@@ -25,7 +25,7 @@ def test_the_documented_settings_are_present_and_load() -> None:
         "keep_alive_timeout",
         "read_timeout",
         "graceful_timeout",
-        "accesslog",
+        "errorlog",
     ):
         assert key in keys, key
     config = Config.from_toml(HYPERCORN_TOML)

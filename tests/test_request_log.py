@@ -16,7 +16,7 @@ async def test_one_json_line_per_request_with_the_fields(
     response = await client.post(
         "/users",
         json={"name": "A", "email": "log@example.com"},
-        headers={"X-Request-ID": "abc-123"},
+        headers={"X-Request-ID": "abc-123", "User-Agent": "curl/8.5.0\x01"},
     )
     assert response.headers["X-Request-ID"] == "abc-123"
     records = [r for r in caplog.records if r.name == "quart_app.access"]
@@ -29,6 +29,8 @@ async def test_one_json_line_per_request_with_the_fields(
     assert line["bytes_in"] == len(b'{"name": "A", "email": "log@example.com"}')
     assert line["bytes_out"] == len(await response.get_data())
     assert isinstance(line["duration_ms"], float)
+    assert line["user_agent"] == "curl/8.5.0"
+    assert "client" in line
 
 
 async def test_request_id_is_generated_when_absent(client: QuartClient) -> None:
