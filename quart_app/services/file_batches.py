@@ -18,74 +18,33 @@ client that hangs up does not pull its file out.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-
 from ..db import Database
-from ..models import File, utc_now
+from ..models import File
 from ..multipart import IncomingFile
 from ..storage import BlobStore
-from .files import blob_transaction, new_id
-
-MAX_BATCH = 128
-
-
-@dataclass
-class _Pending:
-    incoming: IncomingFile
-    future: asyncio.Future[File]
+from .files import blob_transaction, new_file
+from .group_commit import GroupCommit
 
 
-class FileBatcher:
+class FileBatcher(GroupCommit[IncomingFile, File]):
     """One per serving process (``app.extensions["file_batcher"]``)."""
 
     def __init__(self, database: Database, store: BlobStore) -> None:
+        super().__init__()
         self._database = database
         self._store = store
-        self._queue: list[_Pending] = []
-        self._drainer: asyncio.Task[None] | None = None
 
     async def create(self, incoming: IncomingFile) -> File:
         """Store one sealed upload as a file with the next batch."""
         assert incoming.sealed is not None, "create() needs a sealed upload"
-        future: asyncio.Future[File] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(incoming, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await asyncio.shield(future)
+        return await self.submit(incoming)
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            try:
-                files = await self._write([item.incoming for item in batch])
-            except BaseException as error:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                if not isinstance(error, Exception):
-                    raise
-            else:
-                for item, file in zip(batch, files, strict=True):
-                    item.future.set_result(file)
-
-    async def _write(self, incoming: list[IncomingFile]) -> list[File]:
+    async def write_batch(self, items: list[IncomingFile]) -> list[File | Exception]:
         async with blob_transaction(self._database, self._store) as (session, changes):
-            files = []
-            for item in incoming:
-                assert item.sealed is not None
+            files: list[File | Exception] = []
+            for item in items:
                 await changes.keep(session, item)
-                now = utc_now()
-                file = File(
-                    id=new_id(),
-                    filename=item.filename,
-                    content_type=item.content_type,
-                    size=item.sealed.size,
-                    sha256=item.sealed.sha256,
-                    batch_id=None,
-                    created_at=now,
-                    updated_at=now,
-                )
+                file = new_file(item, batch_id=None)
                 session.add(file)
                 files.append(file)
             await session.flush()

@@ -119,6 +119,22 @@ async def blob_transaction(
     await changes.finish()
 
 
+def new_file(item: IncomingFile, batch_id: str | None) -> File:
+    """The row for a sealed upload, under a new id."""
+    assert item.sealed is not None
+    now = utc_now()
+    return File(
+        id=new_id(),
+        filename=item.filename,
+        content_type=item.content_type,
+        size=item.sealed.size,
+        sha256=item.sealed.sha256,
+        batch_id=batch_id,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 FilesHook = Callable[[AsyncSession, list[File], Batch | None], Awaitable[None]]
 
 
@@ -138,19 +154,8 @@ async def create_files(
             session.add(batch)
         files = []
         for item in incoming:
-            assert item.sealed is not None
             await changes.keep(session, item)
-            now = utc_now()
-            file = File(
-                id=new_id(),
-                filename=item.filename,
-                content_type=item.content_type,
-                size=item.sealed.size,
-                sha256=item.sealed.sha256,
-                batch_id=batch.id if batch else None,
-                created_at=now,
-                updated_at=now,
-            )
+            file = new_file(item, batch.id if batch else None)
             session.add(file)
             files.append(file)
         await session.flush()

@@ -13,9 +13,6 @@ is unchanged: a request is answered only after the batch it rode committed.
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -23,58 +20,35 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..db import Database
 from ..errors import EmailTaken
 from ..models import User, utc_now
-
-MAX_BATCH = 256  # 3 bound values a row: far below SQLite's 32766 limit
-
-
-@dataclass
-class _Pending:
-    name: str
-    email: str
-    future: asyncio.Future[User]
+from .group_commit import GroupCommit
 
 
-class UserBatcher:
+class UserBatcher(GroupCommit[tuple[str, str], User]):
     """One per serving process (``app.extensions["user_batcher"]``)."""
 
+    max_batch = 256  # 3 bound values a row: far below SQLite's 32766 limit
+
     def __init__(self, database: Database) -> None:
+        super().__init__()
         self._database = database
-        self._queue: list[_Pending] = []
-        self._drainer: asyncio.Task[None] | None = None
 
     async def create(self, name: str, email: str) -> User:
         """Insert a user with the next batch; raises EmailTaken."""
-        future: asyncio.Future[User] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(name, email, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.ensure_future(self._drain())
-        # A client that hangs up does not pull its row out of a batch: the
-        # batch commits or fails as a whole, like a shielded commit.
-        return await asyncio.shield(future)
+        return await self.submit((name, email))
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            try:
-                await self._write(batch)
-            except Exception as error:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def write_batch(self, items: list[tuple[str, str]]) -> list[User | Exception]:
         database = self._database
         insert = sqlite_insert if database.is_sqlite else postgresql_insert
         now = utc_now()
         statement = (
             insert(User)
-            .values([{"name": p.name, "email": p.email, "created_at": now} for p in batch])
+            .values([{"name": name, "email": email, "created_at": now} for name, email in items])
             .on_conflict_do_nothing(index_elements=[User.email])
             .returning(User.id, User.email)
         )
         async with database.sessionmaker() as session, database.writing(session):
             inserted = {email: user_id for user_id, email in (await session.execute(statement))}
-            taken = {p.email for p in batch} - inserted.keys()
+            taken = {email for _, email in items} - inserted.keys()
             existing: dict[str, int] = {}
             if taken:
                 found = await session.execute(
@@ -82,15 +56,12 @@ class UserBatcher:
                 )
                 existing = {email: user_id for email, user_id in found}
         winners: set[str] = set()
-        for item in batch:
-            if item.email in inserted and item.email not in winners:
-                winners.add(item.email)
-                user = User(
-                    id=inserted[item.email], name=item.name, email=item.email, created_at=now
-                )
-                item.future.set_result(user)
+        results: list[User | Exception] = []
+        for name, email in items:
+            if email in inserted and email not in winners:
+                winners.add(email)
+                results.append(User(id=inserted[email], name=name, email=email, created_at=now))
             else:
-                holder = existing.get(item.email, inserted.get(item.email))
-                item.future.set_exception(
-                    EmailTaken(f"A user with the email {item.email} already exists.", holder)
-                )
+                holder = existing.get(email, inserted.get(email))
+                results.append(EmailTaken(f"A user with the email {email} already exists.", holder))
+        return results

@@ -1,0 +1,55 @@
+"""Group commit: concurrent requests queue their work, one task writes it in
+batches (one transaction, one fsync each), and every request gets its own
+result, only after the batch it rode has committed.
+
+A client that hangs up does not pull its work out of a batch: the batch
+commits or fails as a whole, like a shielded commit. A batch that raises
+fails every request in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class GroupCommit(Generic[Item, Result]):
+    max_batch = 128
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await asyncio.shield(future)
+
+    async def write_batch(self, items: list[Item]) -> list[Result | Exception]:
+        """Write the items in one transaction: a result, or the exception
+        that item's request should raise, for each."""
+        raise NotImplementedError
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[: self.max_batch]
+            self._queue = self._queue[self.max_batch :]
+            try:
+                results = await self.write_batch([item for item, _ in batch])
+            except BaseException as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
