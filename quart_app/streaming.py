@@ -54,6 +54,8 @@ class BoundedBody(Body):
         self._whole = False
         self._room = asyncio.Event()
         self._room.set()
+        # Raised once the consumer has taken every byte that did arrive.
+        self._after_drain: Exception | None = None
 
     def configure(self, limit: int | None, settings: Settings) -> None:
         """Apply the endpoint's limit and the app's timeouts (after routing)."""
@@ -93,8 +95,14 @@ class BoundedBody(Body):
         self._room.set()
 
     def set_disconnected(self) -> None:
-        if not self._complete.is_set():
-            self._fail(ClientDisconnected("client disconnected before the body was complete"))
+        # The bytes that arrived before the disconnect stay readable (a tus
+        # PATCH keeps them); the error comes after them.
+        if not self._complete.is_set() and self._must_raise is None:
+            self._after_drain = ClientDisconnected(
+                "client disconnected before the body was complete"
+            )
+            self.set_complete()
+            self._has_data.set()
 
     async def wait_for_room(self) -> None:
         await self._room.wait()
@@ -116,13 +124,20 @@ class BoundedBody(Body):
             self._fail(RequestTimeout("the request body stalled or took too long"))
 
     async def __anext__(self) -> bytes:
-        if self._must_raise is not None:
-            raise self._must_raise
-        if not self._complete.is_set():
+        # Chunks of at least a quarter of the buffer (unless the body ends
+        # first): a consumer woken for every 64 KiB read spends more of the
+        # event loop on wake-ups than on the bytes (measured: PUT used more
+        # CPU per GiB than multipart, whose parser let chunks grow).
+        while not self._complete.is_set() and len(self._data) < self.buffer_bytes // 4:
+            if self._must_raise is not None:
+                raise self._must_raise
+            self._has_data.clear()
             await self._wait(self._has_data)
         if self._must_raise is not None:
             raise self._must_raise
-        if self._complete.is_set() and not self._data:
+        if not self._data:
+            if self._after_drain is not None:
+                raise self._after_drain
             raise StopAsyncIteration()
         # Hand over the buffer itself (no copy): a new one gathers the next,
         # and nothing here touches the old one again.
@@ -144,6 +159,8 @@ class BoundedBody(Body):
             await self._wait(self._has_data)
         if self._must_raise is not None:
             raise self._must_raise
+        if self._after_drain is not None:
+            raise self._after_drain
         return bytes(self._data)
 
 

@@ -9,13 +9,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body
 
 from quart_app import create_app
 from quart_app.config import load_settings
-from quart_app.streaming import BackPressureHTTPConnection, BoundedBody
+from quart_app.streaming import BackPressureHTTPConnection, BoundedBody, ClientDisconnected
 
 
 def test_quart_is_in_the_range_streaming_was_built_for() -> None:
@@ -84,6 +85,40 @@ async def test_a_fast_client_and_a_slow_consumer_stay_within_the_buffer() -> Non
     receiver.cancel()
     assert consumed == 64 * 1024 * 1024
     assert peak_buffered <= 256 * 1024 + 65536
+
+
+async def test_bytes_that_arrived_before_a_disconnect_are_read_then_it_raises() -> None:
+    """A tus PATCH keeps what arrived: the disconnect must not drop the bytes
+    still in the buffer. Chunks are gathered to a quarter of the buffer."""
+    settings = load_settings({"BODY_BUFFER_BYTES": 256 * 1024}, environ={})
+    body = BoundedBody(None, None)
+    body.configure(None, settings)
+    for _ in range(5):
+        body.append(b"x" * 1000)
+    body.set_disconnected()
+    chunks = []
+    with pytest.raises(ClientDisconnected):
+        async for chunk in body:
+            chunks.append(chunk)
+    assert [len(c) for c in chunks] == [5000]
+
+
+async def test_chunks_gather_to_a_quarter_of_the_buffer() -> None:
+    settings = load_settings({"BODY_BUFFER_BYTES": 256 * 1024}, environ={})
+    body = BoundedBody(None, None)
+    body.configure(None, settings)
+
+    async def feed() -> None:
+        for _ in range(64):
+            body.append(b"y" * 4096)
+            await asyncio.sleep(0)
+        body.set_complete()
+
+    feeder = asyncio.ensure_future(feed())
+    sizes = [len(chunk) async for chunk in body]
+    await feeder
+    assert sum(sizes) == 64 * 4096
+    assert all(size >= 64 * 1024 for size in sizes)
 
 
 async def test_stock_quart_would_have_buffered_it_all() -> None:
