@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from . import measure
-from .servers import Server, start_fastapi, start_nothing, start_ours, start_stock_quart
+from .servers import (
+    Server,
+    start_fastapi,
+    start_nothing,
+    start_nothing_256k,
+    start_ours,
+    start_stock_quart,
+)
 
 MiB = measure.MiB
 
@@ -125,6 +132,7 @@ class Bench:
             "stock_quart": start_stock_quart,
             "fastapi": start_fastapi,
             "nothing": start_nothing,
+            "nothing_256k": start_nothing_256k,
         }
         for name, start in starters.items():
             server = start(self.root / name)

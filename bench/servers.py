@@ -147,3 +147,8 @@ def start_fastapi(root: Path) -> Server:
 def start_nothing(root: Path) -> Server:
     argv = hypercorn("--bind", "127.0.0.1:{port}", "bench.peers.nothing:app")
     return _spawn("do-nothing", root, argv, {}, "/")
+
+
+def start_nothing_256k(root: Path) -> Server:
+    argv = hypercorn("--bind", "127.0.0.1:{port}", "bench.peers.nothing_256k:app")
+    return _spawn("do-nothing 256K", root, argv, {}, "/")

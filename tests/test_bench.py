@@ -20,7 +20,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert results["upload"]["multipart"]["mb_s"]["median"] > 0
     assert results["upload"]["put"]["peak_rss_mib_largest"] > 0
-    assert set(results["peers"]) == {"stock_quart", "fastapi", "nothing"}
+    assert set(results["peers"]) == {"stock_quart", "fastapi", "nothing", "nothing_256k"}
     assert results["tus"]["mb_s"]["median"] > 0
     assert results["ratios"]["multipart_vs_nothing"] is not None
     if results["create"] is not None:
