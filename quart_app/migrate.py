@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -12,8 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import Settings
-
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+from .schema_version import MIGRATIONS_DIR
 
 # Alembic's ``context`` is a process-wide proxy: two upgrades interleaved in
 # one process would run one's migration on the other's connection (and

@@ -47,8 +47,7 @@ class RequestLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw_id = next((v for k, v in scope["headers"] if k.lower() == REQUEST_ID_HEADER), None)
-        request_id = sanitise_request_id(raw_id) or uuid.uuid4().hex
+        request_id = sanitise_request_id(_raw_header(scope, REQUEST_ID_HEADER)) or uuid.uuid4().hex
         scope[SCOPE_KEY] = request_id
         started = time.perf_counter()
         counts = {"in": 0, "out": 0, "status": 0}
@@ -83,7 +82,7 @@ class RequestLogMiddleware:
                     "bytes_out": counts["out"],
                     "request_id": request_id,
                     "client": _client(scope),
-                    "user_agent": _header(scope, b"user-agent"),
+                    "user_agent": _printable(_raw_header(scope, b"user-agent")),
                 },
             )
 
@@ -93,13 +92,15 @@ def _client(scope: Any) -> str | None:
     return f"{client[0]}:{client[1]}" if client else None
 
 
-def _header(scope: Any, name: bytes) -> str | None:
-    """A request header as text, printable ASCII only, at most 256 characters."""
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            text: str = value.decode("latin-1")
-            return "".join(ch for ch in text if " " <= ch <= "~")[:256]
-    return None
+def _raw_header(scope: Any, name: bytes) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k.lower() == name), None)
+
+
+def _printable(raw: bytes | None) -> str | None:
+    """Header bytes as text, printable ASCII only, at most 256 characters."""
+    if raw is None:
+        return None
+    return "".join(ch for ch in raw.decode("latin-1") if " " <= ch <= "~")[:256]
 
 
 _RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-VERSIONS_DIR = Path(__file__).parent / "migrations" / "versions"
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSIONS_DIR = MIGRATIONS_DIR / "versions"
 _REVISION = re.compile(r"^revision\b[^=]*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
 _DOWN_REVISION = re.compile(r"^down_revision\b[^=]*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
 

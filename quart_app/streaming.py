@@ -102,17 +102,12 @@ class BoundedBody(Body):
                 "client disconnected before the body was complete"
             )
             self.set_complete()
-            self._has_data.set()
 
     async def wait_for_room(self) -> None:
         await self._room.wait()
 
     async def _wait(self, event: asyncio.Event) -> None:
-        # Per chunk of a fast upload the event is already set: no timer then
-        # (wait_for costs a task and a timer handle per call; measured in the
-        # benchmark issue's note).
-        if event.is_set():
-            return
+        # asyncio.timeout, not wait_for: no extra task per wait.
         timeout = self.idle_timeout
         if self.deadline is not None:
             remaining = self.deadline - time.monotonic()

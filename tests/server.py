@@ -7,7 +7,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from bench.servers import free_port
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,13 +27,6 @@ def _die_with_parent() -> None:
     run leaves no server behind (Linux PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

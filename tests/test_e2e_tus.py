@@ -19,6 +19,8 @@ import httpx
 import pytest
 from tusclient import client as tus
 
+from bench.measure import sha256_of
+
 from .server import PROJECT_ROOT, RunningServer
 
 MiB = 1024 * 1024
@@ -35,14 +37,6 @@ def make_file(path: Path, size: int) -> Path:
             handle.write(block)
             remaining -= len(block)
     return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(MiB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def stored_sha256(server: RunningServer, upload_url: str) -> str:

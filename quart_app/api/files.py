@@ -69,6 +69,11 @@ DOWNLOAD_SECURITY_HEADERS = {
 }
 
 
+def file_created(file: File) -> Response:
+    body = file_body(file)
+    return created(body, body["links"]["self"], {"ETag": body["etag"]})
+
+
 def file_response(file: File, status: int) -> Response:
     response = jsonify(file_body(file))
     response.status_code = status
@@ -94,14 +99,12 @@ async def post_files() -> Response:
         except BaseException:
             await discard(incoming)
             raise
-        body = file_body(file)
-        return created(body, body["links"]["self"], {"ETag": body["etag"]})
+        return file_created(file)
     responses: list[Response] = []
 
     async def respond(session: AsyncSession, files: list[File], batch: Batch | None) -> None:
         if batch is None:
-            body = file_body(files[0])
-            response = created(body, body["links"]["self"], {"ETag": body["etag"]})
+            response = file_created(files[0])
         else:
             location = url_for("batches.get_one", batch_id=batch.id, _external=True)
             response = created(batch_body(batch, files), location)
@@ -159,10 +162,7 @@ async def put_one(file_id: str) -> Response:
     except BaseException:
         await discard([incoming])
         raise
-    if is_new:
-        body = file_body(file)
-        return created(body, body["links"]["self"], {"ETag": body["etag"]})
-    return file_response(file, 200)
+    return file_created(file) if is_new else file_response(file, 200)
 
 
 @blueprint.get("/files/<file_id>")

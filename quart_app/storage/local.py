@@ -68,6 +68,7 @@ class BatchedWriter:
         if self._fd is None:
             self._fd = self._open()
         # Joined here, off the event loop: the loop only appends references.
+        # (An empty batch still opens the file.)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         for digest in self._hashes:
             digest.update(data)
@@ -78,7 +79,7 @@ class BatchedWriter:
 
     def _fsync(self) -> None:
         if self._fd is None:
-            self._write_batch([b""])
+            self._write_batch([])
         assert self._fd is not None
         os.fsync(self._fd)
 
@@ -113,7 +114,7 @@ class BatchedWriter:
         """Everything written so far has passed through the hashes and
         reached the file (not yet fsynced)."""
         await self._wait_in_flight()
-        batch = self._take_batch() or [b""]
+        batch = self._take_batch()
         try:
             await asyncio.to_thread(self._write_batch, batch)
         except OSError as error:
