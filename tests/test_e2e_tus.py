@@ -85,42 +85,49 @@ def test_tuspy_uploads_end_with_identical_bytes(
     path = make_file(tmp_path / f"{kind}-{size}.bin", size)
     url = UPLOADERS[kind](server, path, 8 * MiB)
     assert stored_sha256(server, url) == sha256_of(path)
-    info = httpx.get(url, headers={"Tus-Resumable": "1.0.0"}).json()
+    info = httpx.get(url, headers=TUS).json()
     assert info["completed"] and info["offset"] == size
 
 
-def test_tuspy_resumes_after_an_interruption(server: RunningServer, tmp_path: Path) -> None:
-    path = make_file(tmp_path / "resume.bin", 20 * MiB)
-    client = tus.TusClient(f"{server.url}/uploads")
-    first = client.uploader(str(path), chunk_size=4 * MiB, upload_checksum=True)
+def start_and_stop_at_9_mib(server: RunningServer, path: Path) -> str:
+    """A 20 MiB tuspy upload in 4 MiB chunks, stopped after 9 MiB: its URL."""
+    make_file(path, 20 * MiB)
+    first = tus.TusClient(f"{server.url}/uploads").uploader(
+        str(path), chunk_size=4 * MiB, upload_checksum=True
+    )
     first.upload(stop_at=9 * MiB)
     assert first.url is not None
-    offset = int(httpx.head(first.url, headers={"Tus-Resumable": "1.0.0"}).headers["Upload-Offset"])
+    return first.url
+
+
+def test_tuspy_resumes_after_an_interruption(server: RunningServer, tmp_path: Path) -> None:
+    path = tmp_path / "resume.bin"
+    url = start_and_stop_at_9_mib(server, path)
+    offset = upload_offset(url)
     assert 0 < offset < 20 * MiB
-    second = client.uploader(str(path), chunk_size=4 * MiB, upload_checksum=True, url=first.url)
+    second = tus.TusClient(f"{server.url}/uploads").uploader(
+        str(path), chunk_size=4 * MiB, upload_checksum=True, url=url
+    )
     assert second.offset == offset
     second.upload()
-    assert stored_sha256(server, first.url) == sha256_of(path)
+    assert stored_sha256(server, url) == sha256_of(path)
 
 
 def test_tuspy_resumes_after_a_server_restart(server: RunningServer, tmp_path: Path) -> None:
-    path = make_file(tmp_path / "restart.bin", 20 * MiB)
-    client = tus.TusClient(f"{server.url}/uploads")
-    first = client.uploader(str(path), chunk_size=4 * MiB, upload_checksum=True)
-    first.upload(stop_at=9 * MiB)
-    assert first.url is not None
+    path = tmp_path / "restart.bin"
+    url = start_and_stop_at_9_mib(server, path)
     server.stop()
     server.start()  # same port, database and storage directory
 
     async def finish() -> None:
         uploader = tus.TusClient(f"{server.url}/uploads").async_uploader(
-            str(path), chunk_size=4 * MiB, upload_checksum=True, url=first.url
+            str(path), chunk_size=4 * MiB, upload_checksum=True, url=url
         )
         assert uploader.offset >= 8 * MiB
         await uploader.upload()
 
     asyncio.run(finish())
-    assert stored_sha256(server, first.url) == sha256_of(path)
+    assert stored_sha256(server, url) == sha256_of(path)
 
 
 TUS = {"Tus-Resumable": "1.0.0"}
