@@ -124,9 +124,9 @@ async def test_retire_restore_purge(store: LocalBlobStore) -> None:
     await writer.settle()
     token = await store.retire(sealed.sha256)
     assert token is not None
-    assert not await store.exists(sealed.sha256)
+    assert await store.stored([sealed.sha256]) == set()
     await store.restore(token)
-    assert await store.exists(sealed.sha256)
+    assert await store.stored([sealed.sha256, "0" * 64]) == {sealed.sha256}
     token = await store.retire(sealed.sha256)
     assert token is not None
     await store.purge(token)

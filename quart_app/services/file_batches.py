@@ -41,11 +41,8 @@ class FileBatcher(GroupCommit[IncomingFile, File]):
 
     async def write_batch(self, items: list[IncomingFile]) -> list[File | Exception]:
         async with blob_transaction(self._database, self._store) as (session, changes):
-            files: list[File | Exception] = []
-            for item in items:
-                await changes.keep(session, item)
-                file = new_file(item, batch_id=None)
-                session.add(file)
-                files.append(file)
+            await changes.keep(session, items)
+            files = [new_file(item, batch_id=None) for item in items]
+            session.add_all(files)
             await session.flush()
-        return files
+        return [*files]

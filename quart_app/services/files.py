@@ -58,25 +58,34 @@ class BlobChanges:
     async def blob_is_stored(self, session: AsyncSession, sha256: str) -> tuple[bool, bool]:
         """(row exists, row exists and its bytes are there)."""
         blob = await session.get(Blob, sha256)
-        return blob is not None, blob is not None and await self.store.exists(sha256)
+        return blob is not None, blob is not None and bool(await self.store.stored([sha256]))
 
     async def add_blob_row(self, session: AsyncSession, sha256: str, size: int) -> None:
         session.add(Blob(sha256=sha256, size=size))
         await session.flush()
 
-    async def keep(self, session: AsyncSession, incoming: IncomingFile) -> None:
-        """Make the incoming bytes the stored blob for their sha256."""
-        sealed = incoming.sealed
-        assert sealed is not None, "keep() needs a sealed upload"
-        has_row, stored = await self.blob_is_stored(session, sealed.sha256)
-        if stored:
-            await incoming.writer.discard()  # identical bytes are already stored
-            return
-        if await incoming.writer.publish():
-            self.on_undo(incoming.writer.unpublish)
-            self.after_commit(incoming.writer.settle)
-        if not has_row:
-            await self.add_blob_row(session, sealed.sha256, sealed.size)
+    async def keep(self, session: AsyncSession, incoming: list[IncomingFile]) -> None:
+        """Make each upload's bytes the stored blob for its sha256 (the
+        first of several with the same bytes; the others are dropped). One
+        query finds the blob rows and one look the bytes, for them all."""
+        sealed = [item.sealed for item in incoming]
+        assert None not in sealed, "keep() needs sealed uploads"
+        shas = {blob.sha256 for blob in sealed if blob is not None}
+        rows = set(await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(shas))))
+        kept = await self.store.stored(rows)
+        for item, blob in zip(incoming, sealed, strict=True):
+            assert blob is not None
+            if blob.sha256 in kept:
+                await item.writer.discard()  # identical bytes are already stored
+                continue
+            if await item.writer.publish():
+                self.on_undo(item.writer.unpublish)
+                self.after_commit(item.writer.settle)
+            kept.add(blob.sha256)
+            if blob.sha256 not in rows:
+                session.add(Blob(sha256=blob.sha256, size=blob.size))
+                rows.add(blob.sha256)
+        await session.flush()
 
     async def release(self, session: AsyncSession, sha256: str) -> None:
         """Drop a blob that no file refers to any more."""
@@ -152,12 +161,9 @@ async def create_files(
         batch = Batch(id=new_id(), created_at=utc_now()) if as_batch else None
         if batch is not None:
             session.add(batch)
-        files = []
-        for item in incoming:
-            await changes.keep(session, item)
-            file = new_file(item, batch.id if batch else None)
-            session.add(file)
-            files.append(file)
+        await changes.keep(session, incoming)
+        files = [new_file(item, batch.id if batch else None) for item in incoming]
+        session.add_all(files)
         await session.flush()
         if before_commit is not None:
             await before_commit(session, files, batch)
@@ -184,7 +190,7 @@ async def put_file(
         file = await session.scalar(select(File).where(File.id == file_id))
         if not precondition(None if file is None else strong_etag(file.sha256)):
             raise PreconditionFailed("The file's current state does not match the precondition.")
-        await changes.keep(session, incoming)
+        await changes.keep(session, [incoming])
         now = utc_now()
         created = file is None
         if file is None:

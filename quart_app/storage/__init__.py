@@ -10,7 +10,7 @@ appear together (see services/files.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,7 +67,8 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     def writer(self, max_bytes: int) -> BlobWriter: ...
 
-    async def exists(self, sha256: str) -> bool: ...
+    async def stored(self, sha256s: Collection[str]) -> set[str]:
+        """Which of these addresses hold bytes (one look for them all)."""
 
     def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a blob, in chunks. Raises BlobMissing."""

@@ -22,7 +22,7 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +77,8 @@ class BatchedWriter:
             written = self._store.os_write(self._fd, view)
             view = view[written:]
 
-    def _fsync(self) -> None:
-        if self._fd is None:
-            self._write_batch([])
+    def _write_and_fsync(self, chunks: list[bytes]) -> None:
+        self._write_batch(chunks)  # opens the file if nothing was written yet
         assert self._fd is not None
         os.fsync(self._fd)
 
@@ -121,9 +120,10 @@ class BatchedWriter:
             raise _storage_error(error) from error
 
     async def _flush_and_fsync(self) -> None:
-        await self.flush()
+        """flush() and fsync in one thread hop."""
+        await self._wait_in_flight()
         try:
-            await asyncio.to_thread(self._fsync)
+            await asyncio.to_thread(self._write_and_fsync, self._take_batch())
         except OSError as error:
             raise _storage_error(error) from error
 
@@ -313,8 +313,9 @@ class LocalBlobStore:
     def writer(self, max_bytes: int) -> LocalBlobWriter:
         return LocalBlobWriter(self, max_bytes)
 
-    async def exists(self, sha256: str) -> bool:
-        return await asyncio.to_thread(self.path_for(sha256).exists)
+    async def stored(self, sha256s: Collection[str]) -> set[str]:
+        paths = {sha256: self.path_for(sha256) for sha256 in sha256s}
+        return await asyncio.to_thread(lambda: {sha for sha, p in paths.items() if p.exists()})
 
     async def read(
         self, sha256: str, start: int = 0, end: int | None = None
