@@ -300,6 +300,46 @@ async def test_database_error_leaves_no_row_no_blob_no_temp(
     await assert_nothing_stored(app, storage)
 
 
+async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_file(
+    app: Quart, client: QuartClient, storage: Path
+) -> None:
+    """Once an upload has joined a group commit the batch owns it: a client
+    that hangs up while it waits (the request is cancelled) must not remove
+    the temp file under the batch (which failed every upload in it with a
+    500), and its file is stored like the others."""
+    batcher = app.extensions["file_batcher"]
+    data = [os.urandom(4096) for _ in range(8)]
+
+    async def pending(count: int) -> None:
+        """Until ``count`` uploads are in the batcher (its state has no event)."""
+        for _ in range(500):
+            if batcher.pending == count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{batcher.pending} uploads pending, not {count}")
+
+    async def hang_up_after_sending(body: bytes) -> None:
+        async with client.request("/files", method="POST", headers=multipart_headers()) as conn:
+            await conn.send(multipart(part("file", body, "gone.bin")))
+            await conn.send_complete()
+            await pending(len(data))
+            await conn.disconnect()
+
+    async with app.extensions["database"].write_lock:  # batches wait while held
+        hung_up = [asyncio.ensure_future(hang_up_after_sending(d)) for d in data[:2]]
+        await pending(2)  # the first batch holds one or both of these
+        answered = [asyncio.ensure_future(upload(client, d)) for d in data[2:]]
+        await pending(len(data))
+        await asyncio.sleep(0.05)  # the two disconnects cancel their requests
+    responses = await asyncio.gather(*answered)
+    await asyncio.gather(*hung_up)
+    assert [r.status_code for r in responses] == [201] * 6
+    await pending(0)
+    assert await count_rows(app, File) == 8
+    assert len(blob_files(storage)) == 8
+    assert temp_files(storage) == []
+
+
 async def test_parallel_uploads_distinct_and_identical(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:

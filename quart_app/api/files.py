@@ -93,12 +93,9 @@ async def post_files() -> Response:
     Content-Disposition. Several parts make a batch: all stored or none."""
     incoming = await receive_upload()
     if len(incoming) == 1 and g.get("idempotency_claim") is None:
-        # Nothing to record with the file: it rides the next group commit.
-        try:
-            file = await current_app.extensions["file_batcher"].create(incoming[0])
-        except BaseException:
-            await discard(incoming)
-            raise
+        # Nothing to record with the file: it rides the next group commit,
+        # which owns it from here (a hang-up must not remove it under the batch).
+        file = await current_app.extensions["file_batcher"].create(incoming[0])
         return file_created(file)
     responses: list[Response] = []
 

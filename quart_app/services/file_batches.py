@@ -35,14 +35,21 @@ class FileBatcher(GroupCommit[IncomingFile, File]):
         self._store = store
 
     async def create(self, incoming: IncomingFile) -> File:
-        """Store one sealed upload as a file with the next batch."""
+        """Store one sealed upload as a file with the next batch. From here
+        on the batch owns its temp file: the caller must not discard it,
+        even when cancelled (the batch removes it if it fails)."""
         assert incoming.sealed is not None, "create() needs a sealed upload"
         return await self.submit(incoming)
 
     async def write_batch(self, items: list[IncomingFile]) -> list[File | Exception]:
-        async with blob_transaction(self._database, self._store) as (session, changes):
-            await changes.keep(session, items)
-            files = [new_file(item, batch_id=None) for item in items]
-            session.add_all(files)
-            await session.flush()
+        try:
+            async with blob_transaction(self._database, self._store) as (session, changes):
+                await changes.keep(session, items)
+                files = [new_file(item, batch_id=None) for item in items]
+                session.add_all(files)
+                await session.flush()
+        except BaseException:
+            for item in items:
+                await item.writer.discard()
+            raise
         return [*files]

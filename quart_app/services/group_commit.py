@@ -2,9 +2,9 @@
 batches (one transaction, one fsync each), and every request gets its own
 result, only after the batch it rode has committed.
 
-A client that hangs up does not pull its work out of a batch: the batch
-commits or fails as a whole, like a shielded commit. A batch that raises
-fails every request in it.
+A client that hangs up does not pull its work out of a batch: once
+submitted, an item belongs to the batch, which commits or fails as a whole,
+like a shielded commit. A batch that raises fails every request in it.
 """
 
 from __future__ import annotations
@@ -22,13 +22,19 @@ class GroupCommit(Generic[Item, Result]):
     def __init__(self) -> None:
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._drainer: asyncio.Task[None] | None = None
+        self.pending = 0  # submitted items whose batch has not ended
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.ensure_future(self._drain())
+        self.pending += 1
+        future.add_done_callback(self._ended)
         return await asyncio.shield(future)
+
+    def _ended(self, _: asyncio.Future[Result]) -> None:
+        self.pending -= 1
 
     async def write_batch(self, items: list[Item]) -> list[Result | Exception]:
         """Write the items in one transaction: a result, or the exception
