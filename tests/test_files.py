@@ -11,6 +11,7 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy import text
 
+from quart_app import create_app
 from quart_app.models import Batch, Blob, File
 
 from .helpers import (
@@ -300,6 +301,27 @@ async def test_database_error_leaves_no_row_no_blob_no_temp(
     await assert_nothing_stored(app, storage)
 
 
+async def until_pending(app: Quart, count: int) -> None:
+    """Until ``count`` uploads wait in the file batcher (it has no event)."""
+    batcher = app.extensions["file_batcher"]
+    for _ in range(500):
+        if batcher.pending == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{batcher.pending} uploads pending, not {count}")
+
+
+async def upload_then_hang_up(app: Quart, body: bytes, hang_up_at: int) -> None:
+    """Send a whole upload, then disconnect once ``hang_up_at`` uploads wait
+    in the batcher (Quart cancels the request)."""
+    client = app.test_client()
+    async with client.request("/files", method="POST", headers=multipart_headers()) as conn:
+        await conn.send(multipart(part("file", body, "gone.bin")))
+        await conn.send_complete()
+        await until_pending(app, hang_up_at)
+        await conn.disconnect()
+
+
 async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_file(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:
@@ -307,36 +329,40 @@ async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_
     that hangs up while it waits (the request is cancelled) must not remove
     the temp file under the batch (which failed every upload in it with a
     500), and its file is stored like the others."""
-    batcher = app.extensions["file_batcher"]
     data = [os.urandom(4096) for _ in range(8)]
-
-    async def pending(count: int) -> None:
-        """Until ``count`` uploads are in the batcher (its state has no event)."""
-        for _ in range(500):
-            if batcher.pending == count:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"{batcher.pending} uploads pending, not {count}")
-
-    async def hang_up_after_sending(body: bytes) -> None:
-        async with client.request("/files", method="POST", headers=multipart_headers()) as conn:
-            await conn.send(multipart(part("file", body, "gone.bin")))
-            await conn.send_complete()
-            await pending(len(data))
-            await conn.disconnect()
-
     async with app.extensions["database"].write_lock:  # batches wait while held
-        hung_up = [asyncio.ensure_future(hang_up_after_sending(d)) for d in data[:2]]
-        await pending(2)  # the first batch holds one or both of these
+        hung_up = [asyncio.ensure_future(upload_then_hang_up(app, d, 8)) for d in data[:2]]
+        await until_pending(app, 2)  # the first batch holds one or both of these
         answered = [asyncio.ensure_future(upload(client, d)) for d in data[2:]]
-        await pending(len(data))
+        await until_pending(app, 8)
         await asyncio.sleep(0.05)  # the two disconnects cancel their requests
     responses = await asyncio.gather(*answered)
     await asyncio.gather(*hung_up)
     assert [r.status_code for r in responses] == [201] * 6
-    await pending(0)
+    await until_pending(app, 0)
     assert await count_rows(app, File) == 8
     assert len(blob_files(storage)) == 8
+    assert temp_files(storage) == []
+
+
+async def test_shutdown_lets_the_group_commit_in_flight_finish(
+    overrides: dict[str, Any], storage: Path
+) -> None:
+    """Uploads whose clients hung up still wait in a batch when the server
+    is told to stop: the batch commits before the database closes."""
+    async with create_app(overrides).test_app() as running:
+        app = running.app  # type: ignore[attr-defined]
+        async with app.extensions["database"].write_lock:
+            hung_up = [
+                asyncio.ensure_future(upload_then_hang_up(app, os.urandom(4096), 4))
+                for _ in range(4)
+            ]
+            await asyncio.gather(*hung_up)
+        # Leaving the block shuts the app down while the batch is queued.
+    assert app.extensions["file_batcher"].pending == 0
+    async with create_app(overrides).test_app() as restarted:
+        assert await count_rows(restarted.app, File) == 4  # type: ignore[attr-defined]
+    assert len(blob_files(storage)) == 4
     assert temp_files(storage) == []
 
 

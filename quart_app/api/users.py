@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from quart import Blueprint, Response, current_app, g, jsonify, url_for
@@ -27,9 +28,13 @@ from .responses import created
 blueprint = Blueprint("users", __name__)
 
 
-@blueprint.before_app_serving
-async def _start_batcher() -> None:
-    current_app.extensions["user_batcher"] = UserBatcher(get_database())
+@blueprint.while_app_serving
+async def _batcher() -> AsyncGenerator[None, None]:
+    # while serving: the database is open from first to last.
+    batcher = UserBatcher(get_database())
+    current_app.extensions["user_batcher"] = batcher
+    yield
+    await batcher.drained()
 
 
 CURSOR_RESOURCE = "users"

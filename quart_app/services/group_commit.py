@@ -33,8 +33,16 @@ class GroupCommit(Generic[Item, Result]):
         future.add_done_callback(self._ended)
         return await asyncio.shield(future)
 
-    def _ended(self, _: asyncio.Future[Result]) -> None:
+    def _ended(self, future: asyncio.Future[Result]) -> None:
         self.pending -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: its request may have hung up
+
+    async def drained(self) -> None:
+        """Until every submitted item's batch has ended (at shutdown, so a
+        batch is not cancelled half-way)."""
+        while self._drainer is not None and not self._drainer.done():
+            await self._drainer
 
     async def write_batch(self, items: list[Item]) -> list[Result | Exception]:
         """Write the items in one transaction: a result, or the exception
