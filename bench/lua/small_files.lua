@@ -1,12 +1,29 @@
--- POST /files with a 4 KiB multipart file part.
+-- POST /files with a 4 KiB multipart file part, different bytes every time
+-- (identical bytes would only take the server's de-duplicating path): the
+-- first 30 bytes name the wrk thread, a random run number and a counter.
 local boundary = "----benchboundary4KiB"
-local payload = string.rep("x", 4096)
+local filler = string.rep("x", 4096 - 30)
+local head = "--" .. boundary .. "\r\n" ..
+  'Content-Disposition: form-data; name="file"; filename="small.bin"\r\n' ..
+  "Content-Type: application/octet-stream\r\n\r\n"
+local tail = "\r\n--" .. boundary .. "--\r\n"
+local threads = 0
+local counter = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
 
 function init(args)
+  math.randomseed(os.time() * 1000 + thread_id)
+  run = math.random(0, 999999999)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
-  wrk.body = "--" .. boundary .. "\r\n" ..
-    'Content-Disposition: form-data; name="file"; filename="small.bin"\r\n' ..
-    "Content-Type: application/octet-stream\r\n\r\n" ..
-    payload .. "\r\n--" .. boundary .. "--\r\n"
+end
+
+function request()
+  counter = counter + 1
+  local payload = string.format("%06d%09d%015d", thread_id, run, counter) .. filler
+  return wrk.format(nil, nil, nil, head .. payload .. tail)
 end

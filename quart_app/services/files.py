@@ -17,6 +17,7 @@ slow part holds no lock.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from ..db import Database
 from ..errors import NotFound, PreconditionFailed
 from ..models import Batch, Blob, File, utc_now
 from ..multipart import IncomingFile
-from ..storage import BlobStore
+from ..storage import BlobStore, SealedBlob
 from .paging import keyset_page
 
 Precondition = Callable[[str | None], bool]
@@ -67,24 +68,35 @@ class BlobChanges:
     async def keep(self, session: AsyncSession, incoming: list[IncomingFile]) -> None:
         """Make each upload's bytes the stored blob for its sha256 (the
         first of several with the same bytes; the others are dropped). One
-        query finds the blob rows and one look the bytes, for them all."""
-        sealed = [item.sealed for item in incoming]
-        assert None not in sealed, "keep() needs sealed uploads"
-        shas = {blob.sha256 for blob in sealed if blob is not None}
-        rows = set(await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(shas))))
-        kept = await self.store.stored(rows)
-        for item, blob in zip(incoming, sealed, strict=True):
-            assert blob is not None
-            if blob.sha256 in kept:
-                await item.writer.discard()  # identical bytes are already stored
-                continue
-            if await item.writer.publish():
+        query finds the blob rows and one look the bytes, for them all; the
+        new blobs are published together (their renames and directory
+        fsyncs overlap in the thread pool)."""
+        sealed: dict[str, SealedBlob] = {}
+        for item in incoming:
+            assert item.sealed is not None, "keep() needs sealed uploads"
+            sealed[item.sealed.sha256] = item.sealed
+        rows = set(await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(sealed))))
+        stored = await self.store.stored(rows)
+        first: dict[str, IncomingFile] = {}
+        dropped: list[IncomingFile] = []
+        for item, sha in ((item, blob.sha256) for item in incoming if (blob := item.sealed)):
+            if sha in stored or sha in first:
+                dropped.append(item)  # identical bytes are (or will be) stored
+            else:
+                first[sha] = item
+        outcomes = await asyncio.gather(
+            *(item.writer.publish() for item in first.values()), return_exceptions=True
+        )
+        for item, outcome in zip(first.values(), outcomes, strict=True):
+            if outcome is True:
                 self.on_undo(item.writer.unpublish)
                 self.after_commit(item.writer.settle)
-            kept.add(blob.sha256)
-            if blob.sha256 not in rows:
-                session.add(Blob(sha256=blob.sha256, size=blob.size))
-                rows.add(blob.sha256)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for item in dropped:
+            await item.writer.discard()
+        session.add_all(Blob(sha256=sha, size=sealed[sha].size) for sha in first if sha not in rows)
         await session.flush()
 
     async def release(self, session: AsyncSession, sha256: str) -> None:
@@ -106,8 +118,7 @@ class BlobChanges:
             await step()
 
     async def finish(self) -> None:
-        for step in self._finish:
-            await step()
+        await asyncio.gather(*(step() for step in self._finish))
 
 
 @asynccontextmanager
