@@ -40,6 +40,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _start_writeback(fd: int, start: int, length: int) -> None:
+    """Have the kernel start writing these bytes to disk now, without
+    waiting for them. Otherwise nothing is written back until the dirty
+    pages pass vm.dirty_background_ratio (gigabytes on a large machine), and
+    the fsync before the 201 writes the whole upload while the client waits.
+    On Linux, POSIX_FADV_DONTNEED starts asynchronous writeback of the range;
+    its pages are dirty, so none is dropped from the cache. Measured: 1 GiB
+    PUT +10-25 %, tus +5-10 % (README "Performance")."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+
+
 def _storage_error(error: OSError) -> Exception:
     if error.errno in _FULL:
         return StorageFull(str(error))
@@ -64,7 +76,7 @@ class BatchedWriter:
         raise NotImplementedError
 
     # -- runs in a worker thread -------------------------------------------
-    def _write_batch(self, chunks: list[bytes]) -> None:
+    def _write_batch(self, chunks: list[bytes], fsync_follows: bool = False) -> None:
         if self._fd is None:
             self._fd = self._open()
         # Joined here, off the event loop: the loop only appends references.
@@ -72,13 +84,16 @@ class BatchedWriter:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         for digest in self._hashes:
             digest.update(data)
+        start = os.lseek(self._fd, 0, os.SEEK_CUR)
         view = memoryview(data)
         while view:
             written = self._store.os_write(self._fd, view)
             view = view[written:]
+        if data and not fsync_follows:
+            _start_writeback(self._fd, start, len(data))
 
     def _write_and_fsync(self, chunks: list[bytes]) -> None:
-        self._write_batch(chunks)  # opens the file if nothing was written yet
+        self._write_batch(chunks, fsync_follows=True)  # opens the file if need be
         assert self._fd is not None
         os.fsync(self._fd)
 
