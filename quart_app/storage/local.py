@@ -92,10 +92,12 @@ class BatchedWriter:
         if data and not fsync_follows:
             _start_writeback(self._fd, start, len(data))
 
-    def _write_and_fsync(self, chunks: list[bytes]) -> None:
+    def _write_and_fsync(self, chunks: list[bytes], close: bool) -> None:
         self._write_batch(chunks, fsync_follows=True)  # opens the file if need be
         assert self._fd is not None
         os.fsync(self._fd)
+        if close:
+            self._close()
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -134,11 +136,11 @@ class BatchedWriter:
         except OSError as error:
             raise _storage_error(error) from error
 
-    async def _flush_and_fsync(self) -> None:
-        """flush() and fsync in one thread hop."""
+    async def _flush_and_fsync(self, close: bool = False) -> None:
+        """flush() and fsync (and close, if asked) in one thread hop."""
         await self._wait_in_flight()
         try:
-            await asyncio.to_thread(self._write_and_fsync, self._take_batch())
+            await asyncio.to_thread(self._write_and_fsync, self._take_batch(), close)
         except OSError as error:
             raise _storage_error(error) from error
 
@@ -172,8 +174,7 @@ class LocalBlobWriter(BatchedWriter):
         await self._append(data)
 
     async def seal(self) -> SealedBlob:
-        await self._flush_and_fsync()
-        self._close()
+        await self._flush_and_fsync(close=True)
         self._sealed = SealedBlob(self._hash.hexdigest(), self.size)
         return self._sealed
 
