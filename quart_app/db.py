@@ -21,6 +21,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from .config import Settings
 from .schema_version import schema_at_head
+from .shielded import wait_running
 
 # Seconds SQLite waits on another process's write lock before SQLITE_BUSY.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -103,6 +104,7 @@ def init_app(app: Quart, settings: Settings) -> None:
 
     @app.after_serving
     async def _close_database() -> None:
+        await wait_running()  # commits whose clients hung up
         database = app.extensions.pop("database", None)
         if database is not None:
             await database.dispose()

@@ -29,3 +29,15 @@ async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     _running.add(task)
     task.add_done_callback(_forget)
     return await asyncio.shield(task)
+
+
+def running() -> int:
+    """How many commits are running now."""
+    return len(_running)
+
+
+async def wait_running() -> None:
+    """Until every commit started so far has ended (at shutdown, before the
+    database closes, so none is cut off half-way)."""
+    while _running:
+        await asyncio.wait(list(_running))

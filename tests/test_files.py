@@ -11,7 +11,7 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy import text
 
-from quart_app import create_app
+from quart_app import create_app, shielded
 from quart_app.models import Batch, Blob, File
 
 from .helpers import (
@@ -345,6 +345,41 @@ async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_
     assert temp_files(storage) == []
 
 
+@pytest.mark.parametrize("request_kind", ["put", "batch"])
+async def test_a_client_hanging_up_during_its_commit_leaves_it_to_finish(
+    app: Quart, storage: Path, request_kind: str
+) -> None:
+    """PUT or several parts (or an Idempotency-Key, the same code): the
+    commit runs as its own task and owns the temp files. Hanging up while it
+    waits for the write lock used to remove them under it (so it failed);
+    now it commits."""
+    headers = {"Content-Type": "application/octet-stream"}
+    if request_kind == "put":
+        path, body = "/files/hung-up", os.urandom(4096)
+    else:
+        path, headers = "/files", multipart_headers()
+        body = multipart(*(part("file", os.urandom(4096), f"f{i}") for i in range(3)))
+    method = "PUT" if request_kind == "put" else "POST"
+    client = app.test_client()
+    async with (
+        app.extensions["database"].write_lock,
+        client.request(path, method=method, headers=headers) as conn,
+    ):
+        await conn.send(body)
+        await conn.send_complete()
+        for _ in range(500):  # until the commit task waits for the lock
+            if shielded.running():
+                break
+            await asyncio.sleep(0.01)
+        assert shielded.running() == 1
+        await conn.disconnect()
+        await asyncio.sleep(0.05)
+    await shielded.wait_running()
+    assert await count_rows(app, File) == (1 if request_kind == "put" else 3)
+    assert len(blob_files(storage)) == await count_rows(app, File)
+    assert temp_files(storage) == []
+
+
 async def test_shutdown_lets_the_group_commit_in_flight_finish(
     overrides: dict[str, Any], storage: Path
 ) -> None:
@@ -363,6 +398,32 @@ async def test_shutdown_lets_the_group_commit_in_flight_finish(
     async with create_app(overrides).test_app() as restarted:
         assert await count_rows(restarted.app, File) == 4  # type: ignore[attr-defined]
     assert len(blob_files(storage)) == 4
+    assert temp_files(storage) == []
+
+
+async def test_shutdown_lets_a_commit_whose_client_hung_up_finish(
+    overrides: dict[str, Any], storage: Path
+) -> None:
+    """The same for a PUT's commit task: the database closes only after it."""
+    async with create_app(overrides).test_app() as running:
+        app = running.app  # type: ignore[attr-defined]
+        client = app.test_client()
+        headers = {"Content-Type": "application/octet-stream"}
+        async with (
+            app.extensions["database"].write_lock,
+            client.request("/files/late", method="PUT", headers=headers) as conn,
+        ):
+            await conn.send(os.urandom(4096))
+            await conn.send_complete()
+            for _ in range(500):
+                if shielded.running():
+                    break
+                await asyncio.sleep(0.01)
+            await conn.disconnect()
+    assert shielded.running() == 0
+    async with create_app(overrides).test_app() as restarted:
+        assert await count_rows(restarted.app, File) == 1  # type: ignore[attr-defined]
+    assert len(blob_files(storage)) == 1
     assert temp_files(storage) == []
 
 

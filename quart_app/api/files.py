@@ -51,7 +51,7 @@ from .openapi import problems
 from .paging import page_request, page_response
 from .representations import batch_body, file_body
 from .responses import created, empty_response
-from .upload_body import discard, receive_raw, receive_upload
+from .upload_body import commit_or_discard, receive_raw, receive_upload
 
 blueprint = Blueprint("files", __name__)
 
@@ -113,15 +113,12 @@ async def post_files() -> Response:
         await record_response(session, response)
         responses.append(response)
 
-    try:
-        await run_to_completion(
-            create_files(
-                get_database(), blob_store(), incoming, len(incoming) > 1, before_commit=respond
-            )
-        )
-    except BaseException:
-        await discard(incoming)
-        raise
+    await commit_or_discard(
+        incoming,
+        create_files(
+            get_database(), blob_store(), incoming, len(incoming) > 1, before_commit=respond
+        ),
+    )
     return responses[0]
 
 
@@ -157,13 +154,9 @@ async def put_one(file_id: str) -> Response:
     if not _put_precondition(etag):
         raise PreconditionFailed("The file's current state does not match the precondition.")
     incoming = await receive_raw(default_filename=file_id)
-    try:
-        file, is_new = await run_to_completion(
-            put_file(get_database(), blob_store(), file_id, incoming, _put_precondition)
-        )
-    except BaseException:
-        await discard([incoming])
-        raise
+    file, is_new = await commit_or_discard(
+        [incoming], put_file(get_database(), blob_store(), file_id, incoming, _put_precondition)
+    )
     return file_created(file) if is_new else file_response(file, 200)
 
 

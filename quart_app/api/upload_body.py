@@ -5,7 +5,8 @@ cancellation by a client's disconnect, every temp file is removed."""
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from quart import request
 from werkzeug.http import parse_options_header
@@ -13,9 +14,12 @@ from werkzeug.http import parse_options_header
 from ..disposition import clean_filename, header_text, parse_disposition
 from ..errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
 from ..multipart import IncomingFile, MultipartLimits, read_multipart, upload_content_type
+from ..shielded import run_to_completion
 from ..storage import BlobTooLarge
 from .context import blob_store, settings
 from .idempotency import observe_body
+
+T = TypeVar("T")
 
 # Types curl and forms put on a raw body by default: they say nothing of the file.
 _NOT_THE_FILES_TYPE = {"", "application/x-www-form-urlencoded"}
@@ -111,3 +115,18 @@ async def receive_raw(default_filename: str | None) -> IncomingFile:
 async def discard(incoming: list[IncomingFile]) -> None:
     for item in incoming:
         await item.writer.discard()
+
+
+async def commit_or_discard(incoming: list[IncomingFile], work: Coroutine[Any, Any, T]) -> T:
+    """Run the transaction that stores ``incoming`` to its end, even if the
+    client hangs up (shielded.run_to_completion). Its temp files belong to
+    it: removed when it fails, never by the request while it runs."""
+
+    async def owned() -> T:
+        try:
+            return await work
+        except BaseException:
+            await discard(incoming)
+            raise
+
+    return await run_to_completion(owned())
