@@ -6,6 +6,7 @@ Serve with ``hypercorn -c hypercorn.toml 'quart_app:create_app()'``.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -73,6 +74,19 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(files.blueprint)
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(uploads.blueprint)
+
+    @app.before_serving
+    async def _freeze_startup_objects() -> None:
+        # Registered last, so it runs after the other startup functions. The
+        # ~90,000 objects the imports and the app made live as long as the
+        # process; a full collection walked them all (~50 ms on the bench
+        # machine) every so often under load, which set the p99. Frozen, the
+        # collector never looks at them again. Measured (wrk, 50
+        # connections): p99 of POST /users ~150 -> ~110 ms, of /healthz
+        # ~100 -> ~55 ms.
+        gc.collect()
+        gc.freeze()
+
     app.asgi_app = MethodOverrideMiddleware(app.asgi_app)  # type: ignore[method-assign]
     app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
     return app
