@@ -104,7 +104,7 @@ def init_app(app: Quart, settings: Settings) -> None:
 
     @app.after_serving
     async def _close_database() -> None:
-        await wait_running()  # commits whose clients hung up
+        await wait_running()  # commits and group commits still writing
         database = app.extensions.pop("database", None)
         if database is not None:
             await database.dispose()

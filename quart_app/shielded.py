@@ -24,15 +24,21 @@ def _forget(task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: an orphaned task's error is not "never retrieved"
 
 
-async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
+def start(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run ``work`` as a task of its own that shutdown waits for
+    (wait_running) before the database closes."""
     task = asyncio.ensure_future(work)
     _running.add(task)
     task.add_done_callback(_forget)
-    return await asyncio.shield(task)
+    return task
+
+
+async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
+    return await asyncio.shield(start(work))
 
 
 def running() -> int:
-    """How many commits are running now."""
+    """How many commits (and group-commit writers) are running now."""
     return len(_running)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
 
 from quart import Blueprint, Response, current_app, g, jsonify, request, url_for
 from quart_schema import (
@@ -56,13 +55,9 @@ from .upload_body import commit_or_discard, receive_raw, receive_upload
 blueprint = Blueprint("files", __name__)
 
 
-@blueprint.while_app_serving
-async def _batcher() -> AsyncGenerator[None, None]:
-    # while serving: the database is open from first to last.
-    batcher = FileBatcher(get_database(), blob_store())
-    current_app.extensions["file_batcher"] = batcher
-    yield
-    await batcher.drained()
+@blueprint.before_app_serving
+async def _start_batcher() -> None:
+    current_app.extensions["file_batcher"] = FileBatcher(get_database(), blob_store())
 
 
 CURSOR_RESOURCE = "files"

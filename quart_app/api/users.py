@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
 from quart import Blueprint, Response, current_app, g, jsonify, url_for
@@ -28,13 +27,9 @@ from .responses import created
 blueprint = Blueprint("users", __name__)
 
 
-@blueprint.while_app_serving
-async def _batcher() -> AsyncGenerator[None, None]:
-    # while serving: the database is open from first to last.
-    batcher = UserBatcher(get_database())
-    current_app.extensions["user_batcher"] = batcher
-    yield
-    await batcher.drained()
+@blueprint.before_app_serving
+async def _start_batcher() -> None:
+    current_app.extensions["user_batcher"] = UserBatcher(get_database())
 
 
 CURSOR_RESOURCE = "users"

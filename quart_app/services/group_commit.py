@@ -4,13 +4,17 @@ result, only after the batch it rode has committed.
 
 A client that hangs up does not pull its work out of a batch: once
 submitted, an item belongs to the batch, which commits or fails as a whole,
-like a shielded commit. A batch that raises fails every request in it.
+like a shielded commit. A batch that raises fails every request in it. The
+writing task is started like one too (shielded.start), so shutdown waits for
+the batch in flight before the database closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Generic, TypeVar
+
+from .. import shielded
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -28,7 +32,7 @@ class GroupCommit(Generic[Item, Result]):
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.ensure_future(self._drain())
+            self._drainer = shielded.start(self._drain())
         self.pending += 1
         future.add_done_callback(self._ended)
         return await asyncio.shield(future)
@@ -37,12 +41,6 @@ class GroupCommit(Generic[Item, Result]):
         self.pending -= 1
         if not future.cancelled():
             future.exception()  # retrieved: its request may have hung up
-
-    async def drained(self) -> None:
-        """Until every submitted item's batch has ended (at shutdown, so a
-        batch is not cancelled half-way)."""
-        while self._drainer is not None and not self._drainer.done():
-            await self._drainer
 
     async def write_batch(self, items: list[Item]) -> list[Result | Exception]:
         """Write the items in one transaction: a result, or the exception
