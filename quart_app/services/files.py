@@ -71,19 +71,20 @@ class BlobChanges:
         query finds the blob rows and one look the bytes, for them all; the
         new blobs are published together (their renames and directory
         fsyncs overlap in the thread pool)."""
-        sealed: dict[str, SealedBlob] = {}
+        sealed: list[tuple[IncomingFile, SealedBlob]] = []
         for item in incoming:
             assert item.sealed is not None, "keep() needs sealed uploads"
-            sealed[item.sealed.sha256] = item.sealed
-        rows = set(await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(sealed))))
+            sealed.append((item, item.sealed))
+        sizes = {blob.sha256: blob.size for _, blob in sealed}
+        rows = set(await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(sizes))))
         stored = await self.store.stored(rows)
         first: dict[str, IncomingFile] = {}
         dropped: list[IncomingFile] = []
-        for item, sha in ((item, blob.sha256) for item in incoming if (blob := item.sealed)):
-            if sha in stored or sha in first:
+        for item, blob in sealed:
+            if blob.sha256 in stored or blob.sha256 in first:
                 dropped.append(item)  # identical bytes are (or will be) stored
             else:
-                first[sha] = item
+                first[blob.sha256] = item
         outcomes = await asyncio.gather(
             *(item.writer.publish() for item in first.values()), return_exceptions=True
         )
@@ -96,7 +97,7 @@ class BlobChanges:
                 raise outcome
         for item in dropped:
             await item.writer.discard()
-        session.add_all(Blob(sha256=sha, size=sealed[sha].size) for sha in first if sha not in rows)
+        session.add_all(Blob(sha256=sha, size=sizes[sha]) for sha in first if sha not in rows)
         await session.flush()
 
     async def release(self, session: AsyncSession, sha256: str) -> None:

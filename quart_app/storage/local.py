@@ -84,12 +84,14 @@ class BatchedWriter:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         for digest in self._hashes:
             digest.update(data)
-        start = os.lseek(self._fd, 0, os.SEEK_CUR)
+        # Where this batch starts, for the writeback hint (an fsync follows
+        # the last batch, which needs none).
+        start = None if fsync_follows or not data else os.lseek(self._fd, 0, os.SEEK_CUR)
         view = memoryview(data)
         while view:
             written = self._store.os_write(self._fd, view)
             view = view[written:]
-        if data and not fsync_follows:
+        if start is not None:
             _start_writeback(self._fd, start, len(data))
 
     def _write_and_fsync(self, chunks: list[bytes], close: bool) -> None:
