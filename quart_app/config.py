@@ -55,7 +55,8 @@ class Settings:
     # Seconds: whole-body deadline for one request (-> 408).
     BODY_DEADLINE: float = 3600.0
     # Bytes: request body buffered in the app before it stops reading the
-    # socket (back-pressure). Hypercorn adds up to 10 reads of 64 KiB.
+    # socket (back-pressure). Hypercorn adds up to max_app_queue_size reads
+    # (hypercorn.toml) of 256 KiB.
     BODY_BUFFER_BYTES: int = 1 * MIB
     # Bytes: writes to disk are batched to about this size per thread hop.
     WRITE_BATCH_BYTES: int = 1 * MIB
@@ -76,6 +77,24 @@ class Settings:
     SECRET_KEY: str = ""
     # Python logging level name for the app's loggers.
     LOG_LEVEL: str = "INFO"
+    # Seconds a connection may go with no byte moving either way before it
+    # is closed. Replaces Hypercorn's read_timeout, which also cut responses
+    # that a client was reading steadily (quart_app/connections.py).
+    IDLE_TIMEOUT: float = 60.0
+    # Bytes per second: the slowest a request or response body may move,
+    # measured over TRANSFER_RATE_WINDOW seconds. Slower: 408 for a request
+    # body, the connection closed for a response. 0 turns the floor off.
+    MIN_TRANSFER_RATE: int = 1024
+    TRANSFER_RATE_WINDOW: float = 20.0
+    # Seconds and bytes: after answering before the request body has all
+    # arrived (412, 413, 404...), the server shuts its side and reads and
+    # drops the rest of the body for at most this long / this much, so the
+    # client sees the answer rather than a reset; then it closes.
+    LINGER_SECONDS: float = 5.0
+    LINGER_BYTES: int = 64 * MIB
+    # Count: open connections per worker process. Past it a new connection
+    # gets a 503 problem with Retry-After and is closed.
+    MAX_CONNECTIONS: int = 1000
 
     @property
     def database_url(self) -> str:

@@ -7,35 +7,55 @@ idle timeout. Here:
 
 - :class:`BoundedBody` buffers at most ``BODY_BUFFER_BYTES``; past that the
   receive loop of :class:`BackPressureHTTPConnection` stops calling
-  ``receive()``. Hypercorn's own queue to the app holds 10 messages, so the
+  ``receive()``. Hypercorn's own queue to the app holds max_app_queue_size
+  messages (hypercorn.toml), so the
   server stops reading the socket and TCP pushes back on the client.
 - The byte limit counts every byte received, and is set per endpoint after
   routing (:func:`body_limit`); a declared Content-Length over it is refused
   before any body is read.
-- Each wait for data is bounded by the idle timeout and the whole-body deadline.
+- Each wait for data is bounded by the idle timeout and the whole-body
+  deadline, and the body must keep up a minimum rate (MIN_TRANSFER_RATE
+  bytes a second over each TRANSFER_RATE_WINDOW seconds spent waiting).
+- A response that starts before the body has all arrived (an early 412,
+  413, 404...) abandons the body: what still arrives is dropped instead of
+  buffered (a full buffer would stop the receive loop, and Hypercorn could
+  then never hand over the disconnect: the request hung until shutdown),
+  and HTTP/1 answers carry ``Connection: close`` (connections.py then
+  closes gently).
+- A handler cancelled before its response started (the graceful timeout
+  ran out at shutdown) answers 503 rather than letting Hypercorn send 500.
 
 tests/test_streaming.py pins these internals: it fails if a Quart upgrade
-changes the receive loop or the Body interface this module replaces.
+changes the receive loop, the connection's __call__ or the Body interface
+this module replaces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar, cast
 
-from hypercorn.typing import ASGIReceiveCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
 from quart import Quart, current_app, request
 from quart.asgi import ASGIHTTPConnection
+from quart.utils import cancel_tasks, raise_task_exceptions
 from quart.wrappers import Request
 from quart.wrappers.request import Body
-from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout, ServiceUnavailable
 
+from . import connections
 from .config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIMIT_ATTRIBUTE = "_quart_app_body_limit"
+# Seconds a client is told to wait before retrying after a shutdown 503.
+SHUTDOWN_RETRY_AFTER = 5
+# Bodies being received in this process, so that shutdown can end them.
+_receiving: weakref.WeakSet[BoundedBody] = weakref.WeakSet()
 
 
 class ClientDisconnected(Exception):
@@ -50,8 +70,15 @@ class BoundedBody(Body):
         self.buffer_bytes = 1024 * 1024
         self.idle_timeout: float | None = None
         self.deadline: float | None = None
+        self.min_rate = 0
+        self.rate_window = 0.0
         self.received = 0
         self._whole = False
+        self._abandoned = False
+        # Seconds spent waiting for data in the current rate window, and the
+        # bytes received when it began.
+        self._starved = 0.0
+        self._window_start_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
         # Raised once the consumer has taken every byte that did arrive.
@@ -63,6 +90,10 @@ class BoundedBody(Body):
         self.buffer_bytes = settings.BODY_BUFFER_BYTES
         self.idle_timeout = settings.BODY_IDLE_TIMEOUT
         self.deadline = time.monotonic() + settings.BODY_DEADLINE
+        self.min_rate = settings.MIN_TRANSFER_RATE
+        self.rate_window = settings.TRANSFER_RATE_WINDOW
+        if not self._complete.is_set():
+            _receiving.add(self)
         if (
             limit is not None and self.expected_length is not None and self.expected_length > limit
         ) or (limit is not None and self.received > limit):
@@ -82,6 +113,8 @@ class BoundedBody(Body):
         if not data or self._must_raise is not None:
             return
         self.received += len(data)
+        if self._abandoned:
+            return
         if self.limit is not None and self.received > self.limit:
             self._fail(RequestEntityTooLarge(_too_large(self.limit)))
             return
@@ -93,6 +126,27 @@ class BoundedBody(Body):
     def set_complete(self) -> None:
         super().set_complete()
         self._room.set()
+        _receiving.discard(self)
+
+    @property
+    def complete(self) -> bool:
+        return self._complete.is_set()
+
+    def abandon(self) -> None:
+        """The answer is going out before the body has all arrived: stop
+        buffering it and never stop the receive loop again."""
+        self._abandoned = True
+        self._data.clear()
+        self._room.set()
+
+    def end_for_shutdown(self) -> None:
+        if not self._complete.is_set():
+            self._fail(
+                ServiceUnavailable(
+                    "The server is shutting down; send the request again.",
+                    retry_after=SHUTDOWN_RETRY_AFTER,
+                )
+            )
 
     def set_disconnected(self) -> None:
         # The bytes that arrived before the disconnect stay readable (a tus
@@ -108,15 +162,45 @@ class BoundedBody(Body):
 
     async def _wait(self, event: asyncio.Event) -> None:
         # asyncio.timeout, not wait_for: no extra task per wait.
-        timeout = self.idle_timeout
+        started = time.monotonic()
+        end = started + self.idle_timeout if self.idle_timeout is not None else None
         if self.deadline is not None:
-            remaining = self.deadline - time.monotonic()
-            timeout = remaining if timeout is None else min(timeout, remaining)
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            self._fail(RequestTimeout("the request body stalled or took too long"))
+            end = self.deadline if end is None else min(end, self.deadline)
+        while True:
+            now = time.monotonic()
+            timeout = None if end is None else end - now
+            if self.min_rate:
+                window_left = self.rate_window - self._starved
+                timeout = window_left if timeout is None else min(timeout, window_left)
+            try:
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+            except TimeoutError:
+                pass
+            self._starved += time.monotonic() - now
+            if not self._rate_held():
+                self._fail(
+                    RequestTimeout(
+                        f"The request body arrived slower than {self.min_rate} bytes a second."
+                    )
+                )
+                return
+            if event.is_set():
+                return
+            if end is not None and time.monotonic() >= end:
+                self._fail(RequestTimeout("the request body stalled or took too long"))
+                return
+
+    def _rate_held(self) -> bool:
+        """Each full window of waiting must have brought min_rate bytes a
+        second (time the consumer is busy does not count against the
+        client: back-pressure is ours)."""
+        if not self.min_rate or self._starved < self.rate_window:
+            return True
+        held = self.received - self._window_start_bytes >= self.min_rate * self.rate_window
+        self._starved = 0.0
+        self._window_start_bytes = self.received
+        return held
 
     async def __anext__(self) -> bytes:
         # Chunks of at least a quarter of the buffer (unless the body ends
@@ -164,6 +248,39 @@ class BoundedRequest(Request):
 
 
 class BackPressureHTTPConnection(ASGIHTTPConnection):
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        # Quart 0.22's own __call__, with the response start watched and
+        # cancellation answered (see the module docstring).
+        started = False
+        request: Request | None = None
+
+        async def watched_send(message: ASGISendEvent) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                body = request.body if request is not None else None
+                if isinstance(body, BoundedBody) and not body.complete:
+                    body.abandon()
+                    if self.scope["http_version"] in ("1.0", "1.1"):
+                        headers = [*message["headers"], (b"connection", b"close")]
+                        message = {**message, "headers": headers}
+            await send(message)
+
+        request = self._create_request_from_scope(watched_send)
+        receiver_task = asyncio.ensure_future(self.handle_messages(request, receive))
+        handler_task = asyncio.ensure_future(self.handle_request(request, watched_send))
+        try:
+            done, pending = await asyncio.wait(
+                [handler_task, receiver_task], return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            await cancel_tasks({handler_task, receiver_task})
+            if not started:
+                await _send_shutting_down(send)
+            raise
+        await cancel_tasks(pending)
+        raise_task_exceptions(done)
+
     async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
         body = request.body
         assert isinstance(body, BoundedBody)
@@ -179,6 +296,40 @@ class BackPressureHTTPConnection(ASGIHTTPConnection):
             elif message["type"] == "http.disconnect":
                 body.set_disconnected()
                 return
+
+
+async def _send_shutting_down(send: ASGISendCallable) -> None:
+    """503 for a request whose handler was cancelled before it answered."""
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "The server is shutting down; send the request again.",
+        }
+    ).encode()
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(SHUTDOWN_RETRY_AFTER).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    except Exception:
+        pass  # the connection is already gone: nothing to tell
+
+
+def end_bodies() -> None:
+    """Shutdown is about to cancel what is left: end every body still
+    arriving with a 503, so its handler answers and cleans up first."""
+    for body in list(_receiving):
+        body.end_for_shutdown()
 
 
 BodyLimit = Callable[[Settings], int]
@@ -209,24 +360,8 @@ def _too_large(limit: int) -> str:
     return f"The request body is larger than the limit of {limit} bytes."
 
 
-# Bytes Hypercorn asks the socket for per read. Its own 64 KiB (a module
-# constant, hypercorn.asyncio.tcp_server.MAX_RECV) makes every GiB 16,384
-# trips through h11, Hypercorn, Quart and this module; at 256 KiB (asyncio's
-# own largest recv) a 1 GiB upload took ~40% less CPU and ran ~1.6x faster
-# (measured: the benchmark issue's note). Memory stays bounded: Hypercorn
-# queues at most max_app_queue_size reads (hypercorn.toml) while the body
-# buffer is full.
-SOCKET_READ_BYTES = 256 * 1024
-
-
-def use_larger_socket_reads() -> None:
-    import hypercorn.asyncio.tcp_server as tcp_server
-
-    tcp_server.MAX_RECV = max(tcp_server.MAX_RECV, SOCKET_READ_BYTES)
-
-
 def init_app(app: Quart, settings: Settings) -> None:
-    use_larger_socket_reads()
+    connections.install(settings, end_bodies)
     app.request_class = BoundedRequest
     app.asgi_http_class = BackPressureHTTPConnection
     # Quart's own checks are replaced by BoundedBody's; its whole-body

@@ -34,6 +34,8 @@ class RunningServer:
     root: Path
     port: int
     env: dict[str, str]
+    # Hypercorn command-line options added after the project's hypercorn.toml.
+    args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -67,6 +69,7 @@ class RunningServer:
                 str(PROJECT_ROOT / "hypercorn.toml"),
                 "--bind",
                 f"127.0.0.1:{self.port}",
+                *self.args,
                 "quart_app:create_app()",
             ],
             cwd=self.root,
@@ -120,11 +123,29 @@ class RunningServer:
                 raise AssertionError(f"no such access line; log tail:\n{self.log()[-2000:]}")
             time.sleep(0.05)
 
+    def worker_pid(self) -> int:
+        """The worker process (Hypercorn runs the app in a child process)."""
+        assert self.process is not None
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        candidates = [pid, *(int(child) for child in children)]
+        return max(candidates, key=rss_mib)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_server(root: Path, extra_env: dict[str, str] | None = None) -> RunningServer:
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process now, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_server(
+    root: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None
+) -> RunningServer:
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
     env.update(
@@ -136,6 +157,6 @@ def start_server(root: Path, extra_env: dict[str, str] | None = None) -> Running
         }
     )
     env.update(extra_env or {})
-    running = RunningServer(root=root, port=free_port(), env=env)
+    running = RunningServer(root=root, port=free_port(), env=env, args=list(args or []))
     running.start()
     return running

@@ -36,14 +36,6 @@ def test_quart_internals_streaming_replaces_are_still_there() -> None:
     assert hasattr(Quart, "asgi_http_class") and hasattr(Quart, "request_class")
 
 
-def test_hypercorn_reads_the_socket_in_256_kib_pieces(app: Quart) -> None:
-    import hypercorn.asyncio.tcp_server as tcp_server
-
-    # The constant streaming.py raises, still read where the server reads.
-    assert "MAX_RECV" in inspect.getsource(tcp_server.TCPServer._read_data)
-    assert tcp_server.MAX_RECV == 256 * 1024
-
-
 async def test_app_uses_the_bounded_body(app: Quart) -> None:
     assert app.asgi_http_class is BackPressureHTTPConnection
     assert app.request_class.body_class is BoundedBody
