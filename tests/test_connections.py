@@ -154,6 +154,35 @@ def test_a_steady_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None
         server.stop()
 
 
+def test_a_steady_http2_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path / "server", {"QUART_APP_IDLE_TIMEOUT": "2"}, args=["--read-timeout", "2"]
+    )
+    try:
+        data = os.urandom(12 * MIB)
+        upload(server, "long", data)
+        digest = hashlib.sha256()
+        received = 0
+        started = time.monotonic()
+        # Prior-knowledge HTTP/2 on the plain port; flow control paces it.
+        with (
+            httpx.Client(http1=False, http2=True, timeout=10) as client,
+            client.stream("GET", f"{server.url}/files/long/content") as response,
+        ):
+            assert response.http_version == "HTTP/2"
+            for chunk in response.iter_bytes(64 * 1024):
+                digest.update(chunk)
+                received += len(chunk)
+                ahead = received / (2.5 * MIB) - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        assert time.monotonic() - started >= 4.0
+        assert received == len(data)
+        assert digest.digest() == hashlib.sha256(data).digest()
+    finally:
+        server.stop()
+
+
 def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
     server = start_server(
         tmp_path / "server",

@@ -13,6 +13,7 @@ import pytest
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body
+from werkzeug.exceptions import RequestTimeout
 
 from quart_app import create_app
 from quart_app.config import load_settings
@@ -173,3 +174,53 @@ async def test_whole_body_deadline_is_408_even_for_a_steady_trickle(
             await connection.send_complete()
             await connection.receive()
         assert connection.status_code == 408
+
+
+async def test_a_body_slower_than_the_rate_floor_is_408(overrides: dict[str, Any]) -> None:
+    settings = load_settings({**overrides, "MIN_TRANSFER_RATE": 1000, "TRANSFER_RATE_WINDOW": 0.2})
+    body = BoundedBody(None, None)
+    body.configure(10_000, settings)
+
+    async def trickle() -> None:
+        for _ in range(20):
+            body.append(b"x")  # 50 bytes a second, far below 1000
+            await asyncio.sleep(0.02)
+
+    feeder = asyncio.ensure_future(trickle())
+    with pytest.raises(RequestTimeout, match="slower than 1000 bytes a second"):
+        async for _ in body:
+            pass
+    feeder.cancel()
+
+
+async def test_time_the_consumer_is_busy_does_not_count_against_the_client(
+    overrides: dict[str, Any],
+) -> None:
+    settings = load_settings(
+        {
+            **overrides,
+            "MIN_TRANSFER_RATE": 1000,
+            "TRANSFER_RATE_WINDOW": 0.2,
+            "BODY_BUFFER_BYTES": 4,
+        }
+    )
+    body = BoundedBody(None, None)
+    body.configure(10_000, settings)
+    body.append(b"abcd")
+    body.set_complete()
+    await asyncio.sleep(0.5)  # the consumer was busy elsewhere
+    assert [bytes(chunk) async for chunk in body] == [b"abcd"]
+
+
+async def test_an_abandoned_body_drops_what_arrives_and_never_blocks(
+    overrides: dict[str, Any],
+) -> None:
+    settings = load_settings({**overrides, "BODY_BUFFER_BYTES": 8})
+    body = BoundedBody(None, None)
+    body.configure(10_000, settings)
+    body.append(b"x" * 16)  # the buffer is full: the receive loop would wait
+    body.abandon()
+    await asyncio.wait_for(body.wait_for_room(), 0.1)
+    body.append(b"y" * 1000)
+    assert body.received == 1016
+    assert not body.complete
