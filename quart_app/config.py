@@ -76,6 +76,10 @@ class Settings:
     SECRET_KEY: str = ""
     # Python logging level name for the app's loggers.
     LOG_LEVEL: str = "INFO"
+    # Host names (and IP literals), comma-separated, each optionally
+    # *.domain (subdomains) and :port: the Hosts the server answers for;
+    # any other gets a 400. Empty or *: any well-formed Host.
+    ALLOWED_HOSTS: str = ""
 
     @property
     def database_url(self) -> str:
