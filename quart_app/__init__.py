@@ -18,6 +18,7 @@ from . import background, cors, db, problems, request_head, streaming
 from .api import batches, files, health, uploads, users
 from .api.openapi import ApiDocs
 from .config import load_settings
+from .forwarded import init_app as init_forwarded
 from .host_guard import init_app as init_host_guard
 from .instance import load_secret_key, prepare_directories
 from .integrity import TEMP_GRACE_SECONDS, recover
@@ -92,6 +93,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     init_host_guard(app, settings)
     app.asgi_app = MethodOverrideMiddleware(app.asgi_app)  # type: ignore[method-assign]
     app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    init_forwarded(app, settings)
     return app
 
 

@@ -80,6 +80,10 @@ class Settings:
     # *.domain (subdomains) and :port: the Hosts the server answers for;
     # any other gets a 400. Empty or *: any well-formed Host.
     ALLOWED_HOSTS: str = ""
+    # IP addresses and CIDR networks, comma-separated: reverse proxies whose
+    # Forwarded / X-Forwarded-For/-Proto/-Host are honoured when they are the
+    # TCP peer. Empty: those headers are ignored.
+    TRUSTED_PROXIES: str = ""
 
     @property
     def database_url(self) -> str:
