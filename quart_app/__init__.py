@@ -24,6 +24,7 @@ from .instance import load_secret_key, prepare_directories
 from .integrity import TEMP_GRACE_SECONDS, recover
 from .method_override import MethodOverrideMiddleware
 from .pagination import CursorCodec
+from .public_url import init_app as init_public_url
 from .request_log import RequestLogMiddleware, configure_logging
 from .services.uploads import HashStates
 from .storage.local import LocalBlobStore
@@ -90,6 +91,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         gc.freeze()
 
     # ASGI middlewares, innermost first.
+    init_public_url(app, settings)
     init_host_guard(app, settings)
     app.asgi_app = MethodOverrideMiddleware(app.asgi_app)  # type: ignore[method-assign]
     app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]

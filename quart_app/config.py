@@ -84,6 +84,11 @@ class Settings:
     # Forwarded / X-Forwarded-For/-Proto/-Host are honoured when they are the
     # TCP peer. Empty: those headers are ignored.
     TRUSTED_PROXIES: str = ""
+    # URL (absolute http/https, optional path prefix the proxy strips, no
+    # query or fragment): where clients reach the app, e.g.
+    # https://files.example.com. Every absolute URL is built from it. Empty:
+    # from each request's scheme and Host.
+    PUBLIC_URL: str = ""
 
     @property
     def database_url(self) -> str:

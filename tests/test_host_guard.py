@@ -112,11 +112,12 @@ async def post_user(app: Quart, host: str) -> Any:
     return await client.post("/users", json=USER, headers={"Host": host})
 
 
-@pytest.fixture(params=["defaults", "allowed hosts"])
+@pytest.fixture(params=["defaults", "allowed hosts", "public url"])
 async def any_config(request: pytest.FixtureRequest, overrides: dict[str, Any]) -> Any:
     extra = {
         "defaults": {},
         "allowed hosts": {"ALLOWED_HOSTS": "*.example.com, evil.example"},
+        "public url": {"PUBLIC_URL": "https://files.example.com"},
     }[request.param]
     application = create_app({**overrides, **extra})
     async with application.test_app() as test_app:
