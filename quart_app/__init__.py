@@ -18,10 +18,13 @@ from . import background, cors, db, problems, request_head, streaming
 from .api import batches, files, health, uploads, users
 from .api.openapi import ApiDocs
 from .config import load_settings
+from .forwarded import init_app as init_forwarded
+from .host_guard import init_app as init_host_guard
 from .instance import load_secret_key, prepare_directories
 from .integrity import TEMP_GRACE_SECONDS, recover
 from .method_override import MethodOverrideMiddleware
 from .pagination import CursorCodec
+from .public_url import init_app as init_public_url
 from .request_log import RequestLogMiddleware, configure_logging
 from .services.uploads import HashStates
 from .storage.local import LocalBlobStore
@@ -87,8 +90,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         gc.collect()
         gc.freeze()
 
+    # ASGI middlewares, innermost first.
+    init_public_url(app, settings)
+    init_host_guard(app, settings)
     app.asgi_app = MethodOverrideMiddleware(app.asgi_app)  # type: ignore[method-assign]
     app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    init_forwarded(app, settings)
     return app
 
 

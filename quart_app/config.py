@@ -95,6 +95,19 @@ class Settings:
     # Count: open connections per worker process. Past it a new connection
     # gets a 503 problem with Retry-After and is closed.
     MAX_CONNECTIONS: int = 1000
+    # Host names (and IP literals), comma-separated, each optionally
+    # *.domain (subdomains) and :port: the Hosts the server answers for;
+    # any other gets a 400. Empty or *: any well-formed Host.
+    ALLOWED_HOSTS: str = ""
+    # IP addresses and CIDR networks, comma-separated: reverse proxies whose
+    # Forwarded / X-Forwarded-For/-Proto/-Host are honoured when they are the
+    # TCP peer. Empty: those headers are ignored.
+    TRUSTED_PROXIES: str = ""
+    # URL (absolute http/https, optional path prefix the proxy strips, no
+    # query or fragment): where clients reach the app, e.g.
+    # https://files.example.com. Every absolute URL is built from it. Empty:
+    # from each request's scheme and Host.
+    PUBLIC_URL: str = ""
 
     @property
     def database_url(self) -> str:

@@ -99,3 +99,11 @@ class IdempotencyKeyReused(DomainError):
 
 class IdempotencyKeyBusy(DomainError):
     code = "idempotency-key-in-use"
+
+
+class InvalidHost(DomainError):
+    code = "invalid-host"
+
+
+class HostNotAllowed(DomainError):
+    code = "host-not-allowed"

@@ -47,6 +47,8 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "headers-too-large": (431, "The request's header fields are too large"),
     "checksum-mismatch": (460, "Checksum mismatch"),
     "insufficient-storage": (507, "Insufficient storage"),
+    "invalid-host": (400, "The Host header is not valid"),
+    "host-not-allowed": (400, "This server does not answer for that host"),
 }
 
 

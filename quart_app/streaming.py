@@ -371,6 +371,14 @@ def init_app(app: Quart, settings: Settings) -> None:
 
     @app.before_request
     async def _apply_body_limit() -> None:
+        if request.routing_exception is not None:
+            # No view will read this body, so no view's limit applies: a
+            # mistyped URL or a wrong method is a 404/405 whatever its size
+            # (not a 413 from the JSON limit). Raised here, before any limit
+            # is set, exactly as dispatch_request would raise it, so the
+            # answer is the usual problem (405 with Allow) and the body is
+            # never read; Hypercorn closes the connection after it.
+            current_app.raise_routing_exception(request)
         view = current_app.view_functions.get(request.endpoint or "")
         body = request.body
         if isinstance(body, BoundedBody):

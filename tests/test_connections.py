@@ -217,6 +217,8 @@ def early_refusals(server: RunningServer, upload_id: str) -> list[tuple[bytes, i
         (f"PUT /files/taken HTTP/1.1\r\nIf-None-Match: *\r\nContent-Length: {BIG}\r\n", 412),
         (f'PUT /files/taken HTTP/1.1\r\nIf-Match: "nope"\r\nContent-Length: {BIG}\r\n', 412),
         (f"PUT /files/..bad HTTP/1.1\r\nContent-Length: {BIG}\r\n", 400),
+        (f"POST /filez HTTP/1.1\r\nContent-Length: {BIG}\r\n", 404),
+        (f"PATCH /files HTTP/1.1\r\nContent-Length: {BIG}\r\n", 405),
         (f"POST /files HTTP/1.1\r\nContent-Length: {BIG + 2 * MIB}\r\n", 413),
         (
             f"POST /files HTTP/1.1\r\nContent-Type: multipart/mixed\r\nContent-Length: {BIG}\r\n",

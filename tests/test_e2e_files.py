@@ -217,3 +217,36 @@ def test_memory_does_not_grow_with_the_upload(server: RunningServer, tmp_path: P
     # Stock Quart would hold the 256 MiB body; the bound is the body buffer,
     # Hypercorn's queue and two write batches.
     assert growth_mib < 32, f"peak RSS grew {growth_mib:.1f} MiB for a 256 MiB upload"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "chunked"),
+    [
+        ("POST", "/filez", 404, False),
+        ("POST", "/filez", 404, True),
+        ("PATCH", "/files", 405, False),
+        ("PATCH", "/files", 405, True),
+    ],
+)
+def test_a_5_mib_body_to_a_wrong_route_or_method_is_404_or_405_promptly(
+    server: RunningServer, tmp_path: Path, method: str, path: str, status: int, chunked: bool
+) -> None:
+    # Over the 1 MiB JSON limit that used to apply when routing failed: a
+    # declared length got a 413 at once; a chunked body got a 413 or the
+    # 404/405 depending on how much had arrived before the hook ran.
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(5 * 1024 * 1024))
+    framing = ["-H", "Transfer-Encoding: chunked"] if chunked else []
+    started = time.monotonic()
+    code, headers, body = curl(
+        "-X", method, "--data-binary", f"@{big}", *framing, f"{server.url}{path}"
+    )
+    assert time.monotonic() - started < 5
+    assert (code, headers["content-type"]) == (status, "application/problem+json")
+    assert json.loads(body)["status"] == status
+    if status == 405:
+        assert "POST" in headers["allow"] and method not in headers["allow"]
+    # The server is fine afterwards and stored nothing.
+    assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    assert rows(server, "files") == 0
+    assert leftovers(server.storage_dir) == []

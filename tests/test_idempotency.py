@@ -253,3 +253,18 @@ def test_the_cli_purges_on_demand(tmp_path: Path) -> None:
     assert run() == "1 idempotency record(s) purged"
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         assert db.execute("SELECT key FROM idempotency_records").fetchall() == [("new",)]
+
+
+async def test_a_response_is_replayed_only_to_the_origin_it_was_built_for(
+    app: Quart, client: QuartClient
+) -> None:
+    body = {"name": "Ada", "email": "ada@example.com"}
+    first = await client.post("/users", json=body, headers={**KEY, "Host": "evil.example"})
+    assert first.headers["Location"] == "http://evil.example/users/1"
+    retry = await client.post("/users", json=body, headers={**KEY, "Host": "files.example.com"})
+    assert retry.status_code == 422
+    assert "evil.example" not in (await retry.get_data(as_text=True))
+    assert "Location" not in retry.headers
+    same = await client.post("/users", json=body, headers={**KEY, "Host": "evil.example"})
+    assert same.headers["Idempotent-Replayed"] == "true"
+    assert await count_rows(app, User) == 1

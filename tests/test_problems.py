@@ -80,3 +80,35 @@ async def test_declared_length_over_limit_is_413_before_reading(
             response = await asyncio.wait_for(connection.receive(), 5)
         assert connection.status_code == 413
         assert json.loads(response)["status"] == 413
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("POST", "/filez", 404), ("PATCH", "/files", 405), ("PUT", "/users", 405)],
+)
+async def test_routing_answers_before_any_body_limit(
+    client: QuartClient, method: str, path: str, status: int
+) -> None:
+    # 5 MiB declared, over the 1 MiB JSON limit that used to apply when no
+    # route matched (a 413); no body is sent, so an answer proves the body
+    # was never waited for.
+    async with client.request(
+        path,
+        method=method,
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(5 * 2**20)},
+    ) as connection:
+        response = await asyncio.wait_for(connection.receive(), 5)
+    assert connection.status_code == status
+    assert connection.headers["Content-Type"] == "application/problem+json"
+    assert json.loads(response)["status"] == status
+    if status == 405:
+        assert method not in connection.headers["Allow"]
+        assert "GET" in connection.headers["Allow"]
+
+
+async def test_a_whole_oversized_body_to_a_wrong_route_is_404(client: QuartClient) -> None:
+    response = await client.post("/filez", data=b"x" * (5 * 2**20))
+    await assert_problem(response, 404)
+    response = await client.patch("/files", data=b"x" * (5 * 2**20))
+    await assert_problem(response, 405)
+    assert "POST" in response.headers["Allow"]

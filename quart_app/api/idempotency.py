@@ -108,13 +108,20 @@ def _bad_key(message: str) -> InvalidInput:
 
 
 class Fingerprint:
-    """sha256 over method, path, FINGERPRINT_HEADERS and the body's sha256;
-    the body is fed chunk by chunk as the view reads it, never buffered."""
+    """sha256 over method, origin and path, FINGERPRINT_HEADERS and the
+    body's sha256; the body is fed chunk by chunk as the view reads it,
+    never buffered.
+
+    The origin (scheme, Host, root path: what every URL in the stored
+    response starts with) is part of it, so a response is replayed only to
+    a request for the same origin: without QUART_APP_PUBLIC_URL or
+    QUART_APP_ALLOWED_HOSTS a first request could name any Host, and its
+    URLs must not reach a retry that named another (422 instead)."""
 
     def __init__(self) -> None:
         self._body = hashlib.sha256()
         self._head = "\n".join(
-            [request.method, request.full_path]
+            [request.method, request.url_root, request.full_path]
             + [f"{name}:{request.headers.get(name, '')}" for name in FINGERPRINT_HEADERS]
         )
 
