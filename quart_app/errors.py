@@ -99,3 +99,9 @@ class IdempotencyKeyReused(DomainError):
 
 class IdempotencyKeyBusy(DomainError):
     code = "idempotency-key-in-use"
+
+
+class BlobUnavailable(DomainError):
+    """A file's row is committed but its bytes cannot be read."""
+
+    code = "blob-unavailable"

@@ -47,6 +47,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "headers-too-large": (431, "The request's header fields are too large"),
     "checksum-mismatch": (460, "Checksum mismatch"),
     "insufficient-storage": (507, "Insufficient storage"),
+    "blob-unavailable": (503, "The file's content is unavailable"),
 }
 
 
