@@ -102,6 +102,20 @@ async def test_if_modified_since(client: QuartClient) -> None:
     assert old.status_code == 200
 
 
+async def test_dates_that_are_not_dates_are_ignored(client: QuartClient) -> None:
+    """RFC 9110 §13.1.3, §13.1.5: the answer is the one without the header."""
+    await put(client, "a.bin")
+    huge_year = "Mon, 01 Jan 10000000000000000000 00:00:00 GMT"
+    modified = await client.get("/files/a.bin/content", headers={"If-Modified-Since": huge_year})
+    assert modified.status_code == 200
+    assert await modified.get_data() == DATA
+    ranged = await client.get(
+        "/files/a.bin/content", headers={"Range": "bytes=0-9", "If-Range": huge_year}
+    )
+    assert ranged.status_code == 200
+    assert await ranged.get_data() == DATA
+
+
 async def test_head_has_the_headers_and_no_body(client: QuartClient) -> None:
     await put(client, "a.bin")
     # Read the ASGI exchange itself: client.head() recomputes Content-Length.

@@ -466,8 +466,12 @@ class LocalBlobStore:
         return digest
 
     async def hash_partial(self, upload_id: str, length: int) -> Any:
-        """sha256 state over the first ``length`` bytes (after a restart)."""
-        return await asyncio.to_thread(self._hash_partial, upload_id, length)
+        """sha256 state over the first ``length`` bytes (after a restart).
+        Raises BlobMissing when the partial file is gone."""
+        try:
+            return await asyncio.to_thread(self._hash_partial, upload_id, length)
+        except FileNotFoundError:
+            raise BlobMissing(upload_id) from None
 
     def _publish_partial(self, upload_id: str, sha256: str) -> bool:
         target = self.path_for(sha256)
