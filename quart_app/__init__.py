@@ -14,7 +14,7 @@ from typing import Any
 from quart import Quart
 from quart_schema import QuartSchema
 
-from . import background, cors, db, problems, request_head, streaming
+from . import background, cors, db, nosniff, problems, request_head, streaming
 from .api import batches, files, health, uploads, users
 from .api.openapi import ApiDocs
 from .config import load_settings
@@ -52,6 +52,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     request_head.init_app(app, settings)
     streaming.init_app(app, settings)
     problems.init_app(app)
+    nosniff.init_app(app)
 
     @app.before_serving
     async def _prepare_instance() -> None:

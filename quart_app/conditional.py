@@ -54,17 +54,21 @@ def if_none_match_passes(header: str | None, current: str | None) -> bool:
     return current is None or all(tag != current for _, tag in tags)
 
 
+def _http_date(value: str) -> datetime | None:
+    """An HTTP-date with its zone, or None for anything else. A date that is
+    not valid is ignored, never an error (RFC 9110 §13.1.3, §13.1.5); its
+    parts may be of any size (a 20-digit year overflows the parser)."""
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return date if date.tzinfo is not None else None
+
+
 def not_modified_since(header: str | None, last_modified: datetime) -> bool:
     """If-Modified-Since: True when the representation is not newer."""
-    if header is None:
-        return False
-    try:
-        since = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return False
-    if since.tzinfo is None:
-        return False
-    return last_modified.replace(microsecond=0) <= since
+    since = None if header is None else _http_date(header)
+    return since is not None and last_modified.replace(microsecond=0) <= since
 
 
 class RangeNotSatisfiable(Exception):
@@ -136,8 +140,5 @@ def _if_range_matches(if_range: str | None, etag: str, last_modified: datetime) 
         return value == etag
     if value.startswith("W/"):
         return False
-    try:
-        date = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return False
-    return date.tzinfo is not None and date == last_modified.replace(microsecond=0)
+    date = _http_date(value)
+    return date is not None and date == last_modified.replace(microsecond=0)

@@ -29,14 +29,24 @@ def init_app(app: Quart, settings: Settings) -> None:
     origins = allowed_origins(settings)
     if not origins:
         return
+    anyone = "*" in origins
 
     @app.after_request
     async def _cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin is None or ("*" not in origins and origin not in origins):
-            return response
-        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
-        response.vary.add("Origin")
+        # Fetch standard, "CORS protocol and HTTP caches": "*" is one answer
+        # for every request, given whether or not it carries Origin, so it
+        # never varies. With a list, the answer depends on Origin, also when
+        # Origin is absent or refused, so every response says Vary: Origin
+        # (else a shared cache may give one origin's answer to another).
+        if anyone:
+            allow = "*"
+        else:
+            response.vary.add("Origin")
+            origin = request.headers.get("Origin")
+            if origin is None or origin not in origins:
+                return response
+            allow = origin
+        response.headers["Access-Control-Allow-Origin"] = allow
         response.headers["Access-Control-Expose-Headers"] = EXPOSED
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response.headers["Access-Control-Allow-Methods"] = METHODS

@@ -9,6 +9,7 @@ filename is metadata only: it is cleaned here and never becomes a path.
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from urllib.parse import quote, unquote_to_bytes
 
@@ -19,10 +20,18 @@ _QUOTED_STRING = r'"(?:[^"\\]|\\.)*"'
 _QUOTED = re.compile(_QUOTED_STRING, re.DOTALL)
 _PARAM = re.compile(rf"\s*;\s*({_TOKEN})\s*=\s*({_QUOTED_STRING}|[^;]*)", re.DOTALL)
 _TYPE = re.compile(rf"\s*({_TOKEN})")
-_BIDI_CONTROLS = {
-    "\u061c", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
-    "\u2066", "\u2067", "\u2068", "\u2069",
-}  # fmt: skip
+# Control characters, and format characters: invisible, they make a name
+# read as another (zero-width spaces and joiners, byte order marks, soft
+# hyphens, tag characters, and the bidi overrides that turn "gnp.exe" round).
+_INVISIBLE = {"Cc", "Cf"}
+# What the plain ``filename=`` may hold: ASCII no filesystem or shell treats
+# specially. Separators, ':' (a drive, a stream), quotes, '%' (some clients
+# percent-decode the fallback), ';' and ',' (naive parsers split on them) and
+# anything else become "_".
+_FALLBACK_CHARACTERS = frozenset(string.ascii_letters + string.digits + " !#$&'()+-.=@[]^_{}~")
+# Dropped from the fallback rather than replaced: accents NFKD split off
+# their letters, and what is invisible anyway.
+_FALLBACK_DROPPED = {"Mn", "Me", "Cc", "Cf"}
 # Types a browser may show in place: they cannot run script in our origin.
 INLINE_TYPES = frozenset(
     {
@@ -90,7 +99,7 @@ def parse_disposition(value: str) -> tuple[str, dict[str, str]]:
 
 
 def clean_filename(raw: str, max_chars: int) -> str:
-    """NFC, no control or bidi-override characters, no directories, bounded.
+    """NFC, no control or format (invisible) characters, no directories, bounded.
 
     A line break is refused rather than removed: no client puts one in a
     name (browsers send it percent-encoded); it is a header-injection attempt.
@@ -100,10 +109,10 @@ def clean_filename(raw: str, max_chars: int) -> str:
             "The filename contains a line break.",
             errors=[{"field": "filename", "message": "must not contain CR or LF"}],
         )
-    name = unicodedata.normalize("NFC", raw)
-    name = "".join(
-        ch for ch in name if unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS
-    )
+    visible = "".join(ch for ch in raw if unicodedata.category(ch) not in _INVISIBLE)
+    # Normalised after the removal: a removed character may have kept a
+    # letter from its combining mark.
+    name = unicodedata.normalize("NFC", visible)
     # Some clients send a whole path (C:\Users\...\a.txt); keep the last part.
     name = re.split(r"[/\\]", name)[-1].strip()
     if name in ("", ".", ".."):
@@ -120,9 +129,19 @@ def clean_filename(raw: str, max_chars: int) -> str:
 
 
 def _ascii_fallback(filename: str) -> str:
-    folded = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode("ascii")
-    safe = "".join(ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%' else "_" for ch in folded)
-    return safe.strip() or "download"
+    """A plain name for clients that ignore ``filename*``: never a path, a
+    drive, ``..`` or an invisible character, whatever the name folds to.
+    NFKD makes ASCII of fullwidth and compatibility forms (U+FF0E U+FF0E
+    U+FF0F is ``../``, U+2025 is ``..``), so the checks run on what it
+    produced."""
+    folded = "".join(
+        ch
+        for ch in unicodedata.normalize("NFKD", filename)
+        if unicodedata.category(ch) not in _FALLBACK_DROPPED
+    )
+    safe = "".join(ch if ch in _FALLBACK_CHARACTERS else "_" for ch in folded)
+    safe = re.sub(r"_{2,}", "_", re.sub(r"\.{2,}", ".", safe)).strip(" .")
+    return safe if any(ch.isalnum() for ch in safe) else "download"
 
 
 def download_disposition(filename: str, content_type: str) -> str:

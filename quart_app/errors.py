@@ -107,3 +107,9 @@ class InvalidHost(DomainError):
 
 class HostNotAllowed(DomainError):
     code = "host-not-allowed"
+
+
+class BlobUnavailable(DomainError):
+    """A file's row is committed but its bytes cannot be read."""
+
+    code = "blob-unavailable"

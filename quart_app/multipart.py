@@ -65,12 +65,15 @@ class MultipartUpload:
 
 def upload_content_type(raw: str | None, fallback: str = "application/octet-stream") -> str:
     """A stored content type: ``type/subtype`` lowercased, plus charset for
-    text; anything unparsable becomes the fallback."""
+    text; anything unparsable becomes the fallback. Media types are
+    case-insensitive (RFC 9110 §8.3.1): ``TEXT/HTML`` is ``text/html``, and
+    is then treated as HTML everywhere (Content-Disposition, sniffing)."""
     if not raw:
         return fallback
     from werkzeug.http import parse_options_header
 
     mimetype, params = parse_options_header(raw)
+    mimetype = mimetype.lower()
     kind, _, subtype = mimetype.partition("/")
     token = set("abcdefghijklmnopqrstuvwxyz0123456789!#$&^_.+-")
     if not kind or not subtype or not set(mimetype) - {"/"} <= token:

@@ -49,6 +49,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "insufficient-storage": (507, "Insufficient storage"),
     "invalid-host": (400, "The Host header is not valid"),
     "host-not-allowed": (400, "This server does not answer for that host"),
+    "blob-unavailable": (503, "The file's content is unavailable"),
 }
 
 

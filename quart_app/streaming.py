@@ -368,6 +368,10 @@ def init_app(app: Quart, settings: Settings) -> None:
     # timeout stays as an outer bound for awaited bodies.
     app.config["MAX_CONTENT_LENGTH"] = None
     app.config["BODY_TIMEOUT"] = settings.BODY_DEADLINE
+    # Quart cuts a response that takes longer than this to send (60 s by
+    # default): a large download to a slow but steady client. Responses are
+    # bounded by the connection's idle time and rate floor instead.
+    app.config["RESPONSE_TIMEOUT"] = None
 
     @app.before_request
     async def _apply_body_limit() -> None:

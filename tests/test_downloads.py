@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 from quart.testing import QuartClient
@@ -96,6 +102,20 @@ async def test_if_modified_since(client: QuartClient) -> None:
     assert old.status_code == 200
 
 
+async def test_dates_that_are_not_dates_are_ignored(client: QuartClient) -> None:
+    """RFC 9110 §13.1.3, §13.1.5: the answer is the one without the header."""
+    await put(client, "a.bin")
+    huge_year = "Mon, 01 Jan 10000000000000000000 00:00:00 GMT"
+    modified = await client.get("/files/a.bin/content", headers={"If-Modified-Since": huge_year})
+    assert modified.status_code == 200
+    assert await modified.get_data() == DATA
+    ranged = await client.get(
+        "/files/a.bin/content", headers={"Range": "bytes=0-9", "If-Range": huge_year}
+    )
+    assert ranged.status_code == 200
+    assert await ranged.get_data() == DATA
+
+
 async def test_head_has_the_headers_and_no_body(client: QuartClient) -> None:
     await put(client, "a.bin")
     # Read the ASGI exchange itself: client.head() recomputes Content-Length.
@@ -138,3 +158,77 @@ async def test_content_disposition_has_ascii_fallback_and_utf8_name(client: Quar
     header = (await client.get("/files/u/content")).headers["Content-Disposition"]
     # The type was guessed from .pdf, which may be shown inline.
     assert header == f"inline; filename=\"naive _resume_.pdf\"; filename*=UTF-8''{exact}"
+
+
+def blob_path(overrides: dict[str, Any], sha256: str) -> Path:
+    return Path(overrides["STORAGE_DIR"]) / "blobs" / sha256[:2] / sha256[2:4] / sha256
+
+
+async def test_missing_bytes_are_503_before_any_body(
+    client: QuartClient, overrides: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 200 that announces a length and then cuts the connection."""
+    body = await put(client, "a.bin")
+    blob_path(overrides, body["sha256"]).unlink()
+    for method in ("GET", "HEAD"):
+        async with client.request("/files/a.bin/content", method=method) as connection:
+            await connection.send_complete()
+            # The old answer was a 200 whose body then never came.
+            data = await asyncio.wait_for(connection.receive(), 5)
+        assert connection.status_code == 503, method
+        assert connection.headers["Content-Type"] == "application/problem+json"
+        assert connection.headers["Retry-After"] == "5"
+        if method == "GET":
+            problem = json.loads(data)
+            assert problem["type"] == "urn:quart-app:problem:blob-unavailable"
+            assert problem["status"] == 503
+            assert "a.bin" in problem["detail"] and body["sha256"] not in problem["detail"]
+    missing = [r for r in caplog.records if r.name == "quart_app.storage"]
+    assert missing and missing[0].levelno == logging.ERROR
+    assert missing[0].__dict__["sha256"] == body["sha256"]
+
+
+async def test_bytes_of_the_wrong_size_are_503(
+    client: QuartClient, overrides: dict[str, Any]
+) -> None:
+    body = await put(client, "a.bin")
+    blob_path(overrides, body["sha256"]).write_bytes(DATA[:10])
+    response = await client.get("/files/a.bin/content")
+    assert response.status_code == 503
+    assert response.content_type == "application/problem+json"
+
+
+def open_files() -> set[str]:
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            names.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return names
+
+
+async def test_no_blob_stays_open_whatever_the_answer(
+    client: QuartClient, overrides: dict[str, Any]
+) -> None:
+    """The blob is opened before the answer is chosen: a HEAD, 304, 412, 416
+    or a body read part-way must each close it again."""
+    body = await put(client, "a.bin", os.urandom(3 * 1024 * 1024))
+    path = str(blob_path(overrides, body["sha256"]))
+    content = "/files/a.bin/content"
+    for headers in (
+        {},
+        {"If-None-Match": body["etag"]},
+        {"If-Match": '"other"'},
+        {"Range": "bytes=9999999-"},
+        {"Range": "bytes=0-9"},
+    ):
+        await client.get(content, headers=headers)
+        assert path not in open_files(), headers
+    async with client.request(content, method="HEAD") as connection:
+        await connection.send_complete()
+        await connection.receive()
+    assert path not in open_files()
+    async with client.request(content) as connection:
+        await connection.send_complete()
+        assert await connection.receive()  # the first chunk, then hang up
+    await asyncio.sleep(0.05)
+    assert path not in open_files()

@@ -15,6 +15,7 @@ from quart_app import create_app, shielded
 from quart_app.models import Batch, Blob, File
 
 from .helpers import (
+    BOUNDARY,
     assert_nothing_stored,
     blob_files,
     count_rows,
@@ -114,6 +115,35 @@ async def test_raw_body_from_curl_data_binary_guesses_the_type(client: QuartClie
     )
     assert response.status_code == 201
     assert (await response.get_json())["content_type"] == "application/json"
+
+
+async def test_media_types_are_matched_whatever_their_case(client: QuartClient) -> None:
+    """RFC 9110 §8.3.1: ``TEXT/HTML`` is HTML, stored as ``text/html`` and
+    downloaded as an attachment; an upper-case multipart type is multipart."""
+    html = await client.put(
+        "/files/page", data=b"<script>1</script>", headers={"Content-Type": "TEXT/HTML"}
+    )
+    assert (await html.get_json())["content_type"] == "text/html"
+    download = await client.get("/files/page/content")
+    assert download.headers["Content-Type"].startswith("text/html")
+    assert download.headers["Content-Disposition"].startswith("attachment;")
+    form = await client.post(
+        "/files",
+        data=multipart(part("file", b"png", "p.png", "IMAGE/PNG")),
+        headers={"Content-Type": f"Multipart/Form-Data; boundary={BOUNDARY}"},
+    )
+    assert form.status_code == 201
+    body = await form.get_json()
+    assert (body["filename"], body["content_type"], body["size"]) == ("p.png", "image/png", 3)
+    curl_default = await client.post(
+        "/files",
+        data=b"{}",
+        headers={
+            "Content-Type": "Application/X-WWW-Form-Urlencoded",
+            "Content-Disposition": 'attachment; filename="x.json"',
+        },
+    )
+    assert (await curl_default.get_json())["content_type"] == "application/json"
 
 
 async def test_raw_body_without_a_name_is_400(
@@ -235,6 +265,7 @@ async def test_batch_not_found(client: QuartClient) -> None:
         ("evil\u202egnp.exe", "evilgnp.exe"),
         ("cafe\u0301.txt", "caf\u00e9.txt"),
         ("tab\tand\x7fdel.txt", "tabanddel.txt"),
+        ("zero\u200bwidth\u200d\ufeff.txt", "zerowidth.txt"),
     ],
 )
 async def test_filenames_are_cleaned_metadata(

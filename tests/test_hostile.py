@@ -3,9 +3,15 @@
 Every case is sent as raw bytes over a socket. Each must get its expected
 4xx as ``application/problem+json``, or, where the request is not valid
 HTTP/1.1 and never reaches the app, Hypercorn's own bare 4xx and a closed
-connection. After every case: no row, no blob, no temp or partial file, and
-the server still answers ``/healthz``. At the end, no 5xx and no traceback in
-the whole log. Slowloris clients have their own tests below the table.
+connection, or, where the hostile part is one the server must ignore (a date
+that is not one), the request's ordinary 2xx. After every case: no row, no
+blob, no temp or partial file, and the server still answers ``/healthz``.
+At the end, no 5xx and no traceback in the whole log. Slowloris clients have
+their own tests below the table.
+
+Cases may name two resources made before the table runs (``seeded``): the
+file KEPT_FILE, and a completed tus upload whose server-assigned id replaces
+COMPLETED_UPLOAD in a case's bytes.
 """
 
 # The table keeps one case to a line, however long.
@@ -34,6 +40,10 @@ BODY_DEADLINE = 4.0  # QUART_APP_BODY_DEADLINE
 KEEP_ALIVE_TIMEOUT = 5.0  # hypercorn.toml keep_alive_timeout
 BOUNDARY = "hostileboundary"
 TABLES = ("users", "files", "blobs", "batches", "uploads", "idempotency_records")
+KEPT_FILE = "hostile-kept"
+KEPT_BYTES = b"kept"
+COMPLETED_UPLOAD = "completed-upload-id"
+HUGE_YEAR = "Mon, 01 Jan 10000000000000000000 00:00:00 GMT"
 
 
 @dataclass(frozen=True)
@@ -265,6 +275,13 @@ CASES = [
     Case("http: TLS handshake on the plain port", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"x" * 100, 400, problem=False),
     Case("http: no Host header", b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n", 400, problem=False),
     Case("http: NUL in the method", b"G\x00T /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400, problem=False),
+    # Dates that are not dates, and writes past a completed upload.
+    Case("dates: If-Modified-Since with a 20-digit year", get(f"/files/{KEPT_FILE}/content", ("If-Modified-Since", HUGE_YEAR), ("Range", "bytes=99-")), 416),
+    Case("dates: If-Modified-Since with a 20-digit hour", get(f"/files/{KEPT_FILE}/content", ("If-Modified-Since", "Mon, 01 Jan 2001 99999999999999999999:00:00 GMT"), ("Range", "bytes=99-")), 416),
+    Case("dates: If-Range with a 20-digit year", get(f"/files/{KEPT_FILE}/content", ("If-Range", HUGE_YEAR), ("Range", "bytes=0-0")), 200),
+    Case("dates: If-Range with a 20-digit zone offset", get(f"/files/{KEPT_FILE}/content", ("If-Range", "Mon, 01 Jan 2001 00:00:00 +99999999999999999999"), ("Range", "bytes=0-0")), 200),
+    Case("tus: PATCH bytes past a completed upload", request("PATCH", f"/uploads/{COMPLETED_UPLOAD}", [("Tus-Resumable", "1.0.0"), ("Upload-Offset", str(len(KEPT_BYTES))), ("Content-Type", "application/offset+octet-stream")], b"more"), 413),
+    Case("tus: empty PATCH at the end of a completed upload", request("PATCH", f"/uploads/{COMPLETED_UPLOAD}", [("Tus-Resumable", "1.0.0"), ("Upload-Offset", str(len(KEPT_BYTES))), ("Content-Type", "application/offset+octet-stream")]), 204),
     Case("http: method override to DELETE the collection", request("POST", "/uploads", [("Tus-Resumable", "1.0.0"), ("X-HTTP-Method-Override", "DELETE")], b"x"), 405),
 ]  # fmt: skip
 
@@ -339,6 +356,25 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
         running.stop()
 
 
+@pytest.fixture(scope="module")
+def seeded(hostile_server: RunningServer) -> str:
+    """Make KEPT_FILE and a completed upload; the upload's id."""
+    with httpx.Client(base_url=hostile_server.url, timeout=10) as client:
+        assert client.put(f"/files/{KEPT_FILE}", content=KEPT_BYTES).status_code == 201
+        created = client.post(
+            "/uploads",
+            content=KEPT_BYTES,
+            headers={
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": str(len(KEPT_BYTES)),
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+    assert created.status_code == 201 and created.headers["Upload-Offset"] == str(len(KEPT_BYTES))
+    upload_id: str = created.headers["Location"].rsplit("/", 1)[1]
+    return upload_id
+
+
 def stored(server: RunningServer) -> dict[str, object]:
     """Everything the server holds: row counts and files under storage."""
     with closing(sqlite3.connect(f"file:{server.database_path}?mode=ro", uri=True)) as db:
@@ -365,7 +401,8 @@ def test_the_table_has_at_least_60_distinct_cases() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_hostile_request(hostile_server: RunningServer, case: Case) -> None:
+def test_hostile_request(hostile_server: RunningServer, seeded: str, case: Case) -> None:
+    case = replace(case, request=case.request.replace(COMPLETED_UPLOAD.encode(), seeded.encode()))
     before = stored(hostile_server)
     started = time.monotonic()
     answer = exchange(hostile_server.port, case)
@@ -375,7 +412,9 @@ def test_hostile_request(hostile_server: RunningServer, case: Case) -> None:
     assert answer.status == case.status, (answer, hostile_server.log()[-2000:])
     if case.problem is None:
         case = replace(case, problem="content-type" in answer.headers)
-    if case.problem:
+    if case.status < 400:
+        assert answer.headers.get("content-type") != "application/problem+json", answer
+    elif case.problem:
         assert answer.headers.get("content-type") == "application/problem+json", answer
         problem = json.loads(answer.body)
         assert problem["status"] == case.status

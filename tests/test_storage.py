@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quart_app.storage import BlobTooLarge, StorageFull
-from quart_app.storage.local import LocalBlobStore
+from quart_app.storage import BlobMissing, BlobTooLarge, StorageFull
+from quart_app.storage.local import LocalBlobReader, LocalBlobStore
 
 
 class CountingStore(LocalBlobStore):
@@ -135,16 +136,78 @@ async def test_retire_restore_purge(store: LocalBlobStore) -> None:
     assert leftovers(store) == []
 
 
-async def test_read_ranges(store: LocalBlobStore) -> None:
-    data = os.urandom(3 * 1024 * 1024)
+async def stored_blob(store: LocalBlobStore, data: bytes) -> str:
     writer = store.writer(len(data))
     await writer.write(data)
     sealed = await writer.seal()
     await writer.publish()
-    whole = b"".join([c async for c in store.read(sealed.sha256)])
-    part = b"".join([c async for c in store.read(sealed.sha256, 100, 2_000_000)])
-    assert whole == data
-    assert part == data[100:2_000_000]
+    return sealed.sha256
+
+
+def open_files() -> set[str]:
+    """What this process's descriptors point at (the one listing the
+    directory vanishes as it is read)."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            names.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return names
+
+
+async def test_read_ranges(store: LocalBlobStore) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    sha = await stored_blob(store, data)
+    whole = await store.open(sha)
+    assert whole.size == len(data)
+    assert b"".join([c async for c in whole.chunks(0, 2**63)]) == data
+    part = await store.open(sha)
+    assert b"".join([c async for c in part.chunks(100, 2_000_000)]) == data[100:2_000_000]
+
+
+async def test_an_open_blob_outlives_its_retirement_and_purge(store: LocalBlobStore) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    sha = await stored_blob(store, data)
+    blob = await store.open(sha)
+    token = await store.retire(sha)
+    assert token is not None
+    await store.purge(token)
+    assert b"".join([c async for c in blob.chunks(0, len(data))]) == data
+    with pytest.raises(BlobMissing):
+        await store.open(sha)
+
+
+async def test_a_retired_blob_opens_until_it_is_purged(store: LocalBlobStore) -> None:
+    """Between a replace's retire and its purge, the row a download read a
+    moment ago still names these bytes."""
+    data = os.urandom(1000)
+    sha = await stored_blob(store, data)
+    token = await store.retire(sha)
+    assert token is not None
+    blob = await store.open(sha)
+    assert b"".join([c async for c in blob.chunks(0, 1000)]) == data
+    await store.purge(token)
+    with pytest.raises(BlobMissing):
+        await store.open(sha)
+
+
+async def test_a_reader_closes_its_file_however_it_ends(store: LocalBlobStore) -> None:
+    sha = await stored_blob(store, os.urandom(3 * 1024 * 1024))
+    path = str(store.path_for(sha))
+    read_whole = await store.open(sha)
+    assert [c async for c in read_whole.chunks(0, 2**63)]
+    never_started = (await store.open(sha)).chunks(0, 10)
+    await never_started.aclose()  # what Quart does with a body it never sent
+    started = (await store.open(sha)).chunks(0, 2**63)
+    await anext(started)
+    await started.aclose()
+    closed = await store.open(sha)
+    closed.close()
+    closed.close()
+    assert path not in open_files()
+    dropped = LocalBlobReader(os.open(path, os.O_RDONLY))
+    assert path in open_files()
+    del dropped  # a response built and never sent
+    assert path not in open_files()
 
 
 def test_path_for_refuses_anything_but_a_digest(store: LocalBlobStore) -> None:

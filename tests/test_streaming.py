@@ -42,6 +42,12 @@ async def test_app_uses_the_bounded_body(app: Quart) -> None:
     assert app.request_class.body_class is BoundedBody
 
 
+def test_responses_have_no_whole_response_deadline(app: Quart) -> None:
+    # Quart's default (60 s) cut any download that took longer; connections.py
+    # bounds responses by idle time and rate instead.
+    assert app.config["RESPONSE_TIMEOUT"] is None
+
+
 class FastClient:
     """An ASGI receive() that always has 64 KiB ready: a client on a fast link."""
 

@@ -112,6 +112,37 @@ async def test_create_upload_and_complete_it(app: Quart, client: QuartClient) ->
     assert done.headers["Upload-Offset"] == done.headers["Upload-Length"] == str(len(data))
 
 
+async def test_a_patch_at_the_end_of_a_completed_upload(
+    app: Quart, client: QuartClient, overrides: dict[str, Any]
+) -> None:
+    """A client that missed the completing PATCH's answer and sends it again
+    empty gets the same 204; bytes past the end are a 413 and change nothing.
+    Repeated, so that the second of each finds no hash state in memory."""
+    url = await create(client, 5)
+    upload_id = url.rsplit("/", 1)[1]
+    assert (await patch(client, url, 0, b"hello")).status_code == 204
+    link = f'<http://localhost/files/{upload_id}>; rel="related"'
+    for _ in range(2):
+        again = await patch(client, url, 5, b"")
+        assert again.status_code == 204
+        assert again.headers["Upload-Offset"] == "5" and again.headers["Link"] == link
+        more = await patch(client, url, 5, b"more")
+        assert more.status_code == 413
+        assert more.content_type == "application/problem+json"
+        assert (await more.get_json())["type"] == "urn:quart-app:problem:too-large"
+        behind = await patch(client, url, 0, b"hello")
+        assert behind.status_code == 409
+    sha1_of_nothing = base64.b64encode(hashlib.sha1(b"").digest()).decode()
+    checked = await patch(client, url, 5, b"", **{"Upload-Checksum": f"sha1 {sha1_of_nothing}"})
+    assert checked.status_code == 204
+    wrong = await patch(client, url, 5, b"", **{"Upload-Checksum": f"sha1 {b64('x' * 20)}"})
+    assert wrong.status_code == 460
+    assert (await head(client, url)).headers["Upload-Offset"] == "5"
+    assert await (await client.get(f"/files/{upload_id}/content")).get_data() == b"hello"
+    assert await count_rows(app, File) == 1
+    assert list((Path(overrides["STORAGE_DIR"]) / "partial").iterdir()) == []
+
+
 async def test_head_reports_offset_length_metadata_no_store(client: QuartClient) -> None:
     metadata = f"filename {b64('x.txt')},flag"
     url = await create(client, 50, **{"Upload-Metadata": metadata})

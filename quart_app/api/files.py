@@ -25,9 +25,9 @@ from ..conditional import (
 )
 from ..db import get_database, get_session
 from ..disposition import download_disposition
-from ..errors import InvalidInput, PreconditionFailed
+from ..errors import BlobUnavailable, InvalidInput, PreconditionFailed
 from ..models import Batch, File
-from ..problems import problem_response
+from ..problems import domain_problem, problem_response
 from ..schemas import (
     FILE_ID_PATTERN,
     Binary,
@@ -40,9 +40,11 @@ from ..schemas import (
     NoContent,
     PageQuery,
 )
+from ..services.downloads import open_content
 from ..services.file_batches import FileBatcher
 from ..services.files import create_files, current_etag, delete_file, get_file, list_files, put_file
 from ..shielded import run_to_completion
+from ..storage import BlobReader
 from ..streaming import body_limit, upload_body_limit
 from .context import blob_store
 from .idempotency import IdempotencyHeaders, idempotent, record_response
@@ -67,6 +69,9 @@ DOWNLOAD_SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; sandbox",
 }
+# A file whose bytes cannot be read is an operator's problem (see the log and
+# `python -m quart_app check`); a client may try again a little later.
+BLOB_RETRY_AFTER_SECONDS = "5"
 
 
 def file_created(file: File) -> Response:
@@ -199,10 +204,29 @@ async def get_page() -> Response:
 @blueprint.get("/files/<file_id>/content")
 @document_response(Binary, 200, ContentHeaders)
 @document_response(Binary, 206, ContentHeaders)
-@problems(404, 412, 416)
+@problems(404, 412, 416, 503)
 async def get_content(file_id: str) -> Response:
     """The bytes, streamed: ETag, Last-Modified, ranges (206/416), 304."""
-    file = await get_file(get_session(), file_id)
+    try:
+        # Opened before any header is sent: a replace or delete from here on
+        # cannot take the bytes away from a 200 that announced them.
+        file, blob = await open_content(get_database(), blob_store(), file_id)
+    except BlobUnavailable as error:
+        unavailable = domain_problem(error)
+        unavailable.headers["Retry-After"] = BLOB_RETRY_AFTER_SECONDS
+        return unavailable
+    try:
+        response = _content_response(file, blob)
+    except BaseException:
+        blob.close()
+        raise
+    if response.status_code not in (200, 206) or request.method == "HEAD":
+        blob.close()  # no body will read it
+    return response
+
+
+def _content_response(file: File, blob: BlobReader) -> Response:
+    """The answer for this version of the file; only a GET's 200/206 reads ``blob``."""
     etag = strong_etag(file.sha256)
     headers = {
         "ETag": etag,
@@ -238,7 +262,7 @@ async def get_content(file_id: str) -> Response:
     if byte_range is not None:
         start, end, status = byte_range.start, byte_range.end, 206
         headers["Content-Range"] = byte_range.content_range(file.size)
-    body = blob_store().read(file.sha256, start, end) if request.method != "HEAD" else b""
+    body = blob.chunks(start, end) if request.method != "HEAD" else b""
     response = Response(body, status=status, content_type=file.content_type, headers=headers)
     response.headers["Content-Length"] = str(end - start)
     return response

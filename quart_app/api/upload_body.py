@@ -37,6 +37,7 @@ async def receive_upload(default_filename: str | None = None) -> list[IncomingFi
     """multipart/form-data -> every ``file`` part; any other type -> the raw
     body as one file named by Content-Disposition (or ``default_filename``)."""
     mimetype, params = parse_options_header(request.headers.get("Content-Type", ""))
+    mimetype = mimetype.lower()  # case-insensitive (RFC 9110 §8.3.1); the boundary is not
     if mimetype == "multipart/form-data":
         return await _receive_multipart(params.get("boundary"))
     if mimetype.startswith("multipart/"):
@@ -89,7 +90,7 @@ def raw_filename(default: str | None) -> str:
 
 def raw_content_type(filename: str) -> str:
     given = request.headers.get("Content-Type", "")
-    if parse_options_header(given)[0] in _NOT_THE_FILES_TYPE:
+    if parse_options_header(given)[0].lower() in _NOT_THE_FILES_TYPE:
         guessed, _ = mimetypes.guess_type(filename, strict=False)
         return upload_content_type(guessed)
     return upload_content_type(given)

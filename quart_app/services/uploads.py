@@ -190,6 +190,23 @@ async def _record(
         writer.release()
 
 
+async def _past_completion(upload: Upload, chunks: AsyncIterator[bytes], patch: Patch) -> Upload:
+    """A PATCH at the end of a completed upload, whose bytes are now the
+    file's blob. Empty, it is a client retrying the PATCH that completed it
+    (it missed the answer): answered the same, as tusd does. Bytes past the
+    length are refused as they are for any upload (413), none kept."""
+    async for chunk in chunks:
+        if chunk:
+            raise TooLarge(
+                f"The upload is complete: no byte goes past its length of {upload.length}."
+            )
+    if patch.checksum is not None:
+        algorithm, expected = patch.checksum
+        if CHECKSUM_ALGORITHMS[algorithm]().digest() != expected:
+            raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
+    return upload
+
+
 async def append(
     database: Database,
     store: ResumableStore,
@@ -221,19 +238,29 @@ async def append(
         length = patch.new_length
     if patch.offset != upload.offset:
         raise OffsetMismatch(f"The upload's offset is {upload.offset}, not {patch.offset}.")
+    if upload.completed_at is not None:
+        return await _past_completion(upload, chunks, patch)
     limit = patch.max_length if length is None else length
 
-    state = hashes.take(upload_id, upload.offset)
-    if state is None:
-        state = await store.hash_partial(upload_id, upload.offset)
     checker = CHECKSUM_ALGORITHMS[patch.checksum[0]]() if patch.checksum else None
-    writer = store.partial_writer(
-        upload_id, upload.offset, [state, *([checker] if checker else [])]
-    )
     try:
+        state = hashes.take(upload_id, upload.offset)
+        if state is None:
+            state = await store.hash_partial(upload_id, upload.offset)
+        writer = store.partial_writer(
+            upload_id, upload.offset, [state, *([checker] if checker else [])]
+        )
         await writer.acquire()
     except PartialBusy:
         raise UploadLocked("Another request is writing to this upload; retry later.") from None
+    except BlobMissing:
+        # Another request completed the upload (its partial became the file's
+        # blob) or removed it since the row was read.
+        async with database.sessionmaker() as session:
+            current = await get_upload(session, upload_id)
+        if current.offset == upload.offset:
+            raise
+        raise OffsetMismatch(f"The upload's offset is now {current.offset}.") from None
     recording = False
     try:
         async with database.sessionmaker() as session:

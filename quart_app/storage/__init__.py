@@ -41,6 +41,21 @@ class SealedBlob:
     size: int
 
 
+class BlobReader(Protocol):
+    """An open blob. Its bytes stay readable until it is closed, whatever
+    happens to its address meanwhile (a replace or delete retiring it), so a
+    download that has announced a length can always deliver it."""
+
+    size: int
+
+    def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end), in chunks; the reader closes when they end or
+        when the iterator's ``aclose()`` is awaited, started or not."""
+
+    def close(self) -> None:
+        """Release the blob. Idempotent."""
+
+
 class BlobWriter(Protocol):
     size: int
 
@@ -70,8 +85,8 @@ class BlobStore(Protocol):
     async def stored(self, sha256s: Collection[str]) -> set[str]:
         """Which of these addresses hold bytes (one look for them all)."""
 
-    def read(self, sha256: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of a blob, in chunks. Raises BlobMissing."""
+    async def open(self, sha256: str) -> BlobReader:
+        """Open a blob for reading. Raises BlobMissing."""
 
     async def retire(self, sha256: str) -> str | None:
         """Take a blob away from its address (atomic rename to a trash name),

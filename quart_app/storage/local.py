@@ -6,6 +6,7 @@ Layout under the storage root::
     tmp/<pid>-<random>.part  uploads in flight (write-once, O_EXCL)
     partial/<upload id>    resumable (tus) uploads not yet complete
     trash/<sha256>.<rand>  blobs retired by a transaction not yet committed
+                           (still readable by a download until purged)
 
 Writes are batched (about WRITE_BATCH_BYTES) and each batch is one thread hop
 that hashes and writes it; the next batch is received while the previous one
@@ -22,7 +23,7 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,60 @@ class PartialWriter(BatchedWriter):
             self._close()
 
 
+class LocalBlobReader:
+    """An open blob file. The descriptor keeps the bytes readable after a
+    replace or delete renames and unlinks the file, so a download opened
+    before it delivers every byte it announced. Reads run off the event loop.
+
+    Closed when its chunks end, when their ``aclose()`` is awaited (Quart
+    does that for a response body, sent or not), on ``close()``, and as a
+    last resort when it is collected: a response built and then dropped
+    (HEAD, a client gone before the headers) must not leak a descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = None
+        self.size = os.fstat(fd).st_size
+        self._fd = fd
+        self._offset = 0
+        self._end = 0
+
+    def chunks(self, start: int, end: int) -> LocalBlobReader:
+        self._offset, self._end = start, min(end, self.size)
+        return self
+
+    def __aiter__(self) -> LocalBlobReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        fd = self._fd
+        if fd is None or self._offset >= self._end:
+            self.close()
+            raise StopAsyncIteration
+        try:
+            chunk = await asyncio.to_thread(
+                os.pread, fd, min(READ_CHUNK_BYTES, self._end - self._offset), self._offset
+            )
+        except BaseException:
+            self.close()
+            raise
+        if not chunk:  # cannot happen to an immutable blob; never loop on it
+            self.close()
+            raise StopAsyncIteration
+        self._offset += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class LocalBlobStore:
     def __init__(self, root: Path, batch_bytes: int = 1024 * 1024) -> None:
         self.root = root
@@ -335,27 +390,30 @@ class LocalBlobStore:
         paths = {sha256: self.path_for(sha256) for sha256 in sha256s}
         return await asyncio.to_thread(lambda: {sha for sha, p in paths.items() if p.exists()})
 
-    async def read(
-        self, sha256: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    def _open(self, sha256: str) -> LocalBlobReader:
         try:
-            fd = await asyncio.to_thread(os.open, self.path_for(sha256), os.O_RDONLY)
+            fd = os.open(self.path_for(sha256), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise BlobMissing(sha256) from None
+            fd = self._open_retired(sha256)
         try:
-            if end is None:
-                end = os.fstat(fd).st_size
-            offset = start
-            while offset < end:
-                chunk = await asyncio.to_thread(
-                    os.pread, fd, min(READ_CHUNK_BYTES, end - offset), offset
-                )
-                if not chunk:
-                    return
-                offset += len(chunk)
-                yield chunk
-        finally:
+            return LocalBlobReader(fd)
+        except BaseException:
             os.close(fd)
+            raise
+
+    def _open_retired(self, sha256: str) -> int:
+        """A blob that a replace or delete has just retired, before it is
+        purged: the bytes of a row that was committed a moment ago (the
+        transaction that retired them has not committed yet, or has only
+        just). Serving them keeps a download consistent with the row it read."""
+        for name in os.listdir(self.trash):
+            if name.startswith(sha256 + "."):
+                with contextlib.suppress(FileNotFoundError):  # purged meanwhile
+                    return os.open(self.trash / name, os.O_RDONLY | os.O_CLOEXEC)
+        raise BlobMissing(sha256)
+
+    async def open(self, sha256: str) -> LocalBlobReader:
+        return await asyncio.to_thread(self._open, sha256)
 
     def _retire(self, sha256: str) -> str | None:
         token = f"{sha256}.{secrets.token_hex(8)}"
@@ -408,8 +466,12 @@ class LocalBlobStore:
         return digest
 
     async def hash_partial(self, upload_id: str, length: int) -> Any:
-        """sha256 state over the first ``length`` bytes (after a restart)."""
-        return await asyncio.to_thread(self._hash_partial, upload_id, length)
+        """sha256 state over the first ``length`` bytes (after a restart).
+        Raises BlobMissing when the partial file is gone."""
+        try:
+            return await asyncio.to_thread(self._hash_partial, upload_id, length)
+        except FileNotFoundError:
+            raise BlobMissing(upload_id) from None
 
     def _publish_partial(self, upload_id: str, sha256: str) -> bool:
         target = self.path_for(sha256)
