@@ -76,7 +76,8 @@ COMMANDS: dict[str, Callable[[Settings, Database], Awaitable[str]]] = {
 
 async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
     prepare_directories(settings)
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, settings.DATABASE_TIMEOUT)
+    database.create_file()
     try:
         if name != "migrate" and settings.AUTO_MIGRATE:
             await upgrade_to_head(database.engine, settings)

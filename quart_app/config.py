@@ -76,6 +76,10 @@ class Settings:
     SECRET_KEY: str = ""
     # Python logging level name for the app's loggers.
     LOG_LEVEL: str = "INFO"
+    # Seconds a request waits for the database (SQLite's busy timeout, this
+    # process's write lock, a PostgreSQL connection) before it gets a 503 with
+    # Retry-After; also bounds /readyz. Keep it under clients' own timeouts.
+    DATABASE_TIMEOUT: float = 5.0
 
     @property
     def database_url(self) -> str:

@@ -99,3 +99,17 @@ class IdempotencyKeyReused(DomainError):
 
 class IdempotencyKeyBusy(DomainError):
     code = "idempotency-key-in-use"
+
+
+class DatabaseUnavailable(DomainError):
+    """The database cannot be used now (locked by another process, missing,
+    read-only, unreachable); retrying later may succeed."""
+
+    code = "database-unavailable"
+
+
+class StorageUnavailable(DomainError):
+    """The storage cannot take writes now (read-only, no permission, I/O
+    error); retrying later may succeed."""
+
+    code = "storage-unavailable"
