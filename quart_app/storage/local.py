@@ -303,7 +303,7 @@ class LocalBlobStore:
         self.batch_bytes = batch_bytes
 
     def prepare(self) -> None:
-        for directory in (self.blobs, self.tmp, self.trash, self.partial):
+        for directory in (self.root, self.blobs, self.tmp, self.trash, self.partial):
             directory.mkdir(parents=True, exist_ok=True)
 
     def os_write(self, fd: int, data: memoryview) -> int:
