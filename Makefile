@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# python -m quart_app serve runs Hypercorn with hypercorn.toml, checks what it
+# needs first and fails with one line and a non-zero status (README "Operations").
 run: $(STAMP)
-	$(BIN)/hypercorn -c hypercorn.toml 'quart_app:create_app()'
+	$(BIN)/python -m quart_app serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,9 @@
 """quart_app: an async upload and record-creation service.
 
 ``create_app(overrides)`` builds the app; nothing is created at import time.
-Serve with ``hypercorn -c hypercorn.toml 'quart_app:create_app()'``.
+Serve with ``python -m quart_app serve`` (serve.py), which runs Hypercorn
+with hypercorn.toml (``hypercorn -c hypercorn.toml 'quart_app:create_app()'``
+works too).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .pagination import CursorCodec
 from .public_url import init_app as init_public_url
 from .request_log import RequestLogMiddleware, configure_logging
 from .services.uploads import HashStates
+from .startup import describe_database, startup_step
 from .storage.local import LocalBlobStore
 
 __all__ = ["create_app"]
@@ -56,10 +59,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
 
     @app.before_serving
     async def _prepare_instance() -> None:
-        prepare_directories(settings)
-        app.extensions["cursor_codec"] = CursorCodec(load_secret_key(settings))
-        store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
-        store.prepare()
+        with startup_step(f"storage directory {settings.STORAGE_DIR}"):
+            store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
+            store.prepare()
+            await store.probe()
+        with startup_step(f"instance directory {settings.INSTANCE_DIR}"):
+            prepare_directories(settings)
+            app.extensions["cursor_codec"] = CursorCodec(load_secret_key(settings))
         app.extensions["blob_store"] = store
         app.extensions["upload_hashes"] = HashStates()
 
@@ -68,7 +74,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     @app.before_serving
     async def _recover_from_a_crash() -> None:
         temp_max_age = settings.BODY_DEADLINE + TEMP_GRACE_SECONDS
-        for line in await recover(app.extensions["database"], store_of(app), temp_max_age):
+        with startup_step(f"crash recovery on {describe_database(settings.database_url)}"):
+            lines = await recover(app.extensions["database"], store_of(app), temp_max_age)
+        for line in lines:
             logging.getLogger("quart_app.integrity").warning(line)
 
     background.init_app(app, settings)

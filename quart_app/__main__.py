@@ -1,12 +1,18 @@
 """Operator commands: ``python -m quart_app COMMAND``.
 
-  migrate             bring the database schema to head
+  serve [--config hypercorn.toml] [--bind ADDRESS]... [--workers N]
+                      run the server (Hypercorn); fails with one line and a
+                      non-zero exit status when it cannot start (serve.py)
+  migrate             create the database if need be, bring its schema to head
   purge-idempotency   delete Idempotency-Key records past QUART_APP_IDEMPOTENCY_TTL_SECONDS
   sweep-uploads       delete expired resumable uploads and their partial bytes
   check [--repair]    verify every file's bytes (size and sha256), list orphans;
                       --repair removes orphans (never rows); exit 1 unless all is well
 
-They read the same QUART_APP_* settings as the server.
+They read the same QUART_APP_* settings as the server. Every command but
+``migrate`` (and ``serve`` with QUART_APP_AUTO_MIGRATE) refuses a database
+that does not exist yet, rather than checking or sweeping a new empty one:
+"no database at <path>", exit status 2.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ from .config import ConfigError, Settings, load_settings
 from .db import Database
 from .instance import prepare_directories
 from .integrity import TEMP_GRACE_SECONDS, check
-from .migrate import upgrade_to_head
 from .models import utc_now
+from .schema_version import schema_revision
 from .services.idempotency import purge_expired
 from .services.uploads import sweep_expired
+from .startup import StartupError, describe_database, startup_step
 from .storage.local import LocalBlobStore
 
 
 async def _migrate(settings: Settings, database: Database) -> str:
+    from .migrate import upgrade_to_head
+
     await upgrade_to_head(database.engine, settings)
     return "database at head"
 
@@ -74,11 +83,33 @@ COMMANDS: dict[str, Callable[[Settings, Database], Awaitable[str]]] = {
 }
 
 
+class NoDatabase(Exception):
+    """The command needs a database that exists (and has a schema)."""
+
+
+async def _existing_schema(database: Database) -> None:
+    if database.path is not None and not database.path.exists():
+        raise NoDatabase(f"no database at {database.path}")
+    if await schema_revision(database.engine) is None:
+        raise NoDatabase(f"no quart_app schema in {describe_database(database.url)}")
+
+
 async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
-    prepare_directories(settings)
-    database = Database(settings.database_url)
+    step = f"database {describe_database(settings.database_url)}"
+    with startup_step(step):
+        database = Database(settings.database_url, settings.DATABASE_TIMEOUT)
     try:
+        with startup_step(step):
+            if name == "migrate":
+                await asyncio.to_thread(database.create_file)
+            else:
+                await _existing_schema(database)
+        prepare_directories(settings)
         if name != "migrate" and settings.AUTO_MIGRATE:
+            # Imported here: `serve` (this module too) must not load Alembic
+            # into a server that finds its schema at head (~9 MiB).
+            from .migrate import upgrade_to_head
+
             await upgrade_to_head(database.engine, settings)
         if name == "check":
             return await _check(settings, database, repair)
@@ -88,16 +119,32 @@ async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from .serve import serve
+
+        return serve(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m quart_app", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=sorted([*COMMANDS, "check"]))
+    parser.add_argument("command", choices=sorted([*COMMANDS, "check", "serve"]))
     parser.add_argument("--repair", action="store_true", help="with check: remove orphans")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
+        print(f"configuration error: {error.cause}", file=sys.stderr)
         return 2
-    output, well = asyncio.run(_run(args.command, settings, args.repair))
+    try:
+        output, well = asyncio.run(_run(args.command, settings, args.repair))
+    except NoDatabase as error:
+        print(
+            f"{error}: create it with `python -m quart_app migrate`, or point "
+            "QUART_APP_DATABASE_URL at the database you mean",
+            file=sys.stderr,
+        )
+        return 2
+    except StartupError as error:
+        print(f"{args.command}: {error.cause}", file=sys.stderr)
+        return 1
     print(output)
     return 0 if well else 1
 

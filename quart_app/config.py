@@ -3,6 +3,11 @@
 Every setting is a field of :class:`Settings` with its unit in the comment.
 The environment variable for field ``X`` is ``QUART_APP_X``. ``create_app``
 takes overrides keyed by field name; they win over the environment.
+
+Relative paths (the defaults ``uploads/`` and ``instance/``, a relative
+``QUART_APP_STORAGE_DIR``, an SQLite URL with a relative path) are resolved
+against the current directory when the settings are loaded, and kept
+absolute from then on: the startup line shows them.
 """
 
 from __future__ import annotations
@@ -13,14 +18,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .startup import StartupError
+
 ENV_PREFIX = "QUART_APP_"
 
 GIB = 1024**3
 MIB = 1024**2
 
 
-class ConfigError(ValueError):
-    """A setting has a value that cannot be used; startup stops."""
+class ConfigError(StartupError):
+    """A setting has a value that cannot be used; startup stops (one line, a
+    non-zero exit status: see startup.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +119,10 @@ class Settings:
     # https://files.example.com. Every absolute URL is built from it. Empty:
     # from each request's scheme and Host.
     PUBLIC_URL: str = ""
+    # Seconds a request waits for the database (SQLite's busy timeout, this
+    # process's write lock, a PostgreSQL connection) before it gets a 503 with
+    # Retry-After; also bounds /readyz. Keep it under clients' own timeouts.
+    DATABASE_TIMEOUT: float = 5.0
 
     @property
     def database_url(self) -> str:
@@ -146,7 +161,7 @@ def _convert(name: str, source: str, kind: Any, value: Any) -> Any:
                 raise ValueError("must be greater than zero")
             return seconds
         if kind in ("Path", Path):
-            return Path(value).expanduser()
+            return Path(os.path.abspath(Path(value).expanduser()))
         return str(value)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source} has an invalid value {value!r}: {error}") from None
@@ -167,6 +182,8 @@ def load_settings(
         if name not in _FIELDS:
             raise ConfigError(f"unknown setting {name!r} in overrides")
         values[name] = _convert(name, f"override {name}", _FIELDS[name].type, value)
+    if "DATABASE_URL" in values:
+        values["DATABASE_URL"] = _absolute_database_url(values["DATABASE_URL"])
     settings = Settings(**values)
     if settings.PAGE_SIZE_DEFAULT < 1 or settings.PAGE_SIZE_DEFAULT > settings.PAGE_SIZE_MAX:
         raise ConfigError(f"{ENV_PREFIX}PAGE_SIZE_DEFAULT must be 1..PAGE_SIZE_MAX")
@@ -174,6 +191,26 @@ def load_settings(
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL has an invalid value {settings.LOG_LEVEL!r}")
     _reject_db_inside_storage(settings)
     return settings
+
+
+def _absolute_database_url(url: str) -> str:
+    """The URL, refused if SQLAlchemy cannot read it (not echoed: it may hold
+    a password), with a relative SQLite path made absolute."""
+    if not url:
+        return url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{ENV_PREFIX}DATABASE_URL is not an SQLAlchemy URL") from None
+    database = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or database in ("", ":memory:")
+        or database.startswith("file:")
+        or os.path.isabs(database)
+    ):
+        return url
+    return parsed.set(database=os.path.abspath(database)).render_as_string(hide_password=False)
 
 
 def _reject_db_inside_storage(settings: Settings) -> None:

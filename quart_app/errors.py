@@ -113,3 +113,17 @@ class BlobUnavailable(DomainError):
     """A file's row is committed but its bytes cannot be read."""
 
     code = "blob-unavailable"
+
+
+class DatabaseUnavailable(DomainError):
+    """The database cannot be used now (locked by another process, missing,
+    read-only, unreachable); retrying later may succeed."""
+
+    code = "database-unavailable"
+
+
+class StorageUnavailable(DomainError):
+    """The storage cannot take writes now (read-only, no permission, I/O
+    error); retrying later may succeed."""
+
+    code = "storage-unavailable"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from pathlib import Path
 
 from .config import Settings
 
@@ -15,11 +14,10 @@ SECRET_KEY_FILE = "secret_key"
 
 
 def prepare_directories(settings: Settings) -> None:
+    """The storage and instance directories (the database's own directory is
+    made with it: Database.create_file)."""
     settings.STORAGE_DIR.mkdir(parents=True, exist_ok=True)
     settings.INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
-    url = settings.database_url
-    if url.startswith("sqlite") and ":///" in url and ":memory:" not in url:
-        Path(url.partition(":///")[2].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def load_secret_key(settings: Settings) -> bytes:

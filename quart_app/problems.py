@@ -15,10 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel
 from quart import Quart, Response, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from .errors import DomainError, InsufficientStorage
-from .storage import StorageFull
+from .db import database_fault
+from .errors import DomainError, InsufficientStorage, StorageUnavailable
+from .storage import StorageFull, StorageUnwritable
 from .streaming import ClientDisconnected
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -50,6 +52,18 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid-host": (400, "The Host header is not valid"),
     "host-not-allowed": (400, "This server does not answer for that host"),
     "blob-unavailable": (503, "The file's content is unavailable"),
+    "database-unavailable": (503, "The database is not available"),
+    "storage-unavailable": (503, "The storage is not available"),
+}
+
+# code -> seconds a client is asked to wait before retrying (Retry-After):
+# the problems that end by themselves or by an operator's hand, not by the
+# client changing its request.
+RETRY_AFTER: dict[str, int] = {
+    "blob-unavailable": 5,
+    "database-unavailable": 5,
+    "storage-unavailable": 30,
+    "insufficient-storage": 60,
 }
 
 
@@ -89,8 +103,14 @@ def problem_response(
 def domain_problem(error: DomainError) -> Response:
     code = error.code
     status, title = PROBLEMS[code]
+    retry_after = RETRY_AFTER.get(code)
     return problem_response(
-        status, title=title, detail=error.detail, type_=TYPE_PREFIX + code, **error.members
+        status,
+        title=title,
+        detail=error.detail,
+        type_=TYPE_PREFIX + code,
+        headers=None if retry_after is None else {"Retry-After": str(retry_after)},
+        **error.members,
     )
 
 
@@ -126,6 +146,24 @@ def init_app(app: Quart) -> None:
     async def _storage_full(error: StorageFull) -> Response:
         log.error("storage full", extra={"request_id": request_id(), "path": request.path})
         return domain_problem(InsufficientStorage("There is no room left to store the file."))
+
+    @app.errorhandler(StorageUnwritable)
+    async def _storage_unwritable(error: StorageUnwritable) -> Response:
+        extra = {"request_id": request_id(), "path": request.path}
+        log.error("storage unwritable: %s", error, extra=extra)
+        return domain_problem(StorageUnavailable("The storage cannot take the file right now."))
+
+    @app.errorhandler(DBAPIError)
+    async def _database(error: DBAPIError) -> Response:
+        fault = database_fault(error)
+        if fault is None:
+            return await _unexpected(error)
+        log.error(
+            "database unavailable: %s",
+            error.orig,
+            extra={"request_id": request_id(), "path": request.path},
+        )
+        return domain_problem(fault)
 
     @app.errorhandler(ClientDisconnected)
     async def _disconnected(error: ClientDisconnected) -> Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -49,3 +49,13 @@ async def schema_at_head(engine: AsyncEngine) -> bool:
     except DBAPIError:  # no alembic_version table yet
         return False
     return [row[0] for row in found] == [head]
+
+
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database's schema is at; None when it has none yet."""
+    async with engine.connect() as conn:
+        exists = await conn.run_sync(lambda sync: inspect(sync).has_table("alembic_version"))
+        if not exists:
+            return None
+        found = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+    return ",".join(sorted(row[0] for row in found)) or None

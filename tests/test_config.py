@@ -6,6 +6,7 @@ import pytest
 
 from quart_app import create_app
 from quart_app.config import ConfigError, Settings, load_settings, settings_table
+from quart_app.startup import describe_database
 
 
 def test_defaults_use_sqlite_in_instance_and_uploads_dir() -> None:
@@ -85,3 +86,28 @@ def test_readme_documents_every_variable() -> None:
     for variable, _, _ in settings_table():
         assert f"`{variable}`" in readme, variable
     assert len(settings_table()) == len(Settings.__dataclass_fields__)
+
+
+def test_relative_paths_are_made_absolute_against_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(
+        environ={
+            "QUART_APP_STORAGE_DIR": "data/uploads",
+            "QUART_APP_DATABASE_URL": "sqlite+aiosqlite:///db/app.sqlite3",
+        }
+    )
+    assert tmp_path / "data" / "uploads" == settings.STORAGE_DIR
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path / 'db' / 'app.sqlite3'}"
+
+
+def test_a_database_url_sqlalchemy_cannot_read_stops_startup() -> None:
+    with pytest.raises(ConfigError, match="QUART_APP_DATABASE_URL") as raised:
+        load_settings(environ={"QUART_APP_DATABASE_URL": "not a url with a p4ssword"})
+    assert "p4ssword" not in str(raised.value)
+
+
+def test_the_database_is_described_without_its_password() -> None:
+    url = "postgresql+asyncpg://app:s3cret@db.example:5432/app"
+    assert describe_database(url) == "postgresql+asyncpg://app:***@db.example:5432/app"

@@ -304,6 +304,7 @@ async def test_disk_full_is_507_and_leaves_nothing(
     response = await upload(client, os.urandom(200_000))
     assert response.status_code == 507
     assert response.content_type == "application/problem+json"
+    assert int(response.headers["Retry-After"]) > 0
     await assert_nothing_stored(app, storage)
 
 

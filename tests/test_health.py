@@ -40,7 +40,7 @@ async def test_readyz_503_when_database_is_unreachable(
     app: Quart, client: QuartClient, tmp_path: Path
 ) -> None:
     working = app.extensions["database"]
-    unreachable = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}")
+    unreachable = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}", 1.0)
     app.extensions["database"] = unreachable
     try:
         response = await client.get("/readyz")

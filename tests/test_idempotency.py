@@ -237,13 +237,14 @@ def test_the_cli_purges_on_demand(tmp_path: Path) -> None:
         "PYTHONPATH": str(PROJECT_ROOT),
     }
 
-    def run() -> str:
+    def run(command: str = "purge-idempotency") -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "quart_app", "purge-idempotency"],
+            [sys.executable, "-m", "quart_app", command],
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
         return result.stdout.strip()
 
+    assert run("migrate") == "database at head"  # the commands refuse a missing database
     assert run() == "0 idempotency record(s) purged"
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         db.executemany(

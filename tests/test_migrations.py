@@ -46,6 +46,10 @@ async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) ->
 
 
 async def test_auto_migrate_off_leaves_the_schema_alone(overrides: dict[str, Any]) -> None:
+    # Without AUTO_MIGRATE the database must exist (tests/test_e2e_startup.py).
+    database = Path(str(overrides["DATABASE_URL"]).partition(":///")[2])
+    database.parent.mkdir(parents=True)
+    database.touch()
     app = create_app({**overrides, "AUTO_MIGRATE": False})
     async with app.test_app():
         engine = app.extensions["database"].engine

@@ -25,9 +25,9 @@ from ..conditional import (
 )
 from ..db import get_database, get_session
 from ..disposition import download_disposition
-from ..errors import BlobUnavailable, InvalidInput, PreconditionFailed
+from ..errors import InvalidInput, PreconditionFailed
 from ..models import Batch, File
-from ..problems import domain_problem, problem_response
+from ..problems import problem_response
 from ..schemas import (
     FILE_ID_PATTERN,
     Binary,
@@ -69,9 +69,6 @@ DOWNLOAD_SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; sandbox",
 }
-# A file whose bytes cannot be read is an operator's problem (see the log and
-# `python -m quart_app check`); a client may try again a little later.
-BLOB_RETRY_AFTER_SECONDS = "5"
 
 
 def file_created(file: File) -> Response:
@@ -207,14 +204,9 @@ async def get_page() -> Response:
 @problems(404, 412, 416, 503)
 async def get_content(file_id: str) -> Response:
     """The bytes, streamed: ETag, Last-Modified, ranges (206/416), 304."""
-    try:
-        # Opened before any header is sent: a replace or delete from here on
-        # cannot take the bytes away from a 200 that announced them.
-        file, blob = await open_content(get_database(), blob_store(), file_id)
-    except BlobUnavailable as error:
-        unavailable = domain_problem(error)
-        unavailable.headers["Retry-After"] = BLOB_RETRY_AFTER_SECONDS
-        return unavailable
+    # Opened before any header is sent: a replace or delete from here on
+    # cannot take the bytes away from a 200 that announced them.
+    file, blob = await open_content(get_database(), blob_store(), file_id)
     try:
         response = _content_response(file, blob)
     except BaseException:

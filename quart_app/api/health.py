@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from pathlib import Path
 
 from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import document_response
 
-from ..db import get_database, ping
-from ..problems import problem_response
+from ..db import get_database
+from ..errors import DatabaseUnavailable, StorageUnavailable
+from ..problems import domain_problem
 from ..schemas import Health
-from .context import settings
+from ..storage import StorageFull, StorageUnwritable
+from .context import blob_store, settings
 from .openapi import problems
 
 blueprint = Blueprint("health", __name__)
@@ -26,29 +25,21 @@ async def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
-def _probe_storage(directory: Path) -> None:
-    probe = directory / f".readyz-{secrets.token_hex(8)}"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, b"ok")
-    finally:
-        os.close(fd)
-        probe.unlink()
-
-
 @blueprint.get("/readyz")
 @document_response(Health)
 @problems(503)
 async def readyz() -> Response:
-    """The database answers and the storage directory is writable."""
+    """The database would take a write now (on SQLite: its write lock is
+    free and its file is the one being served) and the storage directory is
+    writable. Each check waits at most QUART_APP_DATABASE_TIMEOUT."""
     try:
-        await ping(get_database())
-    except Exception as error:
+        await get_database().probe()
+    except Exception as error:  # DBAPIError, DatabaseUnavailable, a pool giving up
         current_app.logger.warning("readyz: database check failed: %r", error)
-        return problem_response(503, detail="The database is not reachable.")
+        return domain_problem(DatabaseUnavailable("The database is not reachable."))
     try:
-        await asyncio.to_thread(_probe_storage, settings().STORAGE_DIR)
-    except OSError as error:
+        await asyncio.wait_for(blob_store().probe(), settings().DATABASE_TIMEOUT)
+    except (OSError, StorageUnwritable, StorageFull, TimeoutError) as error:
         current_app.logger.warning("readyz: storage check failed: %r", error)
-        return problem_response(503, detail="The storage directory is not writable.")
+        return domain_problem(StorageUnavailable("The storage directory is not writable."))
     return jsonify({"status": "ready"})

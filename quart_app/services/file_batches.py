@@ -41,9 +41,9 @@ class FileBatcher(GroupCommit[IncomingFile, File]):
         assert incoming.sealed is not None, "create() needs a sealed upload"
         return await self.submit(incoming)
 
-    async def write_batch(self, items: list[IncomingFile]) -> list[File | Exception]:
+    async def write_batch(self, items: list[IncomingFile], since: float) -> list[File | Exception]:
         try:
-            async with blob_transaction(self._database, self._store) as (session, changes):
+            async with blob_transaction(self._database, self._store, since) as (session, changes):
                 await changes.keep(session, items)
                 files = [new_file(item, batch_id=None) for item in items]
                 session.add_all(files)

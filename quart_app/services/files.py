@@ -124,13 +124,14 @@ class BlobChanges:
 
 @asynccontextmanager
 async def blob_transaction(
-    database: Database, store: BlobStore
+    database: Database, store: BlobStore, since: float | None = None
 ) -> AsyncIterator[tuple[AsyncSession, BlobChanges]]:
     """A write transaction whose byte moves are undone, while the write lock
     is still held, if it fails. Its own session: it may outlive the request
-    (it is shielded from a client's disconnect)."""
+    (it is shielded from a client's disconnect). ``since``: see
+    Database.writing."""
     changes = BlobChanges(store)
-    async with database.sessionmaker() as session, database.writing(session):
+    async with database.sessionmaker() as session, database.writing(session, since):
         try:
             yield session, changes
             await session.commit()

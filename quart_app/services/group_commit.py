@@ -7,6 +7,10 @@ submitted, an item belongs to the batch, which commits or fails as a whole,
 like a shielded commit. A batch that raises fails every request in it. The
 writing task is started like one too (shielded.start), so shutdown waits for
 the batch in flight before the database closes.
+
+A batch is given the time its oldest request queued: its wait for the
+database counts from then, so a request queued behind a batch that waited
+in vain (the database locked by another process) does not wait twice.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ class GroupCommit(Generic[Item, Result]):
     max_batch = 128
 
     def __init__(self) -> None:
-        self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._queue: list[tuple[Item, asyncio.Future[Result], float]] = []
         self._drainer: asyncio.Task[None] | None = None
         self.pending = 0  # submitted items whose batch has not ended
 
     async def submit(self, item: Item) -> Result:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.append((item, future, loop.time()))
         if self._drainer is None or self._drainer.done():
             self._drainer = shielded.start(self._drain())
         self.pending += 1
@@ -42,9 +47,10 @@ class GroupCommit(Generic[Item, Result]):
         if not future.cancelled():
             future.exception()  # retrieved: its request may have hung up
 
-    async def write_batch(self, items: list[Item]) -> list[Result | Exception]:
+    async def write_batch(self, items: list[Item], since: float) -> list[Result | Exception]:
         """Write the items in one transaction: a result, or the exception
-        that item's request should raise, for each."""
+        that item's request should raise, for each. ``since`` is the loop
+        time the oldest of them queued (see Database.writing)."""
         raise NotImplementedError
 
     async def _drain(self) -> None:
@@ -52,15 +58,15 @@ class GroupCommit(Generic[Item, Result]):
             batch = self._queue[: self.max_batch]
             self._queue = self._queue[self.max_batch :]
             try:
-                results = await self.write_batch([item for item, _ in batch])
+                results = await self.write_batch([item for item, _, _ in batch], batch[0][2])
             except BaseException as error:
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(error)
                 if not isinstance(error, Exception):
                     raise
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if isinstance(result, Exception):
                     future.set_exception(result)
                 else:

@@ -59,12 +59,14 @@ class UserBatcher(GroupCommit[tuple[str, str], User]):
         """Insert a user with the next batch; raises EmailTaken."""
         return await self.submit((name, email))
 
-    async def write_batch(self, items: list[tuple[str, str]]) -> list[User | Exception]:
+    async def write_batch(
+        self, items: list[tuple[str, str]], since: float
+    ) -> list[User | Exception]:
         database = self._database
         now = utc_now()
         rows = [{"name": name, "email": email, "created_at": now} for name, email in items]
         statement = _insert_unless_taken(database.is_sqlite, rows)
-        async with database.sessionmaker() as session, database.writing(session):
+        async with database.sessionmaker() as session, database.writing(session, since):
             inserted = {email: user_id for user_id, email in (await session.execute(statement))}
             taken = {email for _, email in items} - inserted.keys()
             existing: dict[str, int] = {}

@@ -19,6 +19,11 @@ class StorageFull(Exception):
     """The backend has no room left (ENOSPC, EDQUOT)."""
 
 
+class StorageUnwritable(Exception):
+    """The backend cannot take writes now: read-only, no permission, an I/O
+    error, its directories gone (EROFS, EACCES, EPERM, EIO, ENOENT, ENOTDIR)."""
+
+
 class BlobTooLarge(Exception):
     """More bytes were written than the writer's limit allows."""
 
@@ -96,6 +101,10 @@ class BlobStore(Protocol):
 
     async def purge(self, token: str) -> None:
         """Delete retired bytes for good. Idempotent."""
+
+    async def probe(self) -> None:
+        """Write and remove a few bytes where uploads are written; raises
+        StorageUnwritable or StorageFull when that fails (readiness)."""
 
 
 class PartialWriter(Protocol):

@@ -27,10 +27,14 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from . import BlobMissing, BlobTooLarge, PartialBusy, SealedBlob, StorageFull
+from . import BlobMissing, BlobTooLarge, PartialBusy, SealedBlob, StorageFull, StorageUnwritable
 
 READ_CHUNK_BYTES = 1024 * 1024
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+# A read-only mount, permissions taken away, a failing disk, the storage
+# directories gone: no write can succeed until someone acts, but nothing is
+# wrong with the request (503, not 500).
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT, errno.ENOTDIR)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,6 +60,8 @@ def _start_writeback(fd: int, start: int, length: int) -> None:
 def _storage_error(error: OSError) -> Exception:
     if error.errno in _FULL:
         return StorageFull(str(error))
+    if error.errno in _UNWRITABLE:
+        return StorageUnwritable(str(error))
     return error
 
 
@@ -220,7 +226,10 @@ class LocalBlobWriter(BatchedWriter):
         # paths, where a further await could itself be cancelled.
         with contextlib.suppress(OSError):
             self._close()
-        self.temp_path.unlink(missing_ok=True)
+        # On a read-only mount even removing a file that is not there fails;
+        # a temp file that cannot go now is removed at the next startup.
+        with contextlib.suppress(OSError):
+            self.temp_path.unlink(missing_ok=True)
 
 
 class PartialWriter(BatchedWriter):
@@ -256,6 +265,8 @@ class PartialWriter(BatchedWriter):
             await asyncio.to_thread(self._lock)
         except FileNotFoundError:
             raise BlobMissing(self.path.name) from None
+        except OSError as error:
+            raise _storage_error(error) from error
 
     def _open(self) -> int:
         raise AssertionError("acquire() opens the partial file")
@@ -347,7 +358,7 @@ class LocalBlobStore:
         self.batch_bytes = batch_bytes
 
     def prepare(self) -> None:
-        for directory in (self.blobs, self.tmp, self.trash, self.partial):
+        for directory in (self.root, self.blobs, self.tmp, self.trash, self.partial):
             directory.mkdir(parents=True, exist_ok=True)
 
     def os_write(self, fd: int, data: memoryview) -> int:
@@ -424,7 +435,10 @@ class LocalBlobStore:
         return token
 
     async def retire(self, sha256: str) -> str | None:
-        return await asyncio.to_thread(self._retire, sha256)
+        try:
+            return await asyncio.to_thread(self._retire, sha256)
+        except OSError as error:
+            raise _storage_error(error) from error
 
     async def restore(self, token: str) -> None:
         sha256 = token.split(".", 1)[0]
@@ -434,6 +448,23 @@ class LocalBlobStore:
 
     async def purge(self, token: str) -> None:
         await asyncio.to_thread((self.trash / token).unlink, True)
+
+    def _probe(self) -> None:
+        # Named like an upload's temp file, so that startup removes it if the
+        # process dies between the two calls.
+        path = self.tmp / f"{os.getpid()}-probe-{secrets.token_hex(8)}.part"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            path.unlink()
+
+    async def probe(self) -> None:
+        try:
+            await asyncio.to_thread(self._probe)
+        except OSError as error:
+            raise _storage_error(error) from error
 
     # -- resumable uploads (ResumableStore) --------------------------------
     def partial_path(self, upload_id: str) -> Path:
@@ -448,7 +479,10 @@ class LocalBlobStore:
         _fsync_dir(self.partial)
 
     async def create_partial(self, upload_id: str) -> None:
-        await asyncio.to_thread(self._create_partial, upload_id)
+        try:
+            await asyncio.to_thread(self._create_partial, upload_id)
+        except OSError as error:
+            raise _storage_error(error) from error
 
     def partial_writer(self, upload_id: str, offset: int, hashes: list[Any]) -> PartialWriter:
         return PartialWriter(self, self.partial_path(upload_id), offset, hashes)
