@@ -16,21 +16,23 @@ from typing import Any
 from quart import Quart
 from quart_schema import QuartSchema
 
-from . import background, cors, db, nosniff, problems, request_head, streaming
-from .api import batches, files, health, uploads, users
-from .api.openapi import ApiDocs
-from .config import load_settings
-from .forwarded import init_app as init_forwarded
-from .host_guard import init_app as init_host_guard
-from .instance import load_secret_key, prepare_directories
-from .integrity import TEMP_GRACE_SECONDS, recover
-from .method_override import MethodOverrideMiddleware
-from .pagination import CursorCodec
-from .public_url import init_app as init_public_url
-from .request_log import RequestLogMiddleware, configure_logging
-from .services.uploads import HashStates
-from .startup import describe_database, startup_step
-from .storage.local import LocalBlobStore
+from quart_app.api import batches, files, health, uploads, users
+from quart_app.config import load_settings
+from quart_app.db import engine
+from quart_app.edge import bodies, cors, nosniff, problems, request_head
+from quart_app.edge.access_log import RequestLogMiddleware, configure_logging
+from quart_app.edge.cursors import CursorCodec
+from quart_app.edge.forwarded import init_app as init_forwarded
+from quart_app.edge.host_guard import init_app as init_host_guard
+from quart_app.edge.method_override import MethodOverrideMiddleware
+from quart_app.edge.openapi import ApiDocs
+from quart_app.edge.public_url import init_app as init_public_url
+from quart_app.ops import sweeps
+from quart_app.ops.instance import load_secret_key, prepare_directories
+from quart_app.ops.integrity import TEMP_GRACE_SECONDS, recover
+from quart_app.ops.startup import describe_database, startup_step
+from quart_app.services.uploads import HashStates
+from quart_app.storage.local import LocalBlobStore
 
 __all__ = ["create_app"]
 
@@ -53,7 +55,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         openapi_provider_class=ApiDocs,
     )
     request_head.init_app(app, settings)
-    streaming.init_app(app, settings)
+    bodies.init_app(app, settings)
     problems.init_app(app)
     nosniff.init_app(app)
 
@@ -69,7 +71,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         app.extensions["blob_store"] = store
         app.extensions["upload_hashes"] = HashStates()
 
-    db.init_app(app, settings)
+    engine.init_app(app, settings)
 
     @app.before_serving
     async def _recover_from_a_crash() -> None:
@@ -79,7 +81,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
         for line in lines:
             logging.getLogger("quart_app.integrity").warning(line)
 
-    background.init_app(app, settings)
+    sweeps.init_app(app, settings)
     cors.init_app(app, settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(users.blueprint)

@@ -23,20 +23,20 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from .config import ConfigError, Settings, load_settings
-from .db import Database
-from .instance import prepare_directories
-from .integrity import TEMP_GRACE_SECONDS, check
-from .models import utc_now
-from .schema_version import schema_revision
-from .services.idempotency import purge_expired
-from .services.uploads import sweep_expired
-from .startup import StartupError, describe_database, startup_step
-from .storage.local import LocalBlobStore
+from quart_app.config import ConfigError, Settings, load_settings
+from quart_app.db.engine import Database
+from quart_app.db.models import utc_now
+from quart_app.db.schema_version import schema_revision
+from quart_app.ops.instance import prepare_directories
+from quart_app.ops.integrity import TEMP_GRACE_SECONDS, check
+from quart_app.ops.startup import StartupError, describe_database, startup_step
+from quart_app.services.idempotency import purge_expired
+from quart_app.services.uploads import sweep_expired
+from quart_app.storage.local import LocalBlobStore
 
 
 async def _migrate(settings: Settings, database: Database) -> str:
-    from .migrate import upgrade_to_head
+    from quart_app.db.migrate import upgrade_to_head
 
     await upgrade_to_head(database.engine, settings)
     return "database at head"
@@ -108,7 +108,7 @@ async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
         if name != "migrate" and settings.AUTO_MIGRATE:
             # Imported here: `serve` (this module too) must not load Alembic
             # into a server that finds its schema at head (~9 MiB).
-            from .migrate import upgrade_to_head
+            from quart_app.db.migrate import upgrade_to_head
 
             await upgrade_to_head(database.engine, settings)
         if name == "check":
@@ -121,7 +121,7 @@ async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
-        from .serve import serve
+        from quart_app.ops.serve import serve
 
         return serve(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m quart_app", description=__doc__.split("\n")[0])

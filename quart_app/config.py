@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .startup import StartupError
+from quart_app.ops.startup import StartupError
 
 ENV_PREFIX = "QUART_APP_"
 

@@ -8,7 +8,7 @@ from typing import Any
 from quart import Quart
 from sqlalchemy import func, select
 
-from quart_app.models import Blob, File
+from quart_app.db.models import Blob, File
 
 BOUNDARY = "----quartappboundary7MA4YWxkTrZu0gW"
 

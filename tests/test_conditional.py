@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from quart_app.conditional import ByteRange, not_modified_since, requested_range
+from quart_app.edge.conditional import ByteRange, not_modified_since, requested_range
 
 MODIFIED = datetime(2026, 11, 21, 6, 15, 40, 123456, tzinfo=UTC)
 HTTP_DATE = "Sat, 21 Nov 2026 06:15:40 GMT"

@@ -6,7 +6,7 @@ import pytest
 
 from quart_app import create_app
 from quart_app.config import ConfigError, Settings, load_settings, settings_table
-from quart_app.startup import describe_database
+from quart_app.ops.startup import describe_database
 
 
 def test_defaults_use_sqlite_in_instance_and_uploads_dir() -> None:

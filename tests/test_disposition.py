@@ -9,8 +9,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from quart_app.disposition import clean_filename, download_disposition
-from quart_app.multipart import upload_content_type
+from quart_app.edge.disposition import clean_filename, download_disposition
+from quart_app.edge.multipart import upload_content_type
 
 HOSTILE_NAMES = [
     "\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fetc\uff0fpasswd",  # fullwidth ../../etc/passwd

@@ -15,9 +15,9 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy.exc import DBAPIError
 
-from quart_app.db import Database, database_fault
+from quart_app.db.engine import Database, database_fault
+from quart_app.db.models import User, utc_now
 from quart_app.errors import DatabaseUnavailable
-from quart_app.models import User, utc_now
 
 from .helpers import assert_nothing_stored, count_rows, multipart, multipart_headers, part
 

@@ -11,8 +11,9 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy import text
 
-from quart_app import create_app, shielded
-from quart_app.models import Batch, Blob, File
+from quart_app import create_app
+from quart_app.db.models import Batch, Blob, File
+from quart_app.services import shielded
 
 from .helpers import (
     BOUNDARY,

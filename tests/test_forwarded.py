@@ -12,7 +12,7 @@ from quart import Quart
 
 from quart_app import create_app
 from quart_app.config import ConfigError
-from quart_app.forwarded import Hop, TrustedProxies, forwarded_elements, parse_address, resolve
+from quart_app.edge.forwarded import Hop, TrustedProxies, forwarded_elements, parse_address, resolve
 
 USER = {"name": "Ada", "email": "ada@example.com"}
 PROXIES = TrustedProxies.parse("127.0.0.1, 10.0.0.0/8, 2001:db8::/32")

@@ -9,7 +9,7 @@ from quart import Quart
 from quart.testing import QuartClient
 
 from quart_app import create_app
-from quart_app.db import Database
+from quart_app.db.engine import Database
 
 
 async def test_healthz(client: QuartClient) -> None:

@@ -13,8 +13,8 @@ from quart import Quart
 
 from quart_app import create_app
 from quart_app.config import ConfigError
-from quart_app.hosts import AllowedHosts, Host, parse_host
-from quart_app.models import User
+from quart_app.db.models import User
+from quart_app.edge.hosts import AllowedHosts, Host, parse_host
 
 from .helpers import count_rows
 

@@ -12,9 +12,9 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
-from quart_app.api.idempotency import parse_key
+from quart_app.db.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
+from quart_app.edge.idempotency import parse_key
 from quart_app.errors import InvalidInput
-from quart_app.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
 from quart_app.services.idempotency import purge_expired
 
 from .helpers import blob_files, count_rows, multipart, multipart_headers, part

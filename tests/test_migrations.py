@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_app import create_app
 from quart_app.config import load_settings
-from quart_app.migrate import upgrade_to_head
-from quart_app.models import Base
+from quart_app.db.migrate import upgrade_to_head
+from quart_app.db.models import Base
 
 
 async def test_autogenerate_finds_no_difference_between_models_and_migrations(
@@ -87,8 +87,8 @@ async def test_two_workers_starting_at_once_both_migrate_cleanly(
 def test_the_head_read_from_the_files_is_alembics_head() -> None:
     from alembic.script import ScriptDirectory
 
-    from quart_app.migrate import MIGRATIONS_DIR
-    from quart_app.schema_version import head_revision
+    from quart_app.db.migrate import MIGRATIONS_DIR
+    from quart_app.db.schema_version import head_revision
 
     assert head_revision() == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
 

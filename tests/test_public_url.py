@@ -15,7 +15,7 @@ from quart.testing import QuartClient
 
 from quart_app import create_app
 from quart_app.config import ConfigError
-from quart_app.public_url import PublicUrl
+from quart_app.edge.public_url import PublicUrl
 
 from .helpers import multipart, multipart_headers, part
 

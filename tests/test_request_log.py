@@ -6,7 +6,7 @@ import logging
 import pytest
 from quart.testing import QuartClient
 
-from quart_app.request_log import JSONFormatter, sanitise_request_id
+from quart_app.edge.access_log import JSONFormatter, sanitise_request_id
 
 
 async def test_one_json_line_per_request_with_the_fields(

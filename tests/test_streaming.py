@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestTimeout
 
 from quart_app import create_app
 from quart_app.config import load_settings
-from quart_app.streaming import BackPressureHTTPConnection, BoundedBody, ClientDisconnected
+from quart_app.edge.bodies import BackPressureHTTPConnection, BoundedBody, ClientDisconnected
 
 
 def test_quart_is_in_the_range_streaming_was_built_for() -> None:

@@ -14,9 +14,9 @@ from quart import Quart
 from quart.testing import QuartClient
 
 from quart_app import create_app
+from quart_app.db.models import File, Upload
+from quart_app.edge.tus_headers import parse_checksum, parse_metadata
 from quart_app.errors import InvalidInput
-from quart_app.models import File, Upload
-from quart_app.tus import parse_checksum, parse_metadata
 
 from .helpers import count_rows
 
@@ -265,7 +265,7 @@ async def test_termination(app: Quart, client: QuartClient, overrides: dict[str,
 async def test_expiry_answers_410_and_the_sweep_removes_the_bytes(
     overrides: dict[str, Any],
 ) -> None:
-    from quart_app.models import utc_now
+    from quart_app.db.models import utc_now
     from quart_app.services.uploads import sweep_expired
 
     app = create_app({**overrides, "UPLOAD_EXPIRES_SECONDS": 1, "UPLOAD_SWEEP_SECONDS": 3600})
@@ -335,7 +335,7 @@ async def test_identical_content_shares_the_blob(app: Quart, client: QuartClient
     await client.put("/files/existing", data=b"same")
     url = await create(client, 4)
     assert (await patch(client, url, 0, b"same")).status_code == 204
-    from quart_app.models import Blob
+    from quart_app.db.models import Blob
 
     assert await count_rows(app, Blob) == 1
     assert await count_rows(app, File) == 2

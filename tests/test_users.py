@@ -8,7 +8,7 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy import func, select
 
-from quart_app.models import User
+from quart_app.db.models import User
 
 
 async def count_users(app: Quart) -> int:

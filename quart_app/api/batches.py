@@ -5,11 +5,11 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response
 
-from ..db import get_session
-from ..schemas import BatchOut
-from ..services.files import get_batch
-from .openapi import problems
-from .representations import batch_body
+from quart_app.db.engine import get_session
+from quart_app.edge.openapi import problems
+from quart_app.edge.representations import batch_body
+from quart_app.edge.schemas import BatchOut
+from quart_app.services.files import get_batch
 
 blueprint = Blueprint("batches", __name__)
 

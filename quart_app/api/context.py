@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from quart import current_app
 
-from ..config import Settings
-from ..services.uploads import HashStates
-from ..storage import ResumableStore
+from quart_app.config import Settings
+from quart_app.services.uploads import HashStates
+from quart_app.storage import ResumableStore
 
 
 def settings() -> Settings:

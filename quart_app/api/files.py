@@ -15,7 +15,11 @@ from quart_schema.validation import DataSource
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
-from ..conditional import (
+from quart_app.api.context import blob_store
+from quart_app.db.engine import get_database, get_session
+from quart_app.db.models import Batch, File
+from quart_app.edge.bodies import body_limit, upload_body_limit
+from quart_app.edge.conditional import (
     RangeNotSatisfiable,
     if_match_passes,
     if_none_match_passes,
@@ -23,12 +27,14 @@ from ..conditional import (
     requested_range,
     strong_etag,
 )
-from ..db import get_database, get_session
-from ..disposition import download_disposition
-from ..errors import InvalidInput, PreconditionFailed
-from ..models import Batch, File
-from ..problems import problem_response
-from ..schemas import (
+from quart_app.edge.disposition import download_disposition
+from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
+from quart_app.edge.openapi import problems
+from quart_app.edge.paging_links import page_request, page_response
+from quart_app.edge.problems import problem_response
+from quart_app.edge.representations import batch_body, file_body
+from quart_app.edge.responses import created, empty_response
+from quart_app.edge.schemas import (
     FILE_ID_PATTERN,
     Binary,
     ContentHeaders,
@@ -40,19 +46,20 @@ from ..schemas import (
     NoContent,
     PageQuery,
 )
-from ..services.downloads import open_content
-from ..services.file_batches import FileBatcher
-from ..services.files import create_files, current_etag, delete_file, get_file, list_files, put_file
-from ..shielded import run_to_completion
-from ..storage import BlobReader
-from ..streaming import body_limit, upload_body_limit
-from .context import blob_store
-from .idempotency import IdempotencyHeaders, idempotent, record_response
-from .openapi import problems
-from .paging import page_request, page_response
-from .representations import batch_body, file_body
-from .responses import created, empty_response
-from .upload_body import commit_or_discard, receive_raw, receive_upload
+from quart_app.edge.upload_body import commit_or_discard, receive_raw, receive_upload
+from quart_app.errors import InvalidInput, PreconditionFailed
+from quart_app.services.downloads import open_content
+from quart_app.services.file_batches import FileBatcher
+from quart_app.services.files import (
+    create_files,
+    current_etag,
+    delete_file,
+    get_file,
+    list_files,
+    put_file,
+)
+from quart_app.services.shielded import run_to_completion
+from quart_app.storage import BlobReader
 
 blueprint = Blueprint("files", __name__)
 

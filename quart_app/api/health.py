@@ -7,13 +7,13 @@ import asyncio
 from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import document_response
 
-from ..db import get_database
-from ..errors import DatabaseUnavailable, StorageUnavailable
-from ..problems import domain_problem
-from ..schemas import Health
-from ..storage import StorageFull, StorageUnwritable
-from .context import blob_store, settings
-from .openapi import problems
+from quart_app.api.context import blob_store, settings
+from quart_app.db.engine import get_database
+from quart_app.edge.openapi import problems
+from quart_app.edge.problems import domain_problem
+from quart_app.edge.schemas import Health
+from quart_app.errors import DatabaseUnavailable, StorageUnavailable
+from quart_app.storage import StorageFull, StorageUnwritable
 
 blueprint = Blueprint("health", __name__)
 

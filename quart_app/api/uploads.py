@@ -13,13 +13,17 @@ from quart_schema import document_headers, document_response
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
-from ..db import get_database, get_session
-from ..disposition import clean_filename
-from ..errors import InvalidInput, TooLarge, UnsupportedMediaType, UnsupportedProtocolVersion
-from ..models import Upload
-from ..multipart import upload_content_type
-from ..problems import domain_problem
-from ..schemas import (
+from quart_app.api.context import blob_store, settings, upload_hashes
+from quart_app.db.engine import get_database, get_session
+from quart_app.db.models import Upload
+from quart_app.edge.bodies import body_limit, upload_body_limit
+from quart_app.edge.disposition import clean_filename
+from quart_app.edge.idempotency import idempotent, record_response
+from quart_app.edge.multipart import upload_content_type
+from quart_app.edge.openapi import problems
+from quart_app.edge.problems import domain_problem
+from quart_app.edge.responses import created, empty_response
+from quart_app.edge.schemas import (
     LocationHeader,
     NoContent,
     TusCreateHeaders,
@@ -27,17 +31,7 @@ from ..schemas import (
     TusPatchHeaders,
     UploadOut,
 )
-from ..services.uploads import (
-    Patch,
-    UploadSpec,
-    append,
-    create_upload,
-    get_upload,
-    terminate,
-)
-from ..shielded import run_to_completion
-from ..streaming import body_limit, upload_body_limit
-from ..tus import (
+from quart_app.edge.tus_headers import (
     CHECKSUM_ALGORITHMS,
     OFFSET_CONTENT_TYPE,
     TUS_EXTENSIONS,
@@ -46,11 +40,22 @@ from ..tus import (
     parse_count,
     parse_metadata,
 )
-from .context import blob_store, settings, upload_hashes
-from .idempotency import idempotent, record_response
-from .openapi import problems
-from .responses import created, empty_response
-from .upload_body import request_chunks
+from quart_app.edge.upload_body import request_chunks
+from quart_app.errors import (
+    InvalidInput,
+    TooLarge,
+    UnsupportedMediaType,
+    UnsupportedProtocolVersion,
+)
+from quart_app.services.shielded import run_to_completion
+from quart_app.services.uploads import (
+    Patch,
+    UploadSpec,
+    append,
+    create_upload,
+    get_upload,
+    terminate,
+)
 
 blueprint = Blueprint("uploads", __name__)
 

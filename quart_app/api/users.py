@@ -12,17 +12,24 @@ from quart_schema import (
     document_response,
 )
 
-from ..db import get_database, get_session, writing
-from ..errors import EmailTaken
-from ..models import User
-from ..schemas import LinkHeader, LocationHeader, PageQuery, UserCreate, UserOut, UserPage
-from ..services.user_batches import UserBatcher
-from ..services.users import create_user, get_user, list_users
-from .idempotency import IdempotencyHeaders, idempotent, record_response
-from .json_body import read_model
-from .openapi import problems
-from .paging import page_request, page_response
-from .responses import created
+from quart_app.db.engine import get_database, get_session, writing
+from quart_app.db.models import User
+from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
+from quart_app.edge.json_body import read_model
+from quart_app.edge.openapi import problems
+from quart_app.edge.paging_links import page_request, page_response
+from quart_app.edge.responses import created
+from quart_app.edge.schemas import (
+    LinkHeader,
+    LocationHeader,
+    PageQuery,
+    UserCreate,
+    UserOut,
+    UserPage,
+)
+from quart_app.errors import EmailTaken
+from quart_app.services.user_batches import UserBatcher
+from quart_app.services.users import create_user, get_user, list_users
 
 blueprint = Blueprint("users", __name__)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from ..db import Database
-from ..errors import BlobUnavailable
-from ..models import File
-from ..storage import BlobMissing, BlobReader, BlobStore
-from .files import get_file
+from quart_app.db.engine import Database
+from quart_app.db.models import File
+from quart_app.errors import BlobUnavailable
+from quart_app.services.files import get_file
+from quart_app.storage import BlobMissing, BlobReader, BlobStore
 
 # Reads of the row, each in a fresh snapshot. More than one is needed only
 # when the file changes again between the reads; bytes still missing after

@@ -18,12 +18,12 @@ client that hangs up does not pull its file out.
 
 from __future__ import annotations
 
-from ..db import Database
-from ..models import File
-from ..multipart import IncomingFile
-from ..storage import BlobStore
-from .files import blob_transaction, new_file
-from .group_commit import GroupCommit
+from quart_app.db.engine import Database
+from quart_app.db.models import File
+from quart_app.edge.multipart import IncomingFile
+from quart_app.services.files import blob_transaction, new_file
+from quart_app.services.group_commit import GroupCommit
+from quart_app.storage import BlobStore
 
 
 class FileBatcher(GroupCommit[IncomingFile, File]):

@@ -25,13 +25,13 @@ from contextlib import asynccontextmanager
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..conditional import strong_etag
-from ..db import Database
-from ..errors import NotFound, PreconditionFailed
-from ..models import Batch, Blob, File, utc_now
-from ..multipart import IncomingFile
-from ..storage import BlobStore, SealedBlob
-from .paging import keyset_page
+from quart_app.db.engine import Database
+from quart_app.db.keyset import keyset_page
+from quart_app.db.models import Batch, Blob, File, utc_now
+from quart_app.edge.conditional import strong_etag
+from quart_app.edge.multipart import IncomingFile
+from quart_app.errors import NotFound, PreconditionFailed
+from quart_app.storage import BlobStore, SealedBlob
 
 Precondition = Callable[[str | None], bool]
 

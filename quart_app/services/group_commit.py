@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Generic, TypeVar
 
-from .. import shielded
+from quart_app.services import shielded
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

@@ -21,9 +21,9 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db import Database
-from ..errors import Conflict
-from ..models import IdempotencyRecord, utc_now
+from quart_app.db.engine import Database
+from quart_app.db.models import IdempotencyRecord, utc_now
+from quart_app.errors import Conflict
 
 
 @dataclass(frozen=True)

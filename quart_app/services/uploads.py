@@ -23,8 +23,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db import Database
-from ..errors import (
+from quart_app.db.engine import Database
+from quart_app.db.models import File, Upload, utc_now
+from quart_app.edge.tus_headers import CHECKSUM_ALGORITHMS
+from quart_app.errors import (
     ChecksumMismatch,
     Conflict,
     Gone,
@@ -34,11 +36,9 @@ from ..errors import (
     TooLarge,
     UploadLocked,
 )
-from ..models import File, Upload, utc_now
-from ..shielded import run_to_completion
-from ..storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
-from ..tus import CHECKSUM_ALGORITHMS
-from .files import BlobChanges, blob_transaction, new_id
+from quart_app.services.files import BlobChanges, blob_transaction, new_id
+from quart_app.services.shielded import run_to_completion
+from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
 
 class HashStates:

@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.dml import ReturningInsert
 
-from ..db import Database
-from ..errors import EmailTaken
-from ..models import User, utc_now
-from .group_commit import GroupCommit
+from quart_app.db.engine import Database
+from quart_app.db.models import User, utc_now
+from quart_app.errors import EmailTaken
+from quart_app.services.group_commit import GroupCommit
 
 
 def _insert_unless_taken(is_sqlite: bool, rows: list[dict[str, Any]]) -> ReturningInsert[int, str]:

@@ -6,9 +6,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..errors import EmailTaken, NotFound
-from ..models import User
-from .paging import keyset_page
+from quart_app.db.keyset import keyset_page
+from quart_app.db.models import User
+from quart_app.errors import EmailTaken, NotFound
 
 
 async def create_user(session: AsyncSession, name: str, email: str) -> User:

@@ -27,7 +27,14 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from . import BlobMissing, BlobTooLarge, PartialBusy, SealedBlob, StorageFull, StorageUnwritable
+from quart_app.storage import (
+    BlobMissing,
+    BlobTooLarge,
+    PartialBusy,
+    SealedBlob,
+    StorageFull,
+    StorageUnwritable,
+)
 
 READ_CHUNK_BYTES = 1024 * 1024
 _FULL = (errno.ENOSPC, errno.EDQUOT)

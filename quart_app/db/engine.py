@@ -1,0 +1,340 @@
+"""Engine and sessions: created in before_serving, disposed in after_serving,
+one AsyncSession per request (on ``g``), closed when the request ends.
+
+The database may be unusable for a while (another process holds SQLite's
+write lock, its file was deleted, its disk is full or read-only, PostgreSQL is
+down). A request then waits at most ``DATABASE_TIMEOUT`` seconds for it and
+fails with a DBAPI error that :func:`database_fault` names as a domain error
+(503 or 507 at the edge), never hangs and never reports success it did not
+have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, current_app, g
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from quart_app.config import Settings
+from quart_app.db.schema_version import schema_at_head, schema_revision
+from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStorage
+from quart_app.ops.startup import StartupError, describe_database, startup_step
+from quart_app.services.shielded import wait_running
+
+# A write's budget is only re-set on its connection (one more statement) when
+# it differs from the connection's busy timeout by more than this: small waits
+# on this process's write lock, the usual case under load, cost nothing, and a
+# request may overrun its budget by at most this much.
+BUSY_SLACK_MS = 100
+
+# Keys in a pooled connection's info dict.
+_FILE = "quart_app.sqlite_file"  # (st_dev, st_ino) of the file it opened
+_BUSY_MS = "quart_app.busy_timeout_ms"
+
+# SQLite primary result codes (the low byte of the extended code).
+_SQLITE_FULL = 13
+_SQLITE_UNAVAILABLE = {
+    5,  # SQLITE_BUSY: another connection holds the lock ("database is locked")
+    6,  # SQLITE_LOCKED
+    8,  # SQLITE_READONLY: the file or its directory is read-only
+    10,  # SQLITE_IOERR: "disk I/O error"
+    14,  # SQLITE_CANTOPEN: "unable to open database file" (deleted, no permission)
+    15,  # SQLITE_PROTOCOL: the locking protocol failed
+}
+# What the drivers say when the database cannot be used now, for drivers that
+# give no result code (PostgreSQL's: refused, reset or closed connections).
+_UNAVAILABLE_MESSAGES = (
+    "database is locked",
+    "unable to open database file",
+    "disk i/o error",
+    "readonly database",
+    "connection refused",
+    "could not connect",
+    "connection was closed",
+    "connection is closed",
+    "connection reset",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file an SQLite URL names; None for other databases, in-memory
+    ones and ``file:`` URIs (which carry their own open flags)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def database_fault(error: DBAPIError) -> DomainError | None:
+    """The domain error a DBAPI error stands for when the database, not the
+    request, is at fault; None for anything else (a bug: 500)."""
+    original = error.orig
+    code = getattr(original, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    message = str(original).lower()
+    if primary == _SQLITE_FULL or "database or disk is full" in message:
+        return InsufficientStorage("There is no room left in the database.")
+    if (
+        primary in _SQLITE_UNAVAILABLE
+        or error.connection_invalidated
+        or isinstance(original, OSError)
+        or any(text in message for text in _UNAVAILABLE_MESSAGES)
+    ):
+        return DatabaseUnavailable("The database is not available right now; retry later.")
+    return None
+
+
+class Database:
+    """What the app keeps for the database: engine, session factory, and the
+    lock that queues this process's write transactions.
+
+    ``timeout`` (seconds) bounds every wait for the database: SQLite's busy
+    timeout, the wait for this process's write lock, a PostgreSQL connection.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.is_sqlite = url.startswith("sqlite")
+        self.path = sqlite_path(url)
+        self.engine: AsyncEngine = _create_engine(url, timeout, self.path)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Writers that wait on SQLite's busy
+        # handler sleep with back-off (tens of ms each); queueing them on an
+        # asyncio lock instead hands the write lock over the moment it frees.
+        self.write_lock = asyncio.Lock()
+
+    def create_file(self) -> bool:
+        """Create the SQLite file if there is none (True if it was made). The
+        engine itself never creates one: a database deleted while serving
+        must not come back empty under the same name."""
+        if self.path is None or self.path.exists():
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        return True
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def _take_write_lock(self, deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.write_lock.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"The database stayed busy for {self.timeout:g} s; retry later."
+            ) from None
+
+    @asynccontextmanager
+    async def writing(
+        self, session: AsyncSession, since: float | None = None
+    ) -> AsyncIterator[AsyncSession]:
+        """A write transaction: committed when the block ends, rolled back if
+        it raises. On SQLite it holds this process's write lock and starts
+        with BEGIN IMMEDIATE, so it never fails half-way with "database is
+        locked" because another process wrote in between.
+
+        The wait for both locks together ends ``timeout`` seconds after
+        ``since`` (a loop time; default now): a group commit passes the time
+        its oldest request queued, so no request waits longer than that.
+        After the commit, the file must still be the one the path names:
+        a write into a deleted or replaced file is not acknowledged."""
+        if session.in_transaction():
+            await session.commit()  # end any read snapshot first
+        if not self.is_sqlite:
+            async with session.begin():
+                yield session
+            return
+        loop = asyncio.get_running_loop()
+        deadline = (loop.time() if since is None else since) + self.timeout
+        await self._take_write_lock(deadline)
+        try:
+            busy_ms = max(0, round((deadline - loop.time()) * 1000))
+            connection = await session.connection(
+                execution_options={"sqlite_begin": "IMMEDIATE", "sqlite_busy_ms": busy_ms}
+            )
+            committed_to = connection.info.get(_FILE)
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
+        finally:
+            self.write_lock.release()
+        if self.path is not None and _file_identity(self.path) != committed_to:
+            raise DatabaseUnavailable(
+                "The database file was removed or replaced; the change was not kept."
+            )
+
+    async def probe(self) -> None:
+        """Raises unless this process could write now (readiness): on SQLite
+        a write transaction begun and ended within the timeout, on the file
+        the path still names; elsewhere a query."""
+        async with self.sessionmaker() as session:
+            if self.is_sqlite:
+                async with self.writing(session):
+                    pass
+            else:
+                await session.execute(text("SELECT 1"))
+
+
+def _create_engine(url: str, timeout: float, path: Path | None) -> AsyncEngine:
+    if not url.startswith("sqlite"):
+        connect_args: dict[str, Any] = {}
+        if make_url(url).get_driver_name() == "asyncpg":
+            connect_args["timeout"] = timeout
+        return create_async_engine(
+            url, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args
+        )
+    # isolation_level=None: the driver does no implicit BEGIN; the "begin"
+    # listener below emits it, so SQLAlchemy's transactions are real ones and
+    # a writer can ask for BEGIN IMMEDIATE.
+    engine = create_async_engine(url, connect_args={"isolation_level": None, "timeout": timeout})
+    timeout_ms = round(timeout * 1000)
+
+    if path is not None:
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _open_existing_only(
+            dialect: Dialect, record: ConnectionPoolEntry, cargs: list[Any], cparams: dict[str, Any]
+        ) -> None:
+            # mode=rw: never create the file. Deleted while serving, it must
+            # fail ("unable to open database file"), not start over empty.
+            cargs[0] = f"file:{urllib.parse.quote(str(path))}?mode=rw"
+            cparams["uri"] = True
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if path is not None:
+            record.info[_FILE] = _file_identity(path)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # FULL: a commit reaches the disk before a 201 is sent, like the blobs.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+        record.info[_BUSY_MS] = timeout_ms
+
+    if path is not None:
+
+        @event.listens_for(engine.sync_engine, "checkout")
+        def _still_the_file(
+            dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+        ) -> None:
+            # A connection keeps writing to the file it opened, even once that
+            # file is deleted or replaced: acknowledged writes would vanish at
+            # the next restart. The pool drops such a connection and opens
+            # whatever the path names now (or fails: 503).
+            if _file_identity(path) != record.info.get(_FILE):
+                raise DisconnectionError("the database file was removed or replaced")
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _sqlite_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        busy_ms = options.get("sqlite_busy_ms", timeout_ms)
+        if abs(busy_ms - conn.info.get(_BUSY_MS, timeout_ms)) > BUSY_SLACK_MS:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
+            conn.info[_BUSY_MS] = busy_ms
+        mode = options.get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+async def open_database(settings: Settings) -> tuple[Database, str | None]:
+    """The database a server serves, and its schema revision. With
+    AUTO_MIGRATE a missing SQLite file is created and the schema brought to
+    head; without it a missing file stops startup. Failures raise
+    StartupError naming the database (password hidden) and the cause."""
+    url = settings.database_url
+    with startup_step(f"database {describe_database(url)}"):
+        database = Database(url, settings.DATABASE_TIMEOUT)
+        try:
+            if database.path is not None and not database.path.exists():
+                if not settings.AUTO_MIGRATE:
+                    raise StartupError(
+                        f"no database at {database.path} (QUART_APP_AUTO_MIGRATE is off: "
+                        "create it with `python -m quart_app migrate`)"
+                    )
+                await asyncio.to_thread(database.create_file)
+            if settings.AUTO_MIGRATE and not await schema_at_head(database.engine):
+                from quart_app.db.migrate import upgrade_to_head
+
+                await upgrade_to_head(database.engine, settings)
+            revision = await schema_revision(database.engine)
+        except BaseException:
+            await database.dispose()
+            raise
+    return database, revision
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    @app.before_serving
+    async def _open_database() -> None:
+        database, _ = await open_database(settings)
+        app.extensions["database"] = database
+
+    @app.after_serving
+    async def _close_database() -> None:
+        await wait_running()  # commits and group commits still writing
+        database = app.extensions.pop("database", None)
+        if database is not None:
+            await database.dispose()
+
+    @app.teardown_appcontext
+    async def _close_session(_: BaseException | None) -> None:
+        session: AsyncSession | None = g.pop("db_session", None)
+        if session is not None:
+            await session.close()
+
+
+def get_database() -> Database:
+    database: Database = current_app.extensions["database"]
+    return database
+
+
+def get_session() -> AsyncSession:
+    """The request's session, created on first use."""
+    if "db_session" not in g:
+        g.db_session = get_database().sessionmaker()
+    session: AsyncSession = g.db_session
+    return session
+
+
+@asynccontextmanager
+async def writing() -> AsyncIterator[AsyncSession]:
+    """A write transaction on the request's session (see Database.writing)."""
+    async with get_database().writing(get_session()) as session:
+        yield session

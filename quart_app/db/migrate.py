@@ -1,0 +1,51 @@
+"""Alembic, driven from code: startup upgrades, the CLI, and the drift test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from quart_app.config import Settings
+from quart_app.db.schema_version import MIGRATIONS_DIR
+
+# Alembic's ``context`` is a process-wide proxy: two upgrades interleaved in
+# one process would run one's migration on the other's connection (and
+# deadlock on SQLite's write lock). Across processes BEGIN IMMEDIATE orders
+# them; within one, this lock does. A threading lock, polled, because apps in
+# one process may run on different event loops.
+_UPGRADE_LOCK = threading.Lock()
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation: a literal % in a URL must be doubled.
+    config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    return config
+
+
+async def upgrade_to_head(engine: AsyncEngine, settings: Settings) -> None:
+    """Bring the schema to head on the app's own engine. On SQLite the
+    transaction starts IMMEDIATE, so several workers starting at once take
+    turns and the later ones find the schema already at head."""
+    config = alembic_config(settings)
+
+    def _upgrade(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    options = {"sqlite_begin": "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
+    while not _UPGRADE_LOCK.acquire(blocking=False):  # noqa: ASYNC110 (see _UPGRADE_LOCK)
+        await asyncio.sleep(0.01)
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(**options)
+            await conn.run_sync(_upgrade)
+            await conn.commit()
+    finally:
+        _UPGRADE_LOCK.release()

@@ -1,0 +1,75 @@
+"""The OpenAPI document: response helpers and quart-schema's provider,
+corrected so the document says what the API really sends.
+
+quart-schema documents every response as ``application/json`` and puts
+response headers inside ``content`` (as if ``headers`` were a media type).
+Here problems are ``application/problem+json``, 204s have no content, file
+bytes are any media type, and headers sit on the response object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from quart_schema import document_response, snake_to_kebab
+from quart_schema.openapi import OpenAPIProvider
+
+from quart_app.edge.problems import PROBLEM_CONTENT_TYPE, Problem
+from quart_app.edge.schemas import FILE_ID_PATTERN, Binary, NoContent
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def problems(*statuses: int) -> Callable[[F], F]:
+    """Document each status as an RFC 9457 problem response."""
+
+    def decorator(view: F) -> F:
+        for status in statuses:
+            view = document_response(Problem, status)(view)
+        return view
+
+    return decorator
+
+
+class ApiDocs(OpenAPIProvider):
+    def build_path_parameter(self, name: str, converter: Any) -> dict[str, Any]:
+        parameter = super().build_path_parameter(name, converter)
+        if name == "file_id":
+            parameter["schema"]["pattern"] = FILE_ID_PATTERN
+        return parameter
+
+    def build_headers_parameters(self, model: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        # quart-schema looks for "required" on each property, where pydantic
+        # never puts it; the model knows which headers are required.
+        parameters, definitions = super().build_headers_parameters(model)
+        fields = getattr(model, "model_fields", {})
+        required = {snake_to_kebab(name) for name, f in fields.items() if f.is_required()}
+        for parameter in parameters:
+            if parameter["name"] in required:
+                parameter["required"] = True
+        return parameters, definitions
+
+    def build_request_body(self, model: Any, source: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        body, definitions = super().build_request_body(model, source)
+        body["required"] = True
+        return body, definitions
+
+    def build_response_object(
+        self, model: Any, headers_model: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        response, definitions = super().build_response_object(model, headers_model)
+        content = response["content"]
+        headers = content.pop("headers", None)
+        if headers:
+            response["headers"] = headers
+        schema = content.pop("application/json")["schema"]
+        if model is Problem:
+            content[PROBLEM_CONTENT_TYPE] = {"schema": schema}
+        elif model is Binary:
+            content["*/*"] = {"schema": {"type": "string", "format": "binary"}}
+        elif model is not NoContent:
+            content["application/json"] = {"schema": schema}
+        if not content:
+            del response["content"]
+        return response, definitions

@@ -1,0 +1,138 @@
+"""The HTTP edge of an upload: from the request's headers and streamed body
+to sealed (fsynced, unpublished) incoming files. On any failure, including
+cancellation by a client's disconnect, every temp file is removed."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+from quart import request
+from werkzeug.http import parse_options_header
+
+from quart_app.api.context import blob_store, settings
+from quart_app.edge.disposition import clean_filename, header_text, parse_disposition
+from quart_app.edge.idempotency import observe_body
+from quart_app.edge.multipart import (
+    IncomingFile,
+    MultipartLimits,
+    read_multipart,
+    upload_content_type,
+)
+from quart_app.errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
+from quart_app.services.shielded import run_to_completion
+from quart_app.storage import BlobTooLarge
+
+T = TypeVar("T")
+
+# Types curl and forms put on a raw body by default: they say nothing of the file.
+_NOT_THE_FILES_TYPE = {"", "application/x-www-form-urlencoded"}
+
+
+async def request_chunks() -> AsyncIterator[bytes]:
+    """The request body as it arrives (through streaming.BoundedBody), each
+    chunk also fed to the Idempotency-Key fingerprint."""
+    async for chunk in request.body:
+        observe_body(chunk)
+        yield chunk
+
+
+async def receive_upload(default_filename: str | None = None) -> list[IncomingFile]:
+    """multipart/form-data -> every ``file`` part; any other type -> the raw
+    body as one file named by Content-Disposition (or ``default_filename``)."""
+    mimetype, params = parse_options_header(request.headers.get("Content-Type", ""))
+    mimetype = mimetype.lower()  # case-insensitive (RFC 9110 §8.3.1); the boundary is not
+    if mimetype == "multipart/form-data":
+        return await _receive_multipart(params.get("boundary"))
+    if mimetype.startswith("multipart/"):
+        raise UnsupportedMediaType(
+            f"{mimetype} is not accepted: send multipart/form-data or the raw bytes."
+        )
+    return [await receive_raw(default_filename)]
+
+
+async def _receive_multipart(boundary: str | None) -> list[IncomingFile]:
+    if not boundary:
+        raise MalformedBody("multipart/form-data needs a boundary parameter.")
+    config = settings()
+    limits = MultipartLimits(
+        max_file_bytes=config.MAX_UPLOAD_BYTES,
+        max_file_parts=config.MAX_FILE_PARTS,
+        max_fields=config.MAX_FORM_FIELDS,
+        max_field_bytes=config.MAX_FORM_FIELD_BYTES,
+        max_filename_chars=config.MAX_FILENAME_CHARS,
+    )
+    upload = await read_multipart(request_chunks(), boundary, limits, blob_store().writer)
+    if not upload.files:
+        raise InvalidInput(
+            "The form has no file: send a part named 'file' with a filename.",
+            errors=[{"field": "file", "message": "required"}],
+        )
+    return upload.files
+
+
+def raw_filename(default: str | None) -> str:
+    header = request.headers.get("Content-Disposition")
+    name = None
+    if header is not None:
+        kind, params = parse_disposition(header_text(header.encode("latin-1")))
+        if kind not in ("attachment", "inline", "form-data"):
+            raise InvalidInput(
+                "Content-Disposition must be attachment with a filename.",
+                errors=[{"field": "Content-Disposition", "message": "unknown disposition"}],
+            )
+        name = params.get("filename")
+    if name is None:
+        name = default
+    if name is None:
+        raise InvalidInput(
+            'Name the file: Content-Disposition: attachment; filename="..."',
+            errors=[{"field": "Content-Disposition", "message": "a filename is required"}],
+        )
+    return clean_filename(name, settings().MAX_FILENAME_CHARS)
+
+
+def raw_content_type(filename: str) -> str:
+    given = request.headers.get("Content-Type", "")
+    if parse_options_header(given)[0].lower() in _NOT_THE_FILES_TYPE:
+        guessed, _ = mimetypes.guess_type(filename, strict=False)
+        return upload_content_type(guessed)
+    return upload_content_type(given)
+
+
+async def receive_raw(default_filename: str | None) -> IncomingFile:
+    filename = raw_filename(default_filename)
+    writer = blob_store().writer(settings().MAX_UPLOAD_BYTES)
+    incoming = IncomingFile(filename, raw_content_type(filename), writer)
+    try:
+        async for chunk in request_chunks():
+            await writer.write(chunk)
+        incoming.sealed = await writer.seal()
+    except BlobTooLarge as error:
+        await writer.discard()
+        raise TooLarge(f"The file is larger than the limit of {error.limit} bytes.") from None
+    except BaseException:
+        await writer.discard()
+        raise
+    return incoming
+
+
+async def discard(incoming: list[IncomingFile]) -> None:
+    for item in incoming:
+        await item.writer.discard()
+
+
+async def commit_or_discard(incoming: list[IncomingFile], work: Coroutine[Any, Any, T]) -> T:
+    """Run the transaction that stores ``incoming`` to its end, even if the
+    client hangs up (shielded.run_to_completion). Its temp files belong to
+    it: removed when it fails, never by the request while it runs."""
+
+    async def owned() -> T:
+        try:
+            return await work
+        except BaseException:
+            await discard(incoming)
+            raise
+
+    return await run_to_completion(owned())
