@@ -31,8 +31,8 @@ from quart_app.ops.instance import prepare_directories
 from quart_app.ops.integrity import TEMP_GRACE_SECONDS, check
 from quart_app.ops.startup import StartupError, describe_database, startup_step
 from quart_app.services.idempotency import purge_expired
-from quart_app.services.uploads import sweep_expired
-from quart_app.storage.local import LocalBlobStore
+from quart_app.services.resumable_uploads import sweep_expired
+from quart_app.storage.factory import build_store
 
 
 async def _migrate(settings: Settings, database: Database) -> str:
@@ -49,15 +49,13 @@ async def _purge_idempotency(settings: Settings, database: Database) -> str:
 
 
 async def _sweep_uploads(settings: Settings, database: Database) -> str:
-    store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
-    store.prepare()
+    store = build_store(settings)
     removed = await sweep_expired(database, store, utc_now())
     return f"{removed} expired upload(s) removed"
 
 
 async def _check(settings: Settings, database: Database, repair: bool) -> tuple[str, bool]:
-    store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
-    store.prepare()
+    store = build_store(settings)
     temp_max_age = settings.BODY_DEADLINE + TEMP_GRACE_SECONDS
     report = await check(database, store, temp_max_age, repair)
     lines = [f"checked {report.checked_files} file(s)"]

@@ -9,6 +9,7 @@ from quart import Quart
 from sqlalchemy import func, select
 
 from quart_app.db.models import Blob, File
+from quart_app.state import app_state
 
 BOUNDARY = "----quartappboundary7MA4YWxkTrZu0gW"
 
@@ -34,7 +35,7 @@ def multipart_headers(boundary: str = BOUNDARY) -> dict[str, str]:
 
 
 async def count_rows(app: Quart, model: Any) -> int:
-    async with app.extensions["database"].sessionmaker() as session:
+    async with app_state(app).database.sessionmaker() as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 

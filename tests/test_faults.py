@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from quart_app.db.engine import Database, database_fault
 from quart_app.db.models import User, utc_now
 from quart_app.errors import DatabaseUnavailable
+from quart_app.state import app_state
 
 from .helpers import assert_nothing_stored, count_rows, multipart, multipart_headers, part
 
@@ -32,7 +33,7 @@ def overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 async def test_a_write_waits_at_most_the_timeout_for_this_process_write_lock(
     app: Quart, client: QuartClient
 ) -> None:
-    database: Database = app.extensions["database"]
+    database: Database = app_state(app).database
     async with database.write_lock:  # a writer that never finishes
         started = time.monotonic()
         response = await client.post("/users", json={"name": "A", "email": "a@example.com"})
@@ -49,7 +50,7 @@ async def test_a_write_waits_at_most_the_timeout_for_this_process_write_lock(
 async def test_a_commit_into_a_file_deleted_meanwhile_is_not_acknowledged(app: Quart) -> None:
     """The file goes between BEGIN and COMMIT: the commit lands in the
     deleted file, so the write must fail rather than report success."""
-    database: Database = app.extensions["database"]
+    database: Database = app_state(app).database
     assert database.path is not None
     with pytest.raises(DatabaseUnavailable):
         async with database.sessionmaker() as session, database.writing(session):

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from quart_app import create_app
 from quart_app.db.models import Batch, Blob, File
-from quart_app.services import shielded
+from quart_app.state import app_state
 
 from .helpers import (
     BOUNDARY,
@@ -301,7 +301,7 @@ async def test_disk_full_is_507_and_leaves_nothing(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:
     full = FullDisk(storage, room=10_000)
-    app.extensions["blob_store"] = full
+    app_state(app).store = full
     response = await upload(client, os.urandom(200_000))
     assert response.status_code == 507
     assert response.content_type == "application/problem+json"
@@ -312,7 +312,7 @@ async def test_disk_full_is_507_and_leaves_nothing(
 async def test_database_error_leaves_no_row_no_blob_no_temp(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:
-    async with app.extensions["database"].engine.begin() as conn:
+    async with app_state(app).database.engine.begin() as conn:
         await conn.execute(
             text(
                 "CREATE TRIGGER refuse_files BEFORE INSERT ON files "
@@ -336,7 +336,7 @@ async def test_database_error_leaves_no_row_no_blob_no_temp(
 
 async def until_pending(app: Quart, count: int) -> None:
     """Until ``count`` uploads wait in the file batcher (it has no event)."""
-    batcher = app.extensions["file_batcher"]
+    batcher = app_state(app).file_batcher
     for _ in range(500):
         if batcher.pending == count:
             return
@@ -363,7 +363,7 @@ async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_
     the temp file under the batch (which failed every upload in it with a
     500), and its file is stored like the others."""
     data = [os.urandom(4096) for _ in range(8)]
-    async with app.extensions["database"].write_lock:  # batches wait while held
+    async with app_state(app).database.write_lock:  # batches wait while held
         hung_up = [asyncio.ensure_future(upload_then_hang_up(app, d, 8)) for d in data[:2]]
         await until_pending(app, 2)  # the first batch holds one or both of these
         answered = [asyncio.ensure_future(upload(client, d)) for d in data[2:]]
@@ -395,19 +395,19 @@ async def test_a_client_hanging_up_during_its_commit_leaves_it_to_finish(
     method = "PUT" if request_kind == "put" else "POST"
     client = app.test_client()
     async with (
-        app.extensions["database"].write_lock,
+        app_state(app).database.write_lock,
         client.request(path, method=method, headers=headers) as conn,
     ):
         await conn.send(body)
         await conn.send_complete()
         for _ in range(500):  # until the commit task waits for the lock
-            if shielded.running():
+            if app_state(app).database.commits.running:
                 break
             await asyncio.sleep(0.01)
-        assert shielded.running() == 1
+        assert app_state(app).database.commits.running == 1
         await conn.disconnect()
         await asyncio.sleep(0.05)
-    await shielded.wait_running()
+    await app_state(app).database.commits.wait()
     assert await count_rows(app, File) == (1 if request_kind == "put" else 3)
     assert len(blob_files(storage)) == await count_rows(app, File)
     assert temp_files(storage) == []
@@ -420,14 +420,14 @@ async def test_shutdown_lets_the_group_commit_in_flight_finish(
     is told to stop: the batch commits before the database closes."""
     async with create_app(overrides).test_app() as running:
         app = running.app  # type: ignore[attr-defined]
-        async with app.extensions["database"].write_lock:
+        async with app_state(app).database.write_lock:
             hung_up = [
                 asyncio.ensure_future(upload_then_hang_up(app, os.urandom(4096), 4))
                 for _ in range(4)
             ]
             await asyncio.gather(*hung_up)
         # Leaving the block shuts the app down while the batch is queued.
-    assert app.extensions["file_batcher"].pending == 0
+    assert app_state(app).file_batcher.pending == 0
     async with create_app(overrides).test_app() as restarted:
         assert await count_rows(restarted.app, File) == 4  # type: ignore[attr-defined]
     assert len(blob_files(storage)) == 4
@@ -442,18 +442,19 @@ async def test_shutdown_lets_a_commit_whose_client_hung_up_finish(
         app = running.app  # type: ignore[attr-defined]
         client = app.test_client()
         headers = {"Content-Type": "application/octet-stream"}
+        commits = app_state(app).database.commits
         async with (
-            app.extensions["database"].write_lock,
+            app_state(app).database.write_lock,
             client.request("/files/late", method="PUT", headers=headers) as conn,
         ):
             await conn.send(os.urandom(4096))
             await conn.send_complete()
             for _ in range(500):
-                if shielded.running():
+                if app_state(app).database.commits.running:
                     break
                 await asyncio.sleep(0.01)
             await conn.disconnect()
-    assert shielded.running() == 0
+    assert commits.running == 0
     async with create_app(overrides).test_app() as restarted:
         assert await count_rows(restarted.app, File) == 1  # type: ignore[attr-defined]
     assert len(blob_files(storage)) == 1

@@ -10,6 +10,7 @@ from quart.testing import QuartClient
 
 from quart_app import create_app
 from quart_app.db.engine import Database
+from quart_app.state import app_state
 
 
 async def test_healthz(client: QuartClient) -> None:
@@ -39,13 +40,13 @@ async def test_readyz_503_when_storage_is_not_writable(
 async def test_readyz_503_when_database_is_unreachable(
     app: Quart, client: QuartClient, tmp_path: Path
 ) -> None:
-    working = app.extensions["database"]
+    working = app_state(app).database
     unreachable = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}", 1.0)
-    app.extensions["database"] = unreachable
+    app_state(app).database = unreachable
     try:
         response = await client.get("/readyz")
     finally:
-        app.extensions["database"] = working
+        app_state(app).database = working
         await unreachable.dispose()
     assert response.status_code == 503
     assert "database" in (await response.get_json())["detail"]

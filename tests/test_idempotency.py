@@ -16,6 +16,7 @@ from quart_app.db.models import Blob, File, IdempotencyRecord, Upload, User, utc
 from quart_app.edge.idempotency import parse_key
 from quart_app.errors import InvalidInput
 from quart_app.services.idempotency import purge_expired
+from quart_app.state import app_state
 
 from .helpers import blob_files, count_rows, multipart, multipart_headers, part
 
@@ -176,7 +177,7 @@ async def test_a_running_request_makes_its_twin_409(app: Quart, client: QuartCli
 
 
 async def test_a_lapsed_claim_can_be_taken_over(app: Quart, client: QuartClient) -> None:
-    database = app.extensions["database"]
+    database = app_state(app).database
     async with database.sessionmaker() as session, database.writing(session):
         session.add(
             IdempotencyRecord(
@@ -192,7 +193,7 @@ async def test_a_lapsed_claim_can_be_taken_over(app: Quart, client: QuartClient)
 
 async def test_records_expire_and_are_purged(app: Quart, client: QuartClient) -> None:
     await client.post("/users", json={"name": "A", "email": "a@example.com"}, headers=KEY)
-    database = app.extensions["database"]
+    database = app_state(app).database
     assert await purge_expired(database, utc_now() - timedelta(hours=24)) == 0
     assert await purge_expired(database, utc_now() + timedelta(seconds=1)) == 1
     assert await count_rows(app, IdempotencyRecord) == 0

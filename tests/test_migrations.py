@@ -16,6 +16,7 @@ from quart_app import create_app
 from quart_app.config import load_settings
 from quart_app.db.migrate import upgrade_to_head
 from quart_app.db.models import Base
+from quart_app.state import app_state
 
 
 async def test_autogenerate_finds_no_difference_between_models_and_migrations(
@@ -37,7 +38,7 @@ async def test_autogenerate_finds_no_difference_between_models_and_migrations(
 async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) -> None:
     app = create_app(overrides)
     async with app.test_app():
-        engine = app.extensions["database"].engine
+        engine = app_state(app).database.engine
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
@@ -52,7 +53,7 @@ async def test_auto_migrate_off_leaves_the_schema_alone(overrides: dict[str, Any
     database.touch()
     app = create_app({**overrides, "AUTO_MIGRATE": False})
     async with app.test_app():
-        engine = app.extensions["database"].engine
+        engine = app_state(app).database.engine
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
     assert tables == []
@@ -63,7 +64,7 @@ async def test_every_connection_gets_wal_busy_timeout_and_foreign_keys(
 ) -> None:
     app = create_app(overrides)
     async with app.test_app():
-        engine = app.extensions["database"].engine
+        engine = app_state(app).database.engine
         async with engine.connect() as conn:
             assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
             assert await conn.scalar(text("PRAGMA foreign_keys")) == 1
@@ -77,7 +78,7 @@ async def test_two_workers_starting_at_once_both_migrate_cleanly(
     first, second = create_app(overrides), create_app(overrides)
     await asyncio.gather(first.startup(), second.startup())
     try:
-        async with second.extensions["database"].engine.connect() as conn:
+        async with app_state(second).database.engine.connect() as conn:
             count = await conn.scalar(text("SELECT count(*) FROM alembic_version"))
         assert count == 1
     finally:

@@ -17,6 +17,7 @@ from quart_app import create_app
 from quart_app.db.models import File, Upload
 from quart_app.edge.tus_headers import parse_checksum, parse_metadata
 from quart_app.errors import InvalidInput
+from quart_app.state import app_state
 
 from .helpers import count_rows
 
@@ -266,7 +267,7 @@ async def test_expiry_answers_410_and_the_sweep_removes_the_bytes(
     overrides: dict[str, Any],
 ) -> None:
     from quart_app.db.models import utc_now
-    from quart_app.services.uploads import sweep_expired
+    from quart_app.services.resumable_uploads import sweep_expired
 
     app = create_app({**overrides, "UPLOAD_EXPIRES_SECONDS": 1, "UPLOAD_SWEEP_SECONDS": 3600})
     async with app.test_app() as test_app:
@@ -277,9 +278,7 @@ async def test_expiry_answers_410_and_the_sweep_removes_the_bytes(
         await asyncio.sleep(2.1)
         assert (await head(client, url)).status_code == 410
         assert (await patch(client, url, 3, b"d")).status_code == 410
-        removed = await sweep_expired(
-            app.extensions["database"], app.extensions["blob_store"], utc_now()
-        )
+        removed = await sweep_expired(app_state(app).database, app_state(app).store, utc_now())
         assert removed == 2
         assert (await head(client, url)).status_code == 404
         assert list((Path(overrides["STORAGE_DIR"]) / "partial").iterdir()) == []
@@ -339,7 +338,7 @@ async def test_identical_content_shares_the_blob(app: Quart, client: QuartClient
 
     assert await count_rows(app, Blob) == 1
     assert await count_rows(app, File) == 2
-    assert list((Path(app.extensions["settings"].STORAGE_DIR) / "partial").iterdir()) == []
+    assert list((Path(app_state(app).settings.STORAGE_DIR) / "partial").iterdir()) == []
 
 
 async def test_method_override(client: QuartClient) -> None:

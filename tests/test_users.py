@@ -9,10 +9,11 @@ from quart.testing import QuartClient
 from sqlalchemy import func, select
 
 from quart_app.db.models import User
+from quart_app.state import app_state
 
 
 async def count_users(app: Quart) -> int:
-    async with app.extensions["database"].sessionmaker() as session:
+    async with app_state(app).database.sessionmaker() as session:
         return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
 

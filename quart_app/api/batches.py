@@ -5,11 +5,11 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response
 
-from quart_app.db.engine import get_session
 from quart_app.edge.openapi import problems
 from quart_app.edge.representations import batch_body
 from quart_app.edge.schemas import BatchOut
 from quart_app.services.files import get_batch
+from quart_app.state import request_session
 
 blueprint = Blueprint("batches", __name__)
 
@@ -19,5 +19,5 @@ blueprint = Blueprint("batches", __name__)
 @problems(404)
 async def get_one(batch_id: str) -> Response:
     """A batch and its files."""
-    batch, files = await get_batch(get_session(), batch_id)
+    batch, files = await get_batch(request_session(), batch_id)
     return jsonify(batch_body(batch, files))

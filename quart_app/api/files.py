@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from quart import Blueprint, Response, current_app, g, jsonify, request, url_for
+from quart import Blueprint, Response, g, jsonify, request, url_for
 from quart_schema import (
     document_headers,
     document_querystring,
@@ -15,8 +15,6 @@ from quart_schema.validation import DataSource
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
-from quart_app.api.context import blob_store
-from quart_app.db.engine import get_database, get_session
 from quart_app.db.models import Batch, File
 from quart_app.edge.bodies import body_limit, upload_body_limit
 from quart_app.edge.conditional import (
@@ -49,7 +47,6 @@ from quart_app.edge.schemas import (
 from quart_app.edge.upload_body import commit_or_discard, receive_raw, receive_upload
 from quart_app.errors import InvalidInput, PreconditionFailed
 from quart_app.services.downloads import open_content
-from quart_app.services.file_batches import FileBatcher
 from quart_app.services.files import (
     create_files,
     current_etag,
@@ -58,15 +55,10 @@ from quart_app.services.files import (
     list_files,
     put_file,
 )
-from quart_app.services.shielded import run_to_completion
+from quart_app.state import app_state, request_session
 from quart_app.storage import BlobReader
 
 blueprint = Blueprint("files", __name__)
-
-
-@blueprint.before_app_serving
-async def _start_batcher() -> None:
-    current_app.extensions["file_batcher"] = FileBatcher(get_database(), blob_store())
 
 
 CURSOR_RESOURCE = "files"
@@ -104,7 +96,7 @@ async def post_files() -> Response:
     if len(incoming) == 1 and g.get("idempotency_claim") is None:
         # Nothing to record with the file: it rides the next group commit,
         # which owns it from here (a hang-up must not remove it under the batch).
-        file = await current_app.extensions["file_batcher"].create(incoming[0])
+        file = await app_state().file_batcher.create(incoming[0])
         return file_created(file)
     responses: list[Response] = []
 
@@ -120,7 +112,11 @@ async def post_files() -> Response:
     await commit_or_discard(
         incoming,
         create_files(
-            get_database(), blob_store(), incoming, len(incoming) > 1, before_commit=respond
+            app_state().database,
+            app_state().store,
+            incoming,
+            len(incoming) > 1,
+            before_commit=respond,
         ),
     )
     return responses[0]
@@ -153,13 +149,14 @@ async def put_one(file_id: str) -> Response:
     # Checked before the body is read, to fail fast, and again when committing.
     # A short session of its own: a read transaction held open for the whole
     # upload would keep SQLite from checkpointing its WAL.
-    async with get_database().sessionmaker() as session:
+    async with app_state().database.sessionmaker() as session:
         etag = await current_etag(session, file_id)
     if not _put_precondition(etag):
         raise PreconditionFailed("The file's current state does not match the precondition.")
     incoming = await receive_raw(default_filename=file_id)
     file, is_new = await commit_or_discard(
-        [incoming], put_file(get_database(), blob_store(), file_id, incoming, _put_precondition)
+        [incoming],
+        put_file(app_state().database, app_state().store, file_id, incoming, _put_precondition),
     )
     return file_created(file) if is_new else file_response(file, 200)
 
@@ -169,7 +166,7 @@ async def put_one(file_id: str) -> Response:
 @problems(404)
 async def get_one(file_id: str) -> Response:
     """A file's representation, with its ETag."""
-    file = await get_file(get_session(), file_id)
+    file = await get_file(request_session(), file_id)
     etag = strong_etag(file.sha256)
     if not if_none_match_passes(request.headers.get("If-None-Match"), etag):
         return empty_response(304, {"ETag": etag})
@@ -181,10 +178,10 @@ async def get_one(file_id: str) -> Response:
 @problems(404, 412)
 async def delete_one(file_id: str) -> Response:
     """Delete a file; its bytes go once no other file shares them."""
-    await run_to_completion(
+    await app_state().database.commits.run_to_completion(
         delete_file(
-            get_database(),
-            blob_store(),
+            app_state().database,
+            app_state().store,
             file_id,
             lambda current: if_match_passes(request.headers.get("If-Match"), current),
         )
@@ -199,7 +196,7 @@ async def delete_one(file_id: str) -> Response:
 async def get_page() -> Response:
     """Files in creation order, a page at a time; follow `next` or Link."""
     after, limit = page_request(CURSOR_RESOURCE)
-    files, more = await list_files(get_session(), after, limit)
+    files, more = await list_files(request_session(), after, limit)
     items = [file_body(f) for f in files]
     last = files[-1].seq if more else None
     return page_response(CURSOR_RESOURCE, "files.get_page", items, last, limit)
@@ -213,7 +210,7 @@ async def get_content(file_id: str) -> Response:
     """The bytes, streamed: ETag, Last-Modified, ranges (206/416), 304."""
     # Opened before any header is sent: a replace or delete from here on
     # cannot take the bytes away from a 200 that announced them.
-    file, blob = await open_content(get_database(), blob_store(), file_id)
+    file, blob = await open_content(app_state().database, app_state().store, file_id)
     try:
         response = _content_response(file, blob)
     except BaseException:

@@ -7,12 +7,11 @@ import asyncio
 from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import document_response
 
-from quart_app.api.context import blob_store, settings
-from quart_app.db.engine import get_database
 from quart_app.edge.openapi import problems
 from quart_app.edge.problems import domain_problem
 from quart_app.edge.schemas import Health
 from quart_app.errors import DatabaseUnavailable, StorageUnavailable
+from quart_app.state import app_state
 from quart_app.storage import StorageFull, StorageUnwritable
 
 blueprint = Blueprint("health", __name__)
@@ -33,12 +32,12 @@ async def readyz() -> Response:
     free and its file is the one being served) and the storage directory is
     writable. Each check waits at most QUART_APP_DATABASE_TIMEOUT."""
     try:
-        await get_database().probe()
+        await app_state().database.probe()
     except Exception as error:  # DBAPIError, DatabaseUnavailable, a pool giving up
         current_app.logger.warning("readyz: database check failed: %r", error)
         return domain_problem(DatabaseUnavailable("The database is not reachable."))
     try:
-        await asyncio.wait_for(blob_store().probe(), settings().DATABASE_TIMEOUT)
+        await asyncio.wait_for(app_state().store.probe(), app_state().settings.DATABASE_TIMEOUT)
     except (OSError, StorageUnwritable, StorageFull, TimeoutError) as error:
         current_app.logger.warning("readyz: storage check failed: %r", error)
         return domain_problem(StorageUnavailable("The storage directory is not writable."))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, current_app, g, jsonify, url_for
+from quart import Blueprint, Response, g, jsonify, url_for
 from quart_schema import (
     document_headers,
     document_querystring,
@@ -12,7 +12,6 @@ from quart_schema import (
     document_response,
 )
 
-from quart_app.db.engine import get_database, get_session, writing
 from quart_app.db.models import User
 from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
 from quart_app.edge.json_body import read_model
@@ -28,15 +27,10 @@ from quart_app.edge.schemas import (
     UserPage,
 )
 from quart_app.errors import EmailTaken
-from quart_app.services.user_batches import UserBatcher
 from quart_app.services.users import create_user, get_user, list_users
+from quart_app.state import app_state, request_session
 
 blueprint = Blueprint("users", __name__)
-
-
-@blueprint.before_app_serving
-async def _start_batcher() -> None:
-    current_app.extensions["user_batcher"] = UserBatcher(get_database())
 
 
 CURSOR_RESOURCE = "users"
@@ -57,11 +51,11 @@ async def post_user() -> Response:
     data = await read_model(UserCreate)
     try:
         if g.get("idempotency_claim") is None:
-            user = await current_app.extensions["user_batcher"].create(data.name, data.email)
+            user = await app_state().user_batcher.create(data.name, data.email)
             return created(user_body(user), _user_url(user.id))
         # With an Idempotency-Key the record must commit with the user, so
         # this create gets a transaction of its own instead of a batch.
-        async with writing() as session:
+        async with app_state().database.writing(request_session()) as session:
             user = await create_user(session, data.name, data.email)
             response = created(user_body(user), _user_url(user.id))
             await record_response(session, response)
@@ -80,7 +74,7 @@ def _user_url(user_id: int | None) -> str:
 @problems(404)
 async def get_one(user_id: int) -> Response:
     """One user, as the 201 showed it."""
-    return jsonify(user_body(await get_user(get_session(), user_id)))
+    return jsonify(user_body(await get_user(request_session(), user_id)))
 
 
 @blueprint.get("/users")
@@ -90,7 +84,7 @@ async def get_one(user_id: int) -> Response:
 async def get_page() -> Response:
     """Users in creation order, a page at a time; follow `next` or Link."""
     after, limit = page_request(CURSOR_RESOURCE)
-    users, more = await list_users(get_session(), after, limit)
+    users, more = await list_users(request_session(), after, limit)
     items = [user_body(u) for u in users]
     last = users[-1].id if more else None
     return page_response(CURSOR_RESOURCE, "users.get_page", items, last, limit)

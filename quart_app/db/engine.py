@@ -1,5 +1,6 @@
-"""Engine and sessions: created in before_serving, disposed in after_serving,
-one AsyncSession per request (on ``g``), closed when the request ends.
+"""Engine and sessions: the Database a serving process keeps (opened and
+closed by state.AppState), SQLite's pragmas, and how database faults are told
+apart.
 
 The database may be unusable for a while (another process holds SQLite's
 write lock, its file was deleted, its disk is full or read-only, PostgreSQL is
@@ -19,7 +20,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from quart import Quart, current_app, g
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -35,7 +35,7 @@ from quart_app.config import Settings
 from quart_app.db.schema_version import schema_at_head, schema_revision
 from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStorage
 from quart_app.ops.startup import StartupError, describe_database, startup_step
-from quart_app.services.shielded import wait_running
+from quart_app.services.shielded import CommitsInFlight
 
 # A write's budget is only re-set on its connection (one more statement) when
 # it differs from the connection's busy timeout by more than this: small waits
@@ -132,6 +132,9 @@ class Database:
         # handler sleep with back-off (tens of ms each); queueing them on an
         # asyncio lock instead hands the write lock over the moment it frees.
         self.write_lock = asyncio.Lock()
+        # Commits that run to their end whoever hangs up; they end before
+        # the engine is disposed.
+        self.commits = CommitsInFlight()
 
     def create_file(self) -> bool:
         """Create the SQLite file if there is none (True if it was made). The
@@ -298,43 +301,3 @@ async def open_database(settings: Settings) -> tuple[Database, str | None]:
             await database.dispose()
             raise
     return database, revision
-
-
-def init_app(app: Quart, settings: Settings) -> None:
-    @app.before_serving
-    async def _open_database() -> None:
-        database, _ = await open_database(settings)
-        app.extensions["database"] = database
-
-    @app.after_serving
-    async def _close_database() -> None:
-        await wait_running()  # commits and group commits still writing
-        database = app.extensions.pop("database", None)
-        if database is not None:
-            await database.dispose()
-
-    @app.teardown_appcontext
-    async def _close_session(_: BaseException | None) -> None:
-        session: AsyncSession | None = g.pop("db_session", None)
-        if session is not None:
-            await session.close()
-
-
-def get_database() -> Database:
-    database: Database = current_app.extensions["database"]
-    return database
-
-
-def get_session() -> AsyncSession:
-    """The request's session, created on first use."""
-    if "db_session" not in g:
-        g.db_session = get_database().sessionmaker()
-    session: AsyncSession = g.db_session
-    return session
-
-
-@asynccontextmanager
-async def writing() -> AsyncIterator[AsyncSession]:
-    """A write transaction on the request's session (see Database.writing)."""
-    async with get_database().writing(get_session()) as session:
-        yield session

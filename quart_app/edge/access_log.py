@@ -16,6 +16,9 @@ import uuid
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, ASGISendEvent
+from quart import Quart
+
+from quart_app.config import Settings
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_MAX_CHARS = 128
@@ -132,3 +135,10 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(JSONFormatter())
         handler.quart_app_json = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    """JSON logs, and the access line of every request (outside every
+    middleware but the trusted-proxy one, so it logs what the app saw)."""
+    configure_logging(settings.LOG_LEVEL)
+    app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]

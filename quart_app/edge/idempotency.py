@@ -25,8 +25,6 @@ from quart import Response, g, request
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.datastructures import Headers
 
-from quart_app.api.context import settings
-from quart_app.db.engine import get_database
 from quart_app.edge.schemas import IdempotencyKey
 from quart_app.errors import IdempotencyKeyBusy, IdempotencyKeyReused, InvalidInput
 from quart_app.services.idempotency import (
@@ -38,7 +36,7 @@ from quart_app.services.idempotency import (
     complete,
     release,
 )
-from quart_app.services.shielded import run_to_completion
+from quart_app.state import app_state
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -161,7 +159,7 @@ def _replay(stored: StoredResponse) -> Response:
 
 
 def _lease() -> timedelta:
-    return timedelta(seconds=settings().BODY_DEADLINE) + LEASE_MARGIN
+    return timedelta(seconds=app_state().settings.BODY_DEADLINE) + LEASE_MARGIN
 
 
 def idempotent(view: V) -> V:
@@ -170,7 +168,7 @@ def idempotent(view: V) -> V:
         key = parse_key(request.headers.get(HEADER))
         if key is None:
             return await view(*args, **kwargs)
-        database = get_database()
+        database = app_state().database
         fingerprint = Fingerprint()
         try:
             held = await claim(database, ANONYMOUS, key, _lease())
@@ -192,10 +190,10 @@ def idempotent(view: V) -> V:
         try:
             response = await view(*args, **kwargs)
         except BaseException:
-            await run_to_completion(release(database, held))
+            await database.commits.run_to_completion(release(database, held))
             raise
         if not g.get("idempotency_recorded"):
-            await run_to_completion(release(database, held))
+            await database.commits.run_to_completion(release(database, held))
         return response
 
     return wrapper  # type: ignore[return-value]

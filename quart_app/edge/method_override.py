@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
+from quart import Quart
 
 OVERRIDE_HEADER = b"x-http-method-override"
 ALLOWED = {"PATCH", "DELETE", "HEAD"}
@@ -32,3 +33,7 @@ class MethodOverrideMiddleware:
                         scope = {**scope, "method": method}
                     break
         await self.app(scope, receive, send)
+
+
+def init_app(app: Quart) -> None:
+    app.asgi_app = MethodOverrideMiddleware(app.asgi_app)  # type: ignore[method-assign]

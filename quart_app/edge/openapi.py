@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from quart_schema import document_response, snake_to_kebab
+from quart import Quart
+from quart_schema import QuartSchema, document_response, snake_to_kebab
 from quart_schema.openapi import OpenAPIProvider
 
 from quart_app.edge.problems import PROBLEM_CONTENT_TYPE, Problem
@@ -73,3 +74,16 @@ class ApiDocs(OpenAPIProvider):
         if not content:
             del response["content"]
         return response, definitions
+
+
+def init_app(app: Quart) -> None:
+    """The OpenAPI document at /openapi.json and Swagger UI at /docs."""
+    QuartSchema(
+        app,
+        info={"title": "quart_app", "version": "0.1.0"},
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        openapi_provider_class=ApiDocs,
+    )

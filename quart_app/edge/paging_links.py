@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Response, current_app, jsonify, request, url_for
+from quart import Response, jsonify, request, url_for
 
-from quart_app.api.context import settings
 from quart_app.edge.cursors import CursorCodec, parse_limit
+from quart_app.state import app_state
 
 
 def _codec() -> CursorCodec:
-    codec: CursorCodec = current_app.extensions["cursor_codec"]
-    return codec
+    return app_state().cursor_codec
 
 
 def page_request(resource: str) -> tuple[int, int]:
     """(after, limit) from the query string; 400 for a bad limit or cursor."""
-    config = settings()
+    config = app_state().settings
     limit = parse_limit(request.args.get("limit"), config.PAGE_SIZE_DEFAULT, config.PAGE_SIZE_MAX)
     cursor = request.args.get("cursor")
     after = _codec().decode(resource, cursor) if cursor is not None else 0

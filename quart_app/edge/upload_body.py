@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 from quart import request
 from werkzeug.http import parse_options_header
 
-from quart_app.api.context import blob_store, settings
 from quart_app.edge.disposition import clean_filename, header_text, parse_disposition
 from quart_app.edge.idempotency import observe_body
 from quart_app.edge.multipart import (
@@ -21,7 +20,7 @@ from quart_app.edge.multipart import (
     upload_content_type,
 )
 from quart_app.errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
-from quart_app.services.shielded import run_to_completion
+from quart_app.state import app_state
 from quart_app.storage import BlobTooLarge
 
 T = TypeVar("T")
@@ -55,7 +54,7 @@ async def receive_upload(default_filename: str | None = None) -> list[IncomingFi
 async def _receive_multipart(boundary: str | None) -> list[IncomingFile]:
     if not boundary:
         raise MalformedBody("multipart/form-data needs a boundary parameter.")
-    config = settings()
+    config = app_state().settings
     limits = MultipartLimits(
         max_file_bytes=config.MAX_UPLOAD_BYTES,
         max_file_parts=config.MAX_FILE_PARTS,
@@ -63,7 +62,7 @@ async def _receive_multipart(boundary: str | None) -> list[IncomingFile]:
         max_field_bytes=config.MAX_FORM_FIELD_BYTES,
         max_filename_chars=config.MAX_FILENAME_CHARS,
     )
-    upload = await read_multipart(request_chunks(), boundary, limits, blob_store().writer)
+    upload = await read_multipart(request_chunks(), boundary, limits, app_state().store.writer)
     if not upload.files:
         raise InvalidInput(
             "The form has no file: send a part named 'file' with a filename.",
@@ -90,7 +89,7 @@ def raw_filename(default: str | None) -> str:
             'Name the file: Content-Disposition: attachment; filename="..."',
             errors=[{"field": "Content-Disposition", "message": "a filename is required"}],
         )
-    return clean_filename(name, settings().MAX_FILENAME_CHARS)
+    return clean_filename(name, app_state().settings.MAX_FILENAME_CHARS)
 
 
 def raw_content_type(filename: str) -> str:
@@ -103,7 +102,7 @@ def raw_content_type(filename: str) -> str:
 
 async def receive_raw(default_filename: str | None) -> IncomingFile:
     filename = raw_filename(default_filename)
-    writer = blob_store().writer(settings().MAX_UPLOAD_BYTES)
+    writer = app_state().store.writer(app_state().settings.MAX_UPLOAD_BYTES)
     incoming = IncomingFile(filename, raw_content_type(filename), writer)
     try:
         async for chunk in request_chunks():
@@ -125,7 +124,7 @@ async def discard(incoming: list[IncomingFile]) -> None:
 
 async def commit_or_discard(incoming: list[IncomingFile], work: Coroutine[Any, Any, T]) -> T:
     """Run the transaction that stores ``incoming`` to its end, even if the
-    client hangs up (shielded.run_to_completion). Its temp files belong to
+    client hangs up (CommitsInFlight.run_to_completion). Its temp files belong to
     it: removed when it fails, never by the request while it runs."""
 
     async def owned() -> T:
@@ -135,4 +134,4 @@ async def commit_or_discard(incoming: list[IncomingFile], work: Coroutine[Any, A
             await discard(incoming)
             raise
 
-    return await run_to_completion(owned())
+    return await app_state().database.commits.run_to_completion(owned())

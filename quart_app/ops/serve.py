@@ -42,7 +42,7 @@ from quart_app.db.engine import open_database
 from quart_app.edge.access_log import configure_logging
 from quart_app.ops.instance import load_secret_key, prepare_directories
 from quart_app.ops.startup import StartupError, describe_database, startup_step
-from quart_app.storage.local import LocalBlobStore
+from quart_app.storage.factory import open_store
 
 APPLICATION = "quart_app:create_app()"
 log = logging.getLogger("quart_app.serve")
@@ -67,10 +67,7 @@ def hypercorn_config(path: Path, binds: list[str], workers: int | None) -> Confi
 async def preflight(settings: Settings) -> str | None:
     """What the app's startup needs, checked (and prepared) before any
     worker starts; the schema revision. Raises StartupError."""
-    with startup_step(f"storage directory {settings.STORAGE_DIR}"):
-        store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
-        store.prepare()
-        await store.probe()
+    await open_store(settings)
     with startup_step(f"instance directory {settings.INSTANCE_DIR}"):
         prepare_directories(settings)
         load_secret_key(settings)

@@ -27,10 +27,10 @@ from quart_app.storage import BlobStore
 
 
 class FileBatcher(GroupCommit[IncomingFile, File]):
-    """One per serving process (``app.extensions["file_batcher"]``)."""
+    """One per serving process (state.AppState.file_batcher)."""
 
     def __init__(self, database: Database, store: BlobStore) -> None:
-        super().__init__()
+        super().__init__(database.commits)
         self._database = database
         self._store = store
 

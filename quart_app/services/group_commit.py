@@ -5,8 +5,8 @@ result, only after the batch it rode has committed.
 A client that hangs up does not pull its work out of a batch: once
 submitted, an item belongs to the batch, which commits or fails as a whole,
 like a shielded commit. A batch that raises fails every request in it. The
-writing task is started like one too (shielded.start), so shutdown waits for
-the batch in flight before the database closes.
+writing task is started like one too (CommitsInFlight.start), so shutdown
+waits for the batch in flight before the database closes.
 
 A batch is given the time its oldest request queued: its wait for the
 database counts from then, so a request queued behind a batch that waited
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Generic, TypeVar
 
-from quart_app.services import shielded
+from quart_app.services.shielded import CommitsInFlight
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -27,7 +27,8 @@ Result = TypeVar("Result")
 class GroupCommit(Generic[Item, Result]):
     max_batch = 128
 
-    def __init__(self) -> None:
+    def __init__(self, commits: CommitsInFlight) -> None:
+        self._commits = commits
         self._queue: list[tuple[Item, asyncio.Future[Result], float]] = []
         self._drainer: asyncio.Task[None] | None = None
         self.pending = 0  # submitted items whose batch has not ended
@@ -37,7 +38,7 @@ class GroupCommit(Generic[Item, Result]):
         future: asyncio.Future[Result] = loop.create_future()
         self._queue.append((item, future, loop.time()))
         if self._drainer is None or self._drainer.done():
-            self._drainer = shielded.start(self._drain())
+            self._drainer = self._commits.start(self._drain())
         self.pending += 1
         future.add_done_callback(self._ended)
         return await asyncio.shield(future)

@@ -15,35 +15,40 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-_running: set[asyncio.Task[Any]] = set()
 
 
-def _forget(task: asyncio.Task[Any]) -> None:
-    _running.discard(task)
-    if not task.cancelled():
-        task.exception()  # retrieved: an orphaned task's error is not "never retrieved"
+class CommitsInFlight:
+    """The commits (and group-commit writers) running in one serving
+    process; each Database has one, and shutdown waits for them before the
+    database closes (state.AppState.stop)."""
 
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task[Any]] = set()
 
-def start(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """Run ``work`` as a task of its own that shutdown waits for
-    (wait_running) before the database closes."""
-    task = asyncio.ensure_future(work)
-    _running.add(task)
-    task.add_done_callback(_forget)
-    return task
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an orphaned task's error is not "never retrieved"
 
+    def start(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` as a task of its own that shutdown waits for."""
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._forget)
+        return task
 
-async def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
-    return await asyncio.shield(start(work))
+    async def run_to_completion(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` runs to its end even if the caller is cancelled (its
+        client hung up); only the wait for it is cancelled."""
+        return await asyncio.shield(self.start(work))
 
+    @property
+    def running(self) -> int:
+        """How many are running now."""
+        return len(self._running)
 
-def running() -> int:
-    """How many commits (and group-commit writers) are running now."""
-    return len(_running)
-
-
-async def wait_running() -> None:
-    """Until every commit started so far has ended (at shutdown, before the
-    database closes, so none is cut off half-way)."""
-    while _running:
-        await asyncio.wait(list(_running))
+    async def wait(self) -> None:
+        """Until every one started so far has ended (at shutdown, before the
+        database closes, so none is cut off half-way)."""
+        while self._running:
+            await asyncio.wait(list(self._running))

@@ -47,12 +47,12 @@ def _insert_unless_taken(is_sqlite: bool, rows: list[dict[str, Any]]) -> Returni
 
 
 class UserBatcher(GroupCommit[tuple[str, str], User]):
-    """One per serving process (``app.extensions["user_batcher"]``)."""
+    """One per serving process (state.AppState.user_batcher)."""
 
     max_batch = 256  # 3 bound values a row: far below SQLite's 32766 limit
 
     def __init__(self, database: Database) -> None:
-        super().__init__()
+        super().__init__(database.commits)
         self._database = database
 
     async def create(self, name: str, email: str) -> User:

@@ -37,7 +37,6 @@ from quart_app.errors import (
     UploadLocked,
 )
 from quart_app.services.files import BlobChanges, blob_transaction, new_id
-from quart_app.services.shielded import run_to_completion
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
 
@@ -282,7 +281,7 @@ async def append(
                 await writer.roll_back()
                 raise
             recording = True
-            await run_to_completion(
+            await database.commits.run_to_completion(
                 _record(database, store, hashes, writer, upload_id, state, patch, None)
             )
             raise
@@ -291,7 +290,7 @@ async def append(
             await writer.roll_back()
             raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
         recording = True
-        return await run_to_completion(
+        return await database.commits.run_to_completion(
             _record(database, store, hashes, writer, upload_id, state, patch, before_commit)
         )
     finally:

@@ -13,8 +13,6 @@ from quart_schema import document_headers, document_response
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
-from quart_app.api.context import blob_store, settings, upload_hashes
-from quart_app.db.engine import get_database, get_session
 from quart_app.db.models import Upload
 from quart_app.edge.bodies import body_limit, upload_body_limit
 from quart_app.edge.disposition import clean_filename
@@ -47,8 +45,7 @@ from quart_app.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
-from quart_app.services.shielded import run_to_completion
-from quart_app.services.uploads import (
+from quart_app.services.resumable_uploads import (
     Patch,
     UploadSpec,
     append,
@@ -56,12 +53,13 @@ from quart_app.services.uploads import (
     get_upload,
     terminate,
 )
+from quart_app.state import app_state, request_session
 
 blueprint = Blueprint("uploads", __name__)
 
 
 def _expires_in() -> timedelta:
-    return timedelta(seconds=settings().UPLOAD_EXPIRES_SECONDS)
+    return timedelta(seconds=app_state().settings.UPLOAD_EXPIRES_SECONDS)
 
 
 @blueprint.before_request
@@ -127,14 +125,14 @@ async def options() -> Response:
         {
             "Tus-Version": TUS_VERSION,
             "Tus-Extension": TUS_EXTENSIONS,
-            "Tus-Max-Size": str(settings().MAX_UPLOAD_BYTES),
+            "Tus-Max-Size": str(app_state().settings.MAX_UPLOAD_BYTES),
             "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
         },
     )
 
 
 def _creation_spec() -> UploadSpec:
-    config = settings()
+    config = app_state().settings
     length = parse_count("Upload-Length", request.headers.get("Upload-Length"))
     defer = request.headers.get("Upload-Defer-Length")
     if (length is None) == (defer is None) or (defer is not None and defer.strip() != "1"):
@@ -158,7 +156,7 @@ def _patch(offset: int) -> Patch:
         offset=offset,
         checksum=parse_checksum(request.headers.get("Upload-Checksum")),
         new_length=parse_count("Upload-Length", request.headers.get("Upload-Length")),
-        max_length=settings().MAX_UPLOAD_BYTES,
+        max_length=app_state().settings.MAX_UPLOAD_BYTES,
         expires_in=_expires_in(),
     )
 
@@ -195,10 +193,10 @@ async def create() -> Response:
         responses.append(response)
 
     first_chunk_follows = patch is not None and spec.length != 0
-    upload = await run_to_completion(
+    upload = await app_state().database.commits.run_to_completion(
         create_upload(
-            get_database(),
-            blob_store(),
+            app_state().database,
+            app_state().store,
             spec,
             _expires_in(),
             before_commit=None if first_chunk_follows else respond,
@@ -206,9 +204,9 @@ async def create() -> Response:
     )
     if patch is not None and first_chunk_follows:
         await append(
-            get_database(),
-            blob_store(),
-            upload_hashes(),
+            app_state().database,
+            app_state().store,
+            app_state().upload_hashes,
             upload.id,
             request_chunks(),
             patch,
@@ -223,7 +221,7 @@ async def create() -> Response:
 @problems(404, 410, 412)
 async def get_one(upload_id: str) -> Response:
     """The upload, with the tus offset headers (HEAD: the headers alone)."""
-    upload = await get_upload(get_session(), upload_id)
+    upload = await get_upload(request_session(), upload_id)
     response = jsonify(upload_body(upload))
     response.headers.update(upload_headers(upload))
     return response
@@ -245,7 +243,12 @@ async def patch_one(upload_id: str) -> Response:
             errors=[{"field": "Upload-Offset", "message": "required"}],
         )
     upload = await append(
-        get_database(), blob_store(), upload_hashes(), upload_id, request_chunks(), _patch(offset)
+        app_state().database,
+        app_state().store,
+        app_state().upload_hashes,
+        upload_id,
+        request_chunks(),
+        _patch(offset),
     )
     headers = upload_headers(upload)
     return empty_response(
@@ -259,5 +262,7 @@ async def patch_one(upload_id: str) -> Response:
 @problems(404, 410, 412, 423)
 async def delete_one(upload_id: str) -> Response:
     """Terminate an upload (tus termination); a completed upload's file stays."""
-    await run_to_completion(terminate(get_database(), blob_store(), upload_id))
+    await app_state().database.commits.run_to_completion(
+        terminate(app_state().database, app_state().store, upload_id)
+    )
     return empty_response(204, {})

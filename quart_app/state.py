@@ -1,0 +1,166 @@
+"""One typed application state, one accessor, one ordered startup and shutdown.
+
+Everything a serving process keeps lives on :class:`AppState`: the settings,
+the database (and the commits running on it), the blob store, the paging
+cursor codec, the sha256 states of resumable uploads, the group-commit
+batchers and the background sweep. ``create_app`` makes one per app;
+:meth:`AppState.start` builds the rest in order before the app serves and
+:meth:`AppState.stop` tears it down in reverse after it stops. Code that
+serves a request reaches it with :func:`app_state`; nothing else keys into
+``app.extensions``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, TypeVar
+
+from quart import Quart, current_app, g
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from quart_app.config import Settings
+
+if TYPE_CHECKING:
+    from quart_app.db.engine import Database
+    from quart_app.edge.cursors import CursorCodec
+    from quart_app.services.file_batches import FileBatcher
+    from quart_app.services.resumable_uploads import HashStates
+    from quart_app.services.user_batches import UserBatcher
+    from quart_app.storage.local import LocalBlobStore
+
+T = TypeVar("T")
+EXTENSION_KEY = "quart_app"
+log = logging.getLogger("quart_app.integrity")
+
+
+class NotServing(RuntimeError):
+    """A part of the state that exists only while the app serves was asked for."""
+
+
+class AppState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._database: Database | None = None
+        self._store: LocalBlobStore | None = None
+        self._cursor_codec: CursorCodec | None = None
+        self._upload_hashes: HashStates | None = None
+        self._user_batcher: UserBatcher | None = None
+        self._file_batcher: FileBatcher | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stop_sweeping = asyncio.Event()
+
+    # -- what exists while serving ------------------------------------------
+    @property
+    def database(self) -> Database:
+        return _serving(self._database, "database")
+
+    @database.setter
+    def database(self, database: Database) -> None:
+        self._database = database  # tests put a broken one in its place
+
+    @property
+    def store(self) -> LocalBlobStore:
+        return _serving(self._store, "store")
+
+    @store.setter
+    def store(self, store: LocalBlobStore) -> None:
+        self._store = store  # tests put a failing one in its place
+
+    @property
+    def cursor_codec(self) -> CursorCodec:
+        return _serving(self._cursor_codec, "cursor codec")
+
+    @property
+    def upload_hashes(self) -> HashStates:
+        return _serving(self._upload_hashes, "upload hashes")
+
+    @property
+    def user_batcher(self) -> UserBatcher:
+        return _serving(self._user_batcher, "user batcher")
+
+    @property
+    def file_batcher(self) -> FileBatcher:
+        return _serving(self._file_batcher, "file batcher")
+
+    # -- startup and shutdown -------------------------------------------------
+    async def start(self) -> None:
+        """Build what serving needs, in dependency order; each step that can
+        fail names itself in the StartupError it raises."""
+        from quart_app.db.engine import open_database
+        from quart_app.edge.cursors import CursorCodec
+        from quart_app.ops.instance import load_secret_key, prepare_directories
+        from quart_app.ops.integrity import TEMP_GRACE_SECONDS, recover
+        from quart_app.ops.startup import describe_database, startup_step
+        from quart_app.ops.sweeps import sweep_loop
+        from quart_app.services.file_batches import FileBatcher
+        from quart_app.services.resumable_uploads import HashStates
+        from quart_app.services.user_batches import UserBatcher
+        from quart_app.storage.factory import open_store
+
+        settings = self.settings
+        self._store = await open_store(settings)
+        with startup_step(f"instance directory {settings.INSTANCE_DIR}"):
+            prepare_directories(settings)
+            self._cursor_codec = CursorCodec(load_secret_key(settings))
+        self._database, _ = await open_database(settings)
+        temp_max_age = settings.BODY_DEADLINE + TEMP_GRACE_SECONDS
+        with startup_step(f"crash recovery on {describe_database(settings.database_url)}"):
+            for line in await recover(self._database, self._store, temp_max_age):
+                log.warning(line)
+        self._upload_hashes = HashStates()
+        self._user_batcher = UserBatcher(self._database)
+        self._file_batcher = FileBatcher(self._database, self._store)
+        self._stop_sweeping.clear()
+        self._sweeper = asyncio.ensure_future(sweep_loop(self, self._stop_sweeping))
+
+    async def stop(self) -> None:
+        """Stop the sweep (between sweeps, never inside one), let every
+        commit and group commit in flight end, then close the database."""
+        if self._sweeper is not None:
+            self._stop_sweeping.set()
+            await self._sweeper
+            self._sweeper = None
+        database, self._database = self._database, None
+        if database is not None:
+            await database.commits.wait()
+            await database.dispose()
+
+
+def _serving(value: T | None, name: str) -> T:
+    if value is None:
+        raise NotServing(f"the {name} exists only while the app serves")
+    return value
+
+
+def init_app(app: Quart, state: AppState) -> None:
+    app.extensions[EXTENSION_KEY] = state
+
+    @app.before_serving
+    async def _start() -> None:
+        await state.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        await state.stop()
+
+    @app.teardown_appcontext
+    async def _close_session(_: BaseException | None) -> None:
+        session: AsyncSession | None = g.pop("db_session", None)
+        if session is not None:
+            await session.close()
+
+
+def app_state(app: Quart | None = None) -> AppState:
+    """The state of ``app``, or of the app serving the current request."""
+    state: AppState = (app or current_app).extensions[EXTENSION_KEY]
+    return state
+
+
+def request_session() -> AsyncSession:
+    """The request's database session, created on first use and closed when
+    the request ends."""
+    if "db_session" not in g:
+        g.db_session = app_state().database.sessionmaker()
+    session: AsyncSession = g.db_session
+    return session
