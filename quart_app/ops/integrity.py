@@ -1,28 +1,16 @@
 """Integrity: crash recovery at startup, and the full check (``python -m
 quart_app check [--repair]``).
 
-What a crash can leave, and what undoes it:
-
-- ``trash/<sha256>.<token>``: a blob retired inside a transaction. If the
-  process died before that transaction committed, SQLite rolled the rows
-  back and the blob row still stands: the bytes must go back to their
-  address. If it committed, the bytes are garbage. Recovery decides by the
-  blob row, so it is right either way.
-- ``tmp/<pid>-*.part``: an upload in flight. Removed when its process is
-  gone, or when older than the longest a body may take (BODY_DEADLINE), so
-  a cleanup never touches another live worker's upload.
-- a published blob without its row (died between rename and commit): the
-  ``tmp/<pid>-publishing-<sha256>`` marker left with it names it, so the
-  bytes are removed at startup if no row has that sha256. ``check`` finds
-  any other orphan by a full scan; ``--repair`` removes it.
+Recovery at startup settles what a crash left in the storage layout
+(storage/local/recovery.py says what and how), deciding by the rows in the
+database. ``check`` reads every stored file and finds any other orphan by a
+full scan; ``--repair`` removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +19,12 @@ from sqlalchemy import select
 from quart_app.db.engine import Database
 from quart_app.db.models import Blob, File, Upload, utc_now
 from quart_app.storage.local import READ_CHUNK_BYTES, LocalBlobStore
+from quart_app.storage.local.recovery import (
+    abandoned,
+    remove_abandoned_temp_files,
+    settle_leftovers,
+    stale,
+)
 
 TEMP_GRACE_SECONDS = 60.0
 
@@ -64,62 +58,19 @@ class Report:
         )
 
 
-def _stale(path: Path, older_than: float) -> bool:
-    try:
-        return path.stat().st_mtime < time.time() - older_than
-    except FileNotFoundError:
-        return False
-
-
-def _owner_gone(path: Path) -> bool:
-    """A temp file named ``<pid>-...`` whose process no longer exists."""
-    pid = path.name.split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _abandoned(path: Path, older_than: float) -> bool:
-    return _owner_gone(path) or _stale(path, older_than)
-
-
 async def recover(database: Database, store: LocalBlobStore, temp_max_age: float) -> list[str]:
-    """The cheap part, run at startup: settle trash, drop stale temp files.
+    """The cheap part, run at startup: settle trash and publishing markers,
+    drop abandoned temp files (storage/local/recovery.py).
 
     Trash is settled inside a write transaction: no writer, in any process,
     is half-way through one then, so what is in trash is a crash's leftover."""
-    done: list[str] = []
     async with database.sessionmaker() as session, database.writing(session):
-        for path in sorted(store.trash.iterdir()):
-            sha256 = path.name.split(".", 1)[0]
-            target = store.path_for(sha256) if len(sha256) == 64 else None
-            has_row = target is not None and await session.get(Blob, sha256) is not None
-            if target is not None and has_row and not target.exists():
-                await asyncio.to_thread(store.make_parents, target)
-                await asyncio.to_thread(os.rename, path, target)
-                done.append(f"restored blob {sha256} from trash (its transaction never committed)")
-            else:
-                await asyncio.to_thread(path.unlink, True)
-                done.append(f"purged trash {path.name}")
-        for marker in sorted(store.tmp.glob("*-publishing-*")):
-            if not _abandoned(marker, temp_max_age):
-                continue  # its transaction may still be running
-            sha256 = marker.name.rsplit("-", 1)[1]
-            if len(sha256) == 64 and await session.get(Blob, sha256) is None:
-                await asyncio.to_thread(store.path_for(sha256).unlink, True)
-                done.append(f"removed blob {sha256}: published, but its row never committed")
-            await asyncio.to_thread(marker.unlink, True)
-    for path in sorted(store.tmp.iterdir()):
-        if _abandoned(path, temp_max_age):
-            await asyncio.to_thread(path.unlink, True)
-            done.append(f"removed abandoned temp file {path.name}")
-    return done
+
+        async def has_row(sha256: str) -> bool:
+            return await session.get(Blob, sha256) is not None
+
+        done = await settle_leftovers(store, temp_max_age, has_row)
+    return done + await remove_abandoned_temp_files(store, temp_max_age)
 
 
 def _sha256_of(path: Path) -> tuple[str, int]:
@@ -166,14 +117,14 @@ async def check(
     on_disk = {p.name for p in store.blobs.rglob("*") if p.is_file()}
     report.orphan_blobs = sorted(on_disk - blob_rows)
     report.stale_temp_files = sorted(
-        p.name for p in store.tmp.iterdir() if _abandoned(p, temp_max_age)
+        p.name for p in store.tmp.iterdir() if abandoned(p, temp_max_age)
     )
     report.trash_files = sorted(p.name for p in store.trash.iterdir())
     # Age-gated: a partial file exists a moment before its upload's row.
     report.orphan_partials = sorted(
         p.name
         for p in store.partial.iterdir()
-        if p.name not in live_uploads and _stale(p, temp_max_age)
+        if p.name not in live_uploads and stale(p, temp_max_age)
     )
     if repair:
         await _repair(database, store, report)
