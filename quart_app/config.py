@@ -76,6 +76,10 @@ class Settings:
     PAGE_SIZE_MAX: int = 100
     # Seconds a resumable upload lives after its last PATCH (Upload-Expires).
     UPLOAD_EXPIRES_SECONDS: float = 24 * 3600.0
+    # Count: resumable uploads whose running sha256 a worker keeps (least
+    # recently used go first); the next PATCH of one that was dropped, or
+    # that another worker served, rebuilds it by reading the partial back.
+    UPLOAD_HASH_STATES: int = 4096
     # Seconds between sweeps that remove expired resumable uploads and
     # Idempotency-Key records past their time to live.
     UPLOAD_SWEEP_SECONDS: float = 60.0

@@ -108,7 +108,7 @@ class AppState:
         with startup_step(f"crash recovery on {describe_database(settings.database_url)}"):
             for line in await recover(self._database, self._store, temp_max_age):
                 log.warning(line)
-        self._upload_hashes = HashStates()
+        self._upload_hashes = HashStates(settings.UPLOAD_HASH_STATES)
         self._user_batcher = UserBatcher(self._database)
         self._file_batcher = FileBatcher(self._database, self._store)
         self._stop_sweeping.clear()

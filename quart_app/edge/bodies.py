@@ -67,7 +67,7 @@ class BoundedBody(Body):
         super().__init__(expected_content_length, None)
         self.expected_length = expected_content_length
         self.limit: int | None = max_content_length
-        self.buffer_bytes = 1024 * 1024
+        self.buffer_bytes = Settings.BODY_BUFFER_BYTES  # until configure()
         self.idle_timeout: float | None = None
         self.deadline: float | None = None
         self.min_rate = 0

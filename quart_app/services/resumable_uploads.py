@@ -43,7 +43,7 @@ from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, Resumable
 class HashStates:
     """sha256 states of uploads in progress, by (id, offset); bounded LRU."""
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int) -> None:
         self._states: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._capacity = capacity
 

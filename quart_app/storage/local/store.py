@@ -83,7 +83,7 @@ class LocalBlobReader:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path, batch_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, root: Path, batch_bytes: int) -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
