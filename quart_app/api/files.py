@@ -31,7 +31,7 @@ from quart_app.edge.disposition import download_disposition
 from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
 from quart_app.edge.openapi import problems
 from quart_app.edge.paging_links import page_request, page_response
-from quart_app.edge.problems import problem_response
+from quart_app.edge.problems import blank_problem
 from quart_app.edge.representations import batch_body, file_body
 from quart_app.edge.responses import created, empty_response
 from quart_app.edge.schemas import (
@@ -236,7 +236,7 @@ def _content_response(file: File, blob: BlobReader) -> Response:
         **DOWNLOAD_SECURITY_HEADERS,
     }
     if not if_match_passes(request.headers.get("If-Match"), etag):
-        return problem_response(412, detail="If-Match does not match the file's ETag.")
+        return blank_problem(412, "If-Match does not match the file's ETag.")
     if_none_match = request.headers.get("If-None-Match")
     if not if_none_match_passes(if_none_match, etag) or (
         if_none_match is None
@@ -252,10 +252,10 @@ def _content_response(file: File, blob: BlobReader) -> Response:
             file.updated_at,
         )
     except RangeNotSatisfiable as error:
-        return problem_response(
+        return blank_problem(
             416,
-            detail=f"The range lies outside the file's {error.size} bytes.",
-            headers={"Content-Range": f"bytes */{error.size}"},
+            f"The range lies outside the file's {error.size} bytes.",
+            {"Content-Range": f"bytes */{error.size}"},
         )
     start, end, status = 0, file.size, 200
     if byte_range is not None:
