@@ -2,10 +2,12 @@
 
 Every 4xx/5xx leaves as ``application/problem+json``: domain errors (their
 type, status and title come from their class: errors.py is the one table),
-the HTTP errors Quart and Werkzeug raise themselves (404, 405, 408, 413,
-415; ``about:blank``), request-validation errors, and unexpected exceptions
-(a 500 whose body says nothing of the internals; the traceback goes to the
-log with the request id).
+the HTTP errors Quart and Werkzeug raise themselves (mapped to the domain
+error for the same condition, so a 404 from routing and a 404 from a view
+have one type), request-validation errors, and unexpected exceptions (a 500
+whose body says nothing of the internals; the traceback goes to the log
+with the request id). A Werkzeug error with no domain counterpart keeps
+``about:blank`` and its standard phrase.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from quart import Quart, Response, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from quart_app import errors
 from quart_app.db.engine import database_fault
 from quart_app.edge.bodies import ClientDisconnected
 from quart_app.edge.problem_details import (
@@ -33,6 +36,22 @@ from quart_app.errors import DomainError, InsufficientStorage, StorageUnavailabl
 from quart_app.storage import StorageFull, StorageUnwritable
 
 log = logging.getLogger("quart_app.errors")
+
+# The status of an error Quart or Werkzeug raises -> our error for the same
+# condition. The type, title and status then come from our table; the
+# exception's description becomes the detail and its headers (Allow on 405)
+# are kept.
+SAME_CONDITION: dict[int, type[DomainError]] = {
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    408: errors.RequestTimeout,
+    412: errors.PreconditionFailed,
+    413: errors.TooLarge,
+    414: errors.TargetTooLong,
+    415: errors.UnsupportedMediaType,
+    416: errors.RangeNotSatisfiable,
+    431: errors.HeadersTooLarge,
+}
 
 
 class Problem(BaseModel):
@@ -75,7 +94,10 @@ def http_problem(error: HTTPException) -> Response:
         if name.lower() not in ("content-type", "content-length")
     }
     description = error.description if isinstance(error.description, str) else None
-    return blank_problem(status, description, headers)
+    same = SAME_CONDITION.get(status)
+    if same is None:
+        return blank_problem(status, description, headers)
+    return domain_problem(same(description or same.title, headers=headers))
 
 
 def request_id() -> str:
