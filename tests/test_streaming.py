@@ -13,11 +13,11 @@ import pytest
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body
-from werkzeug.exceptions import RequestTimeout
 
 from quart_app import create_app
 from quart_app.config import load_settings
 from quart_app.edge.bodies import BackPressureHTTPConnection, BoundedBody, ClientDisconnected
+from quart_app.errors import RequestTimeout
 
 
 def test_quart_is_in_the_range_streaming_was_built_for() -> None:

@@ -18,7 +18,7 @@ from werkzeug.http import http_date
 from quart_app.db.models import Batch, File
 from quart_app.edge.bodies import body_limit, upload_body_limit
 from quart_app.edge.conditional import (
-    RangeNotSatisfiable,
+    UnsatisfiableRange,
     if_match_passes,
     if_none_match_passes,
     not_modified_since,
@@ -29,7 +29,6 @@ from quart_app.edge.disposition import download_disposition
 from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
 from quart_app.edge.openapi import problems
 from quart_app.edge.paging_links import page_request, page_response
-from quart_app.edge.problems import problem_response
 from quart_app.edge.representations import batch_body, file_body
 from quart_app.edge.responses import created, empty_response
 from quart_app.edge.schemas import (
@@ -45,7 +44,7 @@ from quart_app.edge.schemas import (
     PageQuery,
 )
 from quart_app.edge.upload_body import commit_or_discard, receive_raw, receive_upload
-from quart_app.errors import InvalidInput, PreconditionFailed
+from quart_app.errors import InvalidInput, PreconditionFailed, RangeNotSatisfiable
 from quart_app.services.downloads import open_content
 from quart_app.services.files import (
     create_files,
@@ -233,7 +232,7 @@ def _content_response(file: File, blob: BlobReader) -> Response:
         **DOWNLOAD_SECURITY_HEADERS,
     }
     if not if_match_passes(request.headers.get("If-Match"), etag):
-        return problem_response(412, detail="If-Match does not match the file's ETag.")
+        raise PreconditionFailed("If-Match does not match the file's ETag.")
     if_none_match = request.headers.get("If-None-Match")
     if not if_none_match_passes(if_none_match, etag) or (
         if_none_match is None
@@ -248,12 +247,11 @@ def _content_response(file: File, blob: BlobReader) -> Response:
             etag,
             file.updated_at,
         )
-    except RangeNotSatisfiable as error:
-        return problem_response(
-            416,
-            detail=f"The range lies outside the file's {error.size} bytes.",
+    except UnsatisfiableRange as error:
+        raise RangeNotSatisfiable(
+            f"The range lies outside the file's {error.size} bytes.",
             headers={"Content-Range": f"bytes */{error.size}"},
-        )
+        ) from None
     start, end, status = 0, file.size, 200
     if byte_range is not None:
         start, end, status = byte_range.start, byte_range.end, 206

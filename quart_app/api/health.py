@@ -8,7 +8,6 @@ from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import document_response
 
 from quart_app.edge.openapi import problems
-from quart_app.edge.problems import domain_problem
 from quart_app.edge.schemas import Health
 from quart_app.errors import DatabaseUnavailable, StorageUnavailable
 from quart_app.state import app_state
@@ -35,10 +34,10 @@ async def readyz() -> Response:
         await app_state().database.probe()
     except Exception as error:  # DBAPIError, DatabaseUnavailable, a pool giving up
         current_app.logger.warning("readyz: database check failed: %r", error)
-        return domain_problem(DatabaseUnavailable("The database is not reachable."))
+        raise DatabaseUnavailable("The database is not reachable.") from None
     try:
         await asyncio.wait_for(app_state().store.probe(), app_state().settings.DATABASE_TIMEOUT)
     except (OSError, StorageUnwritable, StorageFull, TimeoutError) as error:
         current_app.logger.warning("readyz: storage check failed: %r", error)
-        return domain_problem(StorageUnavailable("The storage directory is not writable."))
+        raise StorageUnavailable("The storage directory is not writable.") from None
     return jsonify({"status": "ready"})

@@ -19,7 +19,6 @@ from quart_app.edge.disposition import clean_filename
 from quart_app.edge.idempotency import idempotent, record_response
 from quart_app.edge.multipart import upload_content_type
 from quart_app.edge.openapi import problems
-from quart_app.edge.problems import domain_problem
 from quart_app.edge.responses import created, empty_response
 from quart_app.edge.schemas import (
     LocationHeader,
@@ -63,16 +62,12 @@ def _expires_in() -> timedelta:
 
 
 @blueprint.before_request
-async def _require_tus_version() -> Response | None:
-    if request.method == "OPTIONS":
-        return None
-    if request.headers.get("Tus-Resumable") != TUS_VERSION:
-        response = domain_problem(
-            UnsupportedProtocolVersion(f"This server speaks tus {TUS_VERSION}: send Tus-Resumable.")
+async def _require_tus_version() -> None:
+    if request.method != "OPTIONS" and request.headers.get("Tus-Resumable") != TUS_VERSION:
+        raise UnsupportedProtocolVersion(
+            f"This server speaks tus {TUS_VERSION}: send Tus-Resumable.",
+            headers={"Tus-Version": TUS_VERSION},
         )
-        response.headers["Tus-Version"] = TUS_VERSION
-        return response
-    return None
 
 
 @blueprint.after_request

@@ -33,7 +33,6 @@ this module replaces.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import weakref
 from collections.abc import Callable, Generator
@@ -45,15 +44,14 @@ from quart.asgi import ASGIHTTPConnection
 from quart.utils import cancel_tasks, raise_task_exceptions
 from quart.wrappers import Request
 from quart.wrappers.request import Body
-from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout, ServiceUnavailable
 
 from quart_app.config import Settings
 from quart_app.edge import connections
+from quart_app.edge.problem_details import raw_problem
+from quart_app.errors import RequestTimeout, ShuttingDown, TooLarge
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIMIT_ATTRIBUTE = "_quart_app_body_limit"
-# Seconds a client is told to wait before retrying after a shutdown 503.
-SHUTDOWN_RETRY_AFTER = 5
 # Bodies being received in this process, so that shutdown can end them.
 _receiving: weakref.WeakSet[BoundedBody] = weakref.WeakSet()
 
@@ -97,7 +95,7 @@ class BoundedBody(Body):
         if (
             limit is not None and self.expected_length is not None and self.expected_length > limit
         ) or (limit is not None and self.received > limit):
-            self._fail(RequestEntityTooLarge(_too_large(limit)))
+            self._fail(TooLarge(_too_large(limit)))
 
     def raise_if_failed(self) -> None:
         if self._must_raise is not None:
@@ -116,7 +114,7 @@ class BoundedBody(Body):
         if self._abandoned:
             return
         if self.limit is not None and self.received > self.limit:
-            self._fail(RequestEntityTooLarge(_too_large(self.limit)))
+            self._fail(TooLarge(_too_large(self.limit)))
             return
         self._data.extend(data)
         self._has_data.set()
@@ -141,12 +139,7 @@ class BoundedBody(Body):
 
     def end_for_shutdown(self) -> None:
         if not self._complete.is_set():
-            self._fail(
-                ServiceUnavailable(
-                    "The server is shutting down; send the request again.",
-                    retry_after=SHUTDOWN_RETRY_AFTER,
-                )
-            )
+            self._fail(_shutting_down())
 
     def set_disconnected(self) -> None:
         # The bytes that arrived before the disconnect stay readable (a tus
@@ -299,27 +292,11 @@ class BackPressureHTTPConnection(ASGIHTTPConnection):
 
 
 async def _send_shutting_down(send: ASGISendCallable) -> None:
-    """503 for a request whose handler was cancelled before it answered."""
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": "The server is shutting down; send the request again.",
-        }
-    ).encode()
+    """503 for a request whose handler was cancelled before it answered:
+    the same problem its body would have raised."""
+    status, headers, body = raw_problem(_shutting_down())
     try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(SHUTDOWN_RETRY_AFTER).encode()),
-                ],
-            }
-        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
     except Exception:
         pass  # the connection is already gone: nothing to tell
@@ -354,6 +331,10 @@ def body_limit(limit: BodyLimit) -> Callable[[F], F]:
         return view
 
     return decorator
+
+
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown("The server is shutting down; send the request again.")
 
 
 def _too_large(limit: int) -> str:

@@ -71,7 +71,7 @@ def not_modified_since(header: str | None, last_modified: datetime) -> bool:
     return since is not None and last_modified.replace(microsecond=0) <= since
 
 
-class RangeNotSatisfiable(Exception):
+class UnsatisfiableRange(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(f"no part of the {size} bytes was asked for")
         self.size = size
@@ -107,7 +107,7 @@ def requested_range(
 
     Several ranges, a malformed header, another unit, or an If-Range that
     does not match mean the whole body (RFC 9110 lets a server ignore Range).
-    Raises RangeNotSatisfiable for a single range that lies past the end.
+    Raises UnsatisfiableRange for a single range that lies past the end.
     """
     if header is None or not _if_range_matches(if_range, etag, last_modified):
         return None
@@ -124,11 +124,11 @@ def requested_range(
         if last and _position(last) < start:
             return None
         if start >= size:
-            raise RangeNotSatisfiable(size)
+            raise UnsatisfiableRange(size)
         return ByteRange(start, min(end, size))
     suffix = _position(last)
     if suffix == 0 or size == 0:
-        raise RangeNotSatisfiable(size)
+        raise UnsatisfiableRange(size)
     return ByteRange(max(size - suffix, 0), size)
 
 

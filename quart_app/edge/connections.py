@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import json
 import time
 from dataclasses import dataclass
 from ssl import SSLError
@@ -55,6 +54,8 @@ from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
 from quart_app.config import Settings
+from quart_app.edge.problem_details import raw_problem, status_phrase
+from quart_app.errors import TooManyConnections
 
 # Bytes asked of the socket per read. Hypercorn's own 64 KiB makes every GiB
 # 16,384 trips through h11, Hypercorn, Quart and the body reader; 256 KiB
@@ -126,23 +127,15 @@ class ConnectionLimits:
         )
 
 
-def _refusal(retry_after: int) -> bytes:
-    body = json.dumps(
-        {
-            "type": "urn:quart-app:problem:too-many-connections",
-            "title": "Too many connections",
-            "status": 503,
-            "detail": "The server has as many connections as it takes; retry shortly.",
-        }
-    ).encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        "content-type: application/problem+json\r\n"
-        f"content-length: {len(body)}\r\n"
-        f"retry-after: {retry_after}\r\n"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+def _refusal() -> bytes:
+    """The 503 for a connection past the cap, written before the app sees a
+    request (so built here, as raw HTTP/1.1, from the table's problem)."""
+    error = TooManyConnections("The server has as many connections as it takes; retry shortly.")
+    status, fields, body = raw_problem(error)
+    lines = [f"HTTP/1.1 {status} {status_phrase(status)}"]
+    lines += [f"{name.decode('latin-1')}: {value.decode('latin-1')}" for name, value in fields]
+    lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class GuardedTCPServer(TCPServer):
@@ -179,7 +172,7 @@ class GuardedTCPServer(TCPServer):
 
     async def _refuse(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.write(_refusal(retry_after=1))
+            self.writer.write(_refusal())
             async with asyncio.timeout(1):
                 await self.writer.drain()
             self.writer.write_eof()

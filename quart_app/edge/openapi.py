@@ -16,7 +16,8 @@ from quart import Quart
 from quart_schema import QuartSchema, document_response, snake_to_kebab
 from quart_schema.openapi import OpenAPIProvider
 
-from quart_app.edge.problems import PROBLEM_CONTENT_TYPE, Problem
+from quart_app.edge.problem_details import PROBLEM_CONTENT_TYPE
+from quart_app.edge.problems import Problem
 from quart_app.edge.schemas import FILE_ID_PATTERN, Binary, NoContent
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,16 +1,20 @@
-"""RFC 9457 problem details: one table of error codes, one set of handlers.
+"""RFC 9457 problem details: the handlers that render every error.
 
-Every 4xx/5xx leaves as ``application/problem+json``: domain errors, the
-HTTP errors Quart and Werkzeug raise themselves (404, 405, 408, 413, 415),
-request-validation errors, and unexpected exceptions (a 500 whose body says
-nothing of the internals; the traceback goes to the log with the request id).
+Every 4xx/5xx leaves as ``application/problem+json``: domain errors (their
+type, status and title come from their class: errors.py is the one table),
+the HTTP errors Quart and Werkzeug raise themselves (mapped to the domain
+error for the same condition, so a 404 from routing and a 404 from a view
+have one type), request-validation errors, and unexpected exceptions (a 500
+whose body says nothing of the internals; the traceback goes to the log
+with the request id). A Werkzeug error with no domain counterpart keeps
+``about:blank`` and its standard phrase.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from http import HTTPStatus
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -18,52 +22,35 @@ from quart import Quart, Response, request
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from quart_app import errors
 from quart_app.db.engine import database_fault
 from quart_app.edge.bodies import ClientDisconnected
+from quart_app.edge.problem_details import (
+    BLANK_TYPE,
+    PROBLEM_CONTENT_TYPE,
+    problem_document,
+    problem_headers,
+    status_phrase,
+)
 from quart_app.errors import DomainError, InsufficientStorage, StorageUnavailable
 from quart_app.storage import StorageFull, StorageUnwritable
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-TYPE_PREFIX = "urn:quart-app:problem:"
 log = logging.getLogger("quart_app.errors")
 
-# code -> (status, title). The code also names the problem type.
-PROBLEMS: dict[str, tuple[int, str]] = {
-    "validation-failed": (400, "The request is not valid"),
-    "malformed-body": (400, "The request body could not be parsed"),
-    "invalid-cursor": (400, "The paging cursor is not valid"),
-    "not-found": (404, "Not found"),
-    "email-taken": (409, "That email address is already taken"),
-    "offset-mismatch": (409, "Upload-Offset does not match the upload's offset"),
-    "conflict": (409, "Conflict"),
-    "idempotency-key-in-use": (409, "A request with this Idempotency-Key is still running"),
-    "gone": (410, "The upload has expired"),
-    "precondition-failed": (412, "A precondition failed"),
-    "unsupported-protocol-version": (412, "Unsupported tus version"),
-    "too-large": (413, "Content too large"),
-    "too-many-parts": (413, "Too many parts in the request"),
-    "uri-too-long": (414, "The request target is too long"),
-    "unsupported-media-type": (415, "Unsupported media type"),
-    "idempotency-key-reused": (422, "The Idempotency-Key was used for another request"),
-    "upload-locked": (423, "Another request is writing to this upload"),
-    "headers-too-large": (431, "The request's header fields are too large"),
-    "checksum-mismatch": (460, "Checksum mismatch"),
-    "insufficient-storage": (507, "Insufficient storage"),
-    "invalid-host": (400, "The Host header is not valid"),
-    "host-not-allowed": (400, "This server does not answer for that host"),
-    "blob-unavailable": (503, "The file's content is unavailable"),
-    "database-unavailable": (503, "The database is not available"),
-    "storage-unavailable": (503, "The storage is not available"),
-}
-
-# code -> seconds a client is asked to wait before retrying (Retry-After):
-# the problems that end by themselves or by an operator's hand, not by the
-# client changing its request.
-RETRY_AFTER: dict[str, int] = {
-    "blob-unavailable": 5,
-    "database-unavailable": 5,
-    "storage-unavailable": 30,
-    "insufficient-storage": 60,
+# The status of an error Quart or Werkzeug raises -> our error for the same
+# condition. The type, title and status then come from our table; the
+# exception's description becomes the detail and its headers (Allow on 405)
+# are kept.
+SAME_CONDITION: dict[int, type[DomainError]] = {
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    408: errors.RequestTimeout,
+    412: errors.PreconditionFailed,
+    413: errors.TooLarge,
+    414: errors.TargetTooLong,
+    415: errors.UnsupportedMediaType,
+    416: errors.RangeNotSatisfiable,
+    431: errors.HeadersTooLarge,
 }
 
 
@@ -77,41 +64,24 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
-def problem_response(
-    status: int,
-    *,
-    title: str | None = None,
-    detail: str | None = None,
-    type_: str = "about:blank",
-    headers: dict[str, str] | None = None,
-    **members: Any,
-) -> Response:
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    body: dict[str, Any] = {
-        "type": type_,
-        "title": title or phrase,
-        "status": status,
-        "detail": detail or title or phrase,
-    }
-    body.update(members)
-    response = Response(json.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
-    for name, value in (headers or {}).items():
+def _response(document: dict[str, Any], status: int, headers: Mapping[str, str]) -> Response:
+    response = Response(json.dumps(document), status=status, content_type=PROBLEM_CONTENT_TYPE)
+    for name, value in headers.items():
         response.headers[name] = value
     return response
 
 
 def domain_problem(error: DomainError) -> Response:
-    code = error.code
-    status, title = PROBLEMS[code]
-    retry_after = RETRY_AFTER.get(code)
-    return problem_response(
-        status,
-        title=title,
-        detail=error.detail,
-        type_=TYPE_PREFIX + code,
-        headers=None if retry_after is None else {"Retry-After": str(retry_after)},
-        **error.members,
-    )
+    return _response(problem_document(error), error.status, problem_headers(error))
+
+
+def blank_problem(
+    status: int, detail: str | None = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A problem with no type of ours: ``about:blank`` and the status's phrase."""
+    phrase = status_phrase(status)
+    document = {"type": BLANK_TYPE, "title": phrase, "status": status, "detail": detail or phrase}
+    return _response(document, status, headers or {})
 
 
 def http_problem(error: HTTPException) -> Response:
@@ -124,7 +94,10 @@ def http_problem(error: HTTPException) -> Response:
         if name.lower() not in ("content-type", "content-length")
     }
     description = error.description if isinstance(error.description, str) else None
-    return problem_response(status, detail=description, headers=headers)
+    same = SAME_CONDITION.get(status)
+    if same is None:
+        return blank_problem(status, description, headers)
+    return domain_problem(same(description or same.title, headers=headers))
 
 
 def request_id() -> str:
@@ -168,7 +141,7 @@ def init_app(app: Quart) -> None:
     @app.errorhandler(ClientDisconnected)
     async def _disconnected(error: ClientDisconnected) -> Response:
         # Nobody will read this; it records what happened in the access log.
-        return problem_response(400, detail="The client disconnected before the body was complete.")
+        return blank_problem(400, "The client disconnected before the body was complete.")
 
     @app.errorhandler(HTTPException)
     async def _http(error: HTTPException) -> Response:
@@ -181,4 +154,4 @@ def init_app(app: Quart) -> None:
             exc_info=error,
             extra={"request_id": request_id(), "path": request.path},
         )
-        return problem_response(500, detail="An unexpected error occurred. It has been logged.")
+        return blank_problem(500, "An unexpected error occurred. It has been logged.")
