@@ -28,6 +28,7 @@ from quart_app.edge import (
     problems,
     public_url,
     request_head,
+    server_internals,
 )
 from quart_app.ops import memory
 
@@ -44,6 +45,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     # Request checks and answers, in the order a request meets them.
     request_head.init_app(app, settings)
     bodies.init_app(app, settings)
+    server_internals.init_app(app, settings)
     problems.init_app(app)
     nosniff.init_app(app)
     cors.init_app(app, settings)

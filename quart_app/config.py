@@ -94,7 +94,7 @@ class Settings:
     LOG_LEVEL: str = "INFO"
     # Seconds a connection may go with no byte moving either way before it
     # is closed. Replaces Hypercorn's read_timeout, which also cut responses
-    # that a client was reading steadily (quart_app/connections.py).
+    # that a client was reading steadily (quart_app/edge/server_internals.py).
     IDLE_TIMEOUT: float = 60.0
     # Bytes per second: the slowest a request or response body may move,
     # measured over TRANSFER_RATE_WINDOW seconds. Slower: 408 for a request

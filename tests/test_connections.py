@@ -29,7 +29,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 
-from quart_app.edge.connections import SOCKET_READ_BYTES, GuardedTCPServer
+from quart_app.edge.server_internals import SOCKET_READ_BYTES, GuardedTCPServer
 
 from .server import RunningServer, rss_mib, start_server
 

@@ -15,7 +15,7 @@ import pytest
 from werkzeug import exceptions as http
 
 from quart_app import errors
-from quart_app.edge import bodies, connections
+from quart_app.edge import bodies, connection_limits, server_internals
 from quart_app.edge.problem_details import TYPE_PREFIX
 from quart_app.edge.problems import SAME_CONDITION
 from quart_app.errors import DomainError
@@ -75,7 +75,7 @@ def test_werkzeug_statuses_map_to_an_error_of_the_same_status() -> None:
 
 
 def test_the_hand_sent_connection_refusal_is_the_tables_problem() -> None:
-    head, _, body = connections._refusal().partition(b"\r\n\r\n")
+    head, _, body = connection_limits.refusal().partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     fields = dict(line.split(": ", 1) for line in lines[1:])
     error = errors.TooManyConnections
@@ -93,7 +93,7 @@ async def test_the_hand_sent_shutdown_answer_is_the_tables_problem() -> None:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    await bodies._send_shutting_down(send)
+    await server_internals._send_shutting_down(send)
     start, body = sent
     headers = dict(start["headers"])
     assert start["status"] == errors.ShuttingDown.status

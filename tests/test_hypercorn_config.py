@@ -27,7 +27,7 @@ def test_the_documented_settings_are_present_and_load() -> None:
         "errorlog",
     ):
         assert key in keys, key
-    # The app's connection idle timeout replaces it (quart_app/connections.py).
+    # The app's connection idle timeout replaces it (quart_app/edge/server_internals.py).
     assert "read_timeout" not in keys
     config = Config.from_toml(HYPERCORN_TOML)
     assert config.bind == ["127.0.0.1:8000"]

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Request
 from quart.wrappers.request import Body
 
 from quart_app import create_app
 from quart_app.config import load_settings
-from quart_app.edge.bodies import BackPressureHTTPConnection, BoundedBody, ClientDisconnected
+from quart_app.edge.bodies import BoundedBody, ClientDisconnected
+from quart_app.edge.server_internals import BackPressureHTTPConnection
 from quart_app.errors import RequestTimeout
 
 
@@ -29,12 +31,13 @@ def test_quart_internals_streaming_replaces_are_still_there() -> None:
     # The receive loop we override, with the signature we override it with.
     params = list(inspect.signature(ASGIHTTPConnection.handle_messages).parameters)
     assert params == ["self", "request", "receive"]
-    # The Body state BoundedBody drives.
-    body = Body(None, None)
-    for attribute in ("_data", "_complete", "_has_data", "_must_raise"):
-        assert hasattr(body, attribute), attribute
+    # Body's interface, which BoundedBody offers in its place.
+    for method in ("append", "set_complete", "set_result", "clear", "__aiter__", "__anext__"):
+        assert hasattr(Body, method) and hasattr(BoundedBody, method), method
+    assert hasattr(Body, "__await__") and hasattr(BoundedBody, "__await__")
     # The hooks create_app plugs them in with.
     assert hasattr(Quart, "asgi_http_class") and hasattr(Quart, "request_class")
+    assert hasattr(Request, "body_class")
 
 
 async def test_app_uses_the_bounded_body(app: Quart) -> None:

@@ -6,7 +6,7 @@ and appends to an unbounded buffer; it checks MAX_CONTENT_LENGTH against the
 idle timeout. Here:
 
 - :class:`BoundedBody` buffers at most ``BODY_BUFFER_BYTES``; past that the
-  receive loop of :class:`BackPressureHTTPConnection` stops calling
+  receive loop (server_internals.BackPressureHTTPConnection) stops calling
   ``receive()``. Hypercorn's own queue to the app holds max_app_queue_size
   messages (hypercorn.toml), so the
   server stops reading the socket and TCP pushes back on the client.
@@ -20,14 +20,10 @@ idle timeout. Here:
   413, 404...) abandons the body: what still arrives is dropped instead of
   buffered (a full buffer would stop the receive loop, and Hypercorn could
   then never hand over the disconnect: the request hung until shutdown),
-  and HTTP/1 answers carry ``Connection: close`` (connections.py then
-  closes gently).
-- A handler cancelled before its response started (the graceful timeout
-  ran out at shutdown) answers 503 rather than letting Hypercorn send 500.
+  and HTTP/1 answers carry ``Connection: close`` (the connection is then
+  closed gently: server_internals.GuardedTCPServer).
 
-tests/test_streaming.py pins these internals: it fails if a Quart upgrade
-changes the receive loop, the connection's __call__ or the Body interface
-this module replaces.
+How it is plugged into Quart and Hypercorn lives in server_internals.py.
 """
 
 from __future__ import annotations
@@ -38,16 +34,9 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar, cast
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
 from quart import Quart, current_app, request
-from quart.asgi import ASGIHTTPConnection
-from quart.utils import cancel_tasks, raise_task_exceptions
-from quart.wrappers import Request
-from quart.wrappers.request import Body
 
 from quart_app.config import Settings
-from quart_app.edge import connections
-from quart_app.edge.problem_details import raw_problem
 from quart_app.errors import RequestTimeout, ShuttingDown, TooLarge
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,9 +49,16 @@ class ClientDisconnected(Exception):
     """The client went away before the whole body arrived."""
 
 
-class BoundedBody(Body):
+class BoundedBody:
+    """A request body with Quart's Body interface (iterate for chunks, await
+    for all of it, ``append``/``set_complete`` from the receive loop), but
+    our own state: it relies on nothing private of Quart's."""
+
     def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
-        super().__init__(expected_content_length, None)
+        self._data = bytearray()
+        self._complete = asyncio.Event()
+        self._has_data = asyncio.Event()
+        self._must_raise: Exception | None = None
         self.expected_length = expected_content_length
         self.limit: int | None = max_content_length
         self.buffer_bytes = Settings.BODY_BUFFER_BYTES  # until configure()
@@ -81,6 +77,7 @@ class BoundedBody(Body):
         self._room.set()
         # Raised once the consumer has taken every byte that did arrive.
         self._after_drain: Exception | None = None
+        self._disconnect_read = False
 
     def configure(self, limit: int | None, settings: Settings) -> None:
         """Apply the endpoint's limit and the app's timeouts (after routing)."""
@@ -122,13 +119,32 @@ class BoundedBody(Body):
             self._room.clear()
 
     def set_complete(self) -> None:
-        super().set_complete()
+        self._complete.set()
+        self._has_data.set()
         self._room.set()
         _receiving.discard(self)
+
+    def set_result(self, data: bytes) -> None:
+        """The whole body at once (Quart's test request contexts use it)."""
+        self.append(data)
+        self.set_complete()
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __aiter__(self) -> BoundedBody:
+        return self
 
     @property
     def complete(self) -> bool:
         return self._complete.is_set()
+
+    @property
+    def disconnect_unread(self) -> bool:
+        """The client went away and the consumer has not read to that point
+        yet: bytes that arrived, or the ClientDisconnected after them, are
+        still to be read."""
+        return self._after_drain is not None and not self._disconnect_read and not self._abandoned
 
     def abandon(self) -> None:
         """The answer is going out before the body has all arrived: stop
@@ -139,7 +155,7 @@ class BoundedBody(Body):
 
     def end_for_shutdown(self) -> None:
         if not self._complete.is_set():
-            self._fail(_shutting_down())
+            self._fail(shutting_down())
 
     def set_disconnected(self) -> None:
         # The bytes that arrived before the disconnect stay readable (a tus
@@ -149,6 +165,11 @@ class BoundedBody(Body):
                 "client disconnected before the body was complete"
             )
             self.set_complete()
+
+    def _raise_disconnected(self) -> None:
+        assert self._after_drain is not None
+        self._disconnect_read = True
+        raise self._after_drain
 
     async def wait_for_room(self) -> None:
         await self._room.wait()
@@ -209,7 +230,7 @@ class BoundedBody(Body):
             raise self._must_raise
         if not self._data:
             if self._after_drain is not None:
-                raise self._after_drain
+                self._raise_disconnected()
             raise StopAsyncIteration()
         # Hand over the buffer itself (no copy): a new one gathers the next,
         # and nothing here touches the old one again.
@@ -232,74 +253,8 @@ class BoundedBody(Body):
         if self._must_raise is not None:
             raise self._must_raise
         if self._after_drain is not None:
-            raise self._after_drain
+            self._raise_disconnected()
         return bytes(self._data)
-
-
-class BoundedRequest(Request):
-    body_class = BoundedBody
-
-
-class BackPressureHTTPConnection(ASGIHTTPConnection):
-    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-        # Quart 0.22's own __call__, with the response start watched and
-        # cancellation answered (see the module docstring).
-        started = False
-        request: Request | None = None
-
-        async def watched_send(message: ASGISendEvent) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start" and not started:
-                started = True
-                body = request.body if request is not None else None
-                if isinstance(body, BoundedBody) and not body.complete:
-                    body.abandon()
-                    if self.scope["http_version"] in ("1.0", "1.1"):
-                        headers = [*message["headers"], (b"connection", b"close")]
-                        message = {**message, "headers": headers}
-            await send(message)
-
-        request = self._create_request_from_scope(watched_send)
-        receiver_task = asyncio.ensure_future(self.handle_messages(request, receive))
-        handler_task = asyncio.ensure_future(self.handle_request(request, watched_send))
-        try:
-            done, pending = await asyncio.wait(
-                [handler_task, receiver_task], return_when=asyncio.FIRST_COMPLETED
-            )
-        except asyncio.CancelledError:
-            await cancel_tasks({handler_task, receiver_task})
-            if not started:
-                await _send_shutting_down(send)
-            raise
-        await cancel_tasks(pending)
-        raise_task_exceptions(done)
-
-    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
-        body = request.body
-        assert isinstance(body, BoundedBody)
-        while True:
-            # Not calling receive() is the back-pressure: Hypercorn's queue
-            # fills and it stops reading the socket.
-            await body.wait_for_room()
-            message = await receive()
-            if message["type"] == "http.request":
-                body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    body.set_complete()
-            elif message["type"] == "http.disconnect":
-                body.set_disconnected()
-                return
-
-
-async def _send_shutting_down(send: ASGISendCallable) -> None:
-    """503 for a request whose handler was cancelled before it answered:
-    the same problem its body would have raised."""
-    status, headers, body = raw_problem(_shutting_down())
-    try:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
-    except Exception:
-        pass  # the connection is already gone: nothing to tell
 
 
 def end_bodies() -> None:
@@ -333,7 +288,7 @@ def body_limit(limit: BodyLimit) -> Callable[[F], F]:
     return decorator
 
 
-def _shutting_down() -> ShuttingDown:
+def shutting_down() -> ShuttingDown:
     return ShuttingDown("The server is shutting down; send the request again.")
 
 
@@ -342,9 +297,6 @@ def _too_large(limit: int) -> str:
 
 
 def init_app(app: Quart, settings: Settings) -> None:
-    connections.install(settings, end_bodies)
-    app.request_class = BoundedRequest
-    app.asgi_http_class = BackPressureHTTPConnection
     # Quart's own checks are replaced by BoundedBody's; its whole-body
     # timeout stays as an outer bound for awaited bodies.
     app.config["MAX_CONTENT_LENGTH"] = None

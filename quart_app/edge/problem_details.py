@@ -2,7 +2,7 @@
 bytes, with no framework.
 
 problems.py turns them into Quart responses; the edge code that answers
-before Quart sees a request (connections.py, bodies.py, host_guard.py)
+before Quart sees a request (server_internals.py, host_guard.py)
 sends them as they are, so a problem has the same shape whichever layer
 answers it. The type, title, status and Retry-After come from the error's
 class (errors.py, the one table).

@@ -30,7 +30,7 @@ _NOT_THE_FILES_TYPE = {"", "application/x-www-form-urlencoded"}
 
 
 async def request_chunks() -> AsyncIterator[bytes]:
-    """The request body as it arrives (through streaming.BoundedBody), each
+    """The request body as it arrives (through bodies.BoundedBody), each
     chunk also fed to the Idempotency-Key fingerprint."""
     async for chunk in request.body:
         observe_body(chunk)

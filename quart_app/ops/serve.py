@@ -30,9 +30,6 @@ import copy
 import logging
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from hypercorn.config import Config
@@ -40,6 +37,7 @@ from hypercorn.config import Config
 from quart_app.config import ConfigError, Settings, load_settings
 from quart_app.db.engine import open_database
 from quart_app.edge.access_log import configure_logging
+from quart_app.edge.server_internals import worker_failures
 from quart_app.ops.instance import load_secret_key, prepare_directories
 from quart_app.ops.startup import StartupError, describe_database, startup_step
 from quart_app.storage.factory import open_store
@@ -86,30 +84,6 @@ def check_binds(config: Config) -> None:
         sockets = probe.create_sockets()
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets]:
         sock.close()
-
-
-@contextmanager
-def worker_failures() -> Iterator[list[int]]:
-    """The non-zero exit statuses of workers, which Hypercorn 0.18's run()
-    sees and then forgets (see the module docstring): its private
-    _join_exited() is wrapped to note them while the server runs
-    (tests/test_e2e_startup.py fails if that name goes away)."""
-    import hypercorn.run
-
-    failures: list[int] = []
-    join_exited: Callable[[list[BaseProcess]], int] = hypercorn.run._join_exited
-
-    def noting(processes: list[BaseProcess]) -> int:
-        status = join_exited(processes)
-        if status != 0:
-            failures.append(status)
-        return status
-
-    hypercorn.run._join_exited = noting
-    try:
-        yield failures
-    finally:
-        hypercorn.run._join_exited = join_exited  # type: ignore[assignment]
 
 
 def run_hypercorn(config: Config) -> int:

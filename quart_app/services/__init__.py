@@ -1,1 +1,5 @@
-"""Service code: plain async functions taking a session (and a store)."""
+"""The domain: plain async functions and small classes, no Quart and no
+headers. What changes data takes the Database (and the store) and runs its
+own write transactions; what only reads takes the session to read with (a
+request's, so one request sees one snapshot). Both return models or raise
+errors.DomainError."""

@@ -1,6 +1,21 @@
-"""Connections: Hypercorn's asyncio TCP server with the bounds it lacks.
+"""Every place quart_app relies on private internals of Quart, Hypercorn or
+h11, in one module, so that an upgrade has one file to re-check (and
+tests/unit/test_server_internals.py, its canaries, fail when one moves).
 
-Hypercorn 0.18 runs one ``hypercorn.asyncio.tcp_server.TCPServer`` per
+Quart 0.22:
+
+- :class:`BoundedRequest` makes every request's body a bodies.BoundedBody
+  (Request.body_class).
+- :class:`BackPressureHTTPConnection` restates ASGIHTTPConnection.__call__
+  and handle_messages: the receive loop stops taking messages while the body
+  buffer is full (back-pressure); a response that starts before the body
+  has all arrived abandons the body and, on HTTP/1, says Connection: close;
+  a client gone with bytes still buffered does not cancel the handler until
+  it has read them (a cut tus PATCH keeps them by design, not by the order
+  tasks are scheduled); a handler cancelled before it answered (the graceful
+  timeout ran out) answers 503 rather than Hypercorn's 500.
+
+Hypercorn 0.18 (asyncio worker) runs one ``hypercorn.asyncio.tcp_server.TCPServer`` per
 connection. As shipped it:
 
 - closes a connection when nothing was *read* for ``read_timeout`` seconds,
@@ -21,7 +36,7 @@ connection. As shipped it:
 - a response write that moves fewer than ``MIN_TRANSFER_RATE`` bytes a
   second over ``TRANSFER_RATE_WINDOW`` seconds aborts the connection (its
   buffer is freed at once); request bodies get the same floor in
-  streaming.BoundedBody, as a 408;
+  bodies.BoundedBody, as a 408;
 - when the server closes while the client is still sending a body, it
   shuts its sending side first and reads and drops the rest for at most
   ``LINGER_SECONDS`` / ``LINGER_BYTES`` (nginx's "lingering close"), so the
@@ -29,21 +44,21 @@ connection. As shipped it:
 - past ``MAX_CONNECTIONS`` open connections in the worker, a new one gets
   a 503 problem with Retry-After and is closed;
 - shortly before Hypercorn's ``graceful_timeout`` runs out at shutdown,
-  request bodies still arriving end with a 503 (streaming.end_bodies), so
+  request bodies still arriving end with a 503 (bodies.end_bodies), so
   their handlers answer and clean up instead of being cancelled;
-- the socket is read ``SOCKET_READ_BYTES`` at a time.
-
-tests/test_connections.py pins the Hypercorn internals this relies on.
+- the socket is read ``SOCKET_READ_BYTES`` at a time;
+- :func:`worker_failures` notes the exit statuses run()'s supervisor forgets
+  (ops/serve.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
 from ssl import SSLError
 from typing import Any
 
@@ -52,10 +67,16 @@ import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
+from quart import Quart
+from quart.asgi import ASGIHTTPConnection
+from quart.utils import cancel_tasks, raise_task_exceptions
+from quart.wrappers import Request
 
 from quart_app.config import Settings
-from quart_app.edge.problem_details import raw_problem, status_phrase
-from quart_app.errors import TooManyConnections
+from quart_app.edge.bodies import BoundedBody, end_bodies, shutting_down
+from quart_app.edge.connection_limits import ConnectionLimits, MemoryReturner, refusal
+from quart_app.edge.problem_details import raw_problem
 
 # Bytes asked of the socket per read. Hypercorn's own 64 KiB makes every GiB
 # 16,384 trips through h11, Hypercorn, Quart and the body reader; 256 KiB
@@ -67,75 +88,92 @@ SOCKET_READ_BYTES = 256 * 1024
 # arriving are ended with a 503: enough for their handlers to answer and
 # remove their temp files before Hypercorn cancels what is left.
 SHUTDOWN_MARGIN_SECONDS = 1.0
+# Seconds between looks at a shutdown while lingering.
 LINGER_POLL_SECONDS = 0.1
 
 
-def _libc_malloc_trim() -> Any:
-    """glibc's malloc_trim, or None (another libc)."""
-    name = ctypes.util.find_library("c")
+# -- Quart ----------------------------------------------------------------------
+
+
+class BoundedRequest(Request):
+    body_class = BoundedBody  # type: ignore[assignment]  # Body's interface, our own class
+
+
+class BackPressureHTTPConnection(ASGIHTTPConnection):
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        # Quart 0.22's own __call__, with the response start watched and
+        # cancellation answered (see the module docstring).
+        started = False
+        request: Request | None = None
+
+        async def watched_send(message: ASGISendEvent) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                body = request.body if request is not None else None
+                if isinstance(body, BoundedBody) and not body.complete:
+                    body.abandon()
+                    if self.scope["http_version"] in ("1.0", "1.1"):
+                        headers = [*message["headers"], (b"connection", b"close")]
+                        message = {**message, "headers": headers}
+            await send(message)
+
+        request = self._create_request_from_scope(watched_send)
+        receiver_task = asyncio.ensure_future(self.handle_messages(request, receive))
+        handler_task = asyncio.ensure_future(self.handle_request(request, watched_send))
+        try:
+            done, pending = await asyncio.wait(
+                [handler_task, receiver_task], return_when=asyncio.FIRST_COMPLETED
+            )
+            body = request.body
+            if handler_task in pending and isinstance(body, BoundedBody) and body.disconnect_unread:
+                # The client is gone (the receive loop ended) with bytes it
+                # sent still buffered: the handler reads them, then meets
+                # ClientDisconnected, before anything is cancelled. Quart
+                # would cancel it at once and lose them.
+                await asyncio.wait([handler_task])
+                done, pending = {handler_task, receiver_task}, set()
+        except asyncio.CancelledError:
+            await cancel_tasks({handler_task, receiver_task})
+            if not started:
+                await _send_shutting_down(send)
+            raise
+        await cancel_tasks(pending)
+        raise_task_exceptions(done)
+
+    async def handle_messages(self, request: Request, receive: ASGIReceiveCallable) -> None:
+        body = request.body
+        assert isinstance(body, BoundedBody)
+        while True:
+            # Not calling receive() is the back-pressure: Hypercorn's queue
+            # fills and it stops reading the socket.
+            await body.wait_for_room()
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+            elif message["type"] == "http.disconnect":
+                body.set_disconnected()
+                return
+
+
+async def _send_shutting_down(send: ASGISendCallable) -> None:
+    """503 for a request whose handler was cancelled before it answered:
+    the same problem its body would have raised."""
+    status, headers, body = raw_problem(shutting_down())
     try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    except Exception:
+        pass  # the connection is already gone: nothing to tell
 
 
-class MemoryReturner:
-    """Hands freed heap memory back to the system after connections close.
-
-    A response chunk (1 MiB) or a body buffer is too small for glibc to map
-    it on its own, so it comes from the heap; freed, it stays in the process
-    (300 stalled downloads took a worker from 88 to 403 MiB, and after they
-    were gone it stayed at 155). malloc_trim(0) returns the free pages; it
-    runs at most once per TRIM_INTERVAL_SECONDS, when a connection closes.
-    """
-
-    TRIM_INTERVAL_SECONDS = 1.0
-
-    def __init__(self) -> None:
-        self._trim = _libc_malloc_trim()
-        self._last = 0.0
-
-    def connection_closed(self) -> None:
-        now = time.monotonic()
-        if self._trim is not None and now - self._last >= self.TRIM_INTERVAL_SECONDS:
-            self._last = now
-            self._trim(0)
+# -- Hypercorn --------------------------------------------------------------------
 
 
 class TransferTooSlow(Exception):
     """A client read the response slower than the minimum transfer rate."""
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    idle_timeout: float
-    min_rate: int
-    rate_window: float
-    linger_seconds: float
-    linger_bytes: int
-    max_connections: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        return cls(
-            idle_timeout=settings.IDLE_TIMEOUT,
-            min_rate=settings.MIN_TRANSFER_RATE,
-            rate_window=settings.TRANSFER_RATE_WINDOW,
-            linger_seconds=settings.LINGER_SECONDS,
-            linger_bytes=settings.LINGER_BYTES,
-            max_connections=settings.MAX_CONNECTIONS,
-        )
-
-
-def _refusal() -> bytes:
-    """The 503 for a connection past the cap, written before the app sees a
-    request (so built here, as raw HTTP/1.1, from the table's problem)."""
-    error = TooManyConnections("The server has as many connections as it takes; retry shortly.")
-    status, fields, body = raw_problem(error)
-    lines = [f"HTTP/1.1 {status} {status_phrase(status)}"]
-    lines += [f"{name.decode('latin-1')}: {value.decode('latin-1')}" for name, value in fields]
-    lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 class GuardedTCPServer(TCPServer):
@@ -172,7 +210,7 @@ class GuardedTCPServer(TCPServer):
 
     async def _refuse(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.write(_refusal())
+            self.writer.write(refusal())
             async with asyncio.timeout(1):
                 await self.writer.drain()
             self.writer.write_eof()
@@ -261,7 +299,9 @@ class GuardedTCPServer(TCPServer):
         transport = self.writer.transport
         _, high_water = transport.get_write_buffer_limits()
         if transport.get_write_buffer_size() <= high_water:
-            await self.writer.drain()  # not paused: returns at once
+            # Not paused: what was written before has gone, so bytes moved.
+            await self.writer.drain()  # returns at once
+            self._last_activity = time.monotonic()
             return
         limits = self._limits
         while True:
@@ -305,3 +345,35 @@ def install(settings: Settings, on_shutdown_deadline: Any) -> None:
     GuardedTCPServer.on_shutdown_deadline = staticmethod(on_shutdown_deadline)
     # worker_serve looks the name up in its module for every new connection.
     setattr(hypercorn_run, "TCPServer", GuardedTCPServer)  # noqa: B010
+
+
+@contextmanager
+def worker_failures() -> Iterator[list[int]]:
+    """The non-zero exit statuses of workers, which Hypercorn 0.18's run()
+    sees and then forgets (see the module docstring): its private
+    _join_exited() is wrapped to note them while the server runs
+    (tests/test_e2e_startup.py fails if that name goes away)."""
+    import hypercorn.run
+
+    failures: list[int] = []
+    join_exited: Callable[[list[BaseProcess]], int] = hypercorn.run._join_exited
+
+    def noting(processes: list[BaseProcess]) -> int:
+        status = join_exited(processes)
+        if status != 0:
+            failures.append(status)
+        return status
+
+    hypercorn.run._join_exited = noting
+    try:
+        yield failures
+    finally:
+        hypercorn.run._join_exited = join_exited  # type: ignore[assignment]
+
+
+def init_app(app: Quart, settings: Settings) -> None:
+    """Quart serves requests with the classes above; Hypercorn serves this
+    worker's new connections with GuardedTCPServer."""
+    app.request_class = BoundedRequest
+    app.asgi_http_class = BackPressureHTTPConnection
+    install(settings, end_bodies)
