@@ -11,9 +11,8 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
+from devtools.server import RunningServer, start_server
 from quart_app import create_app
-
-from .server import RunningServer, start_server
 
 
 @pytest.fixture

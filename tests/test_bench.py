@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .server import PROJECT_ROOT
+from devtools import PROJECT_ROOT
 
 
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:

@@ -29,9 +29,8 @@ from hypercorn.protocol.h11 import H11Protocol
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 
+from devtools.server import RunningServer, rss_mib, start_server
 from quart_app.edge.connections import SOCKET_READ_BYTES, GuardedTCPServer
-
-from .server import RunningServer, rss_mib, start_server
 
 MIB = 1024 * 1024
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from .server import RunningServer, start_server
-from .test_e2e_files import rows, worker_pid
+from devtools.server import RunningServer, start_server, worker_pid
+from devtools.stored import rows
 
 SEED = int(os.environ.get("QUART_APP_CRASH_SEED", "20261121"))
 ROUNDS = 3

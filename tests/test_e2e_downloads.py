@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from .server import start_server
+from devtools.server import start_server
 
 DOWNLOADS = 1000
 READERS = 6

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from .helpers import multipart, multipart_headers, part
-from .server import RunningServer, start_server
-from .test_e2e_files import leftovers, rows
+from devtools.form_data import multipart, multipart_headers, part
+from devtools.server import RunningServer, start_server
+from devtools.stored import rows, temp_files
 
 TIMEOUT = 1.0
 FAULT_ENV = {"QUART_APP_DATABASE_TIMEOUT": str(TIMEOUT)}
@@ -66,8 +66,8 @@ def assert_retry_later(
     assert elapsed < TIMEOUT + 1, f"answered after {elapsed:.2f} s"
 
 
-def temp_files(server: RunningServer) -> list[Path]:
-    return [p for p in leftovers(server.storage_dir) if p.name.endswith(".part")]
+def part_files(server: RunningServer) -> list[Path]:
+    return [p for p in temp_files(server.storage_dir) if p.name.endswith(".part")]
 
 
 def blob_count(server: RunningServer) -> int:
@@ -127,7 +127,7 @@ def test_a_database_locked_by_another_process_is_503_then_recovers(
         # Reads do not need the write lock.
         assert httpx.get(f"{server.url}/users/{users[0]['id']}").status_code == 200
         # A failed group commit leaves none of its bytes behind.
-        assert temp_files(server) == []
+        assert part_files(server) == []
         assert list((server.storage_dir / "partial").iterdir()) == []
         assert blob_count(server) == 1
     finally:
@@ -142,7 +142,7 @@ def test_a_database_locked_by_another_process_is_503_then_recovers(
     assert stored.status_code == 201
     files.append(stored.json())
     assert_still_there(server, users, files)
-    assert leftovers(server.storage_dir) == []
+    assert temp_files(server.storage_dir) == []
     assert blob_count(server) == 2
 
 
@@ -180,7 +180,7 @@ def test_a_database_file_moved_away_or_deleted_is_never_written_to(
     ]:
         assert_retry_later(*timed(call), "database-unavailable")
     assert not database.exists()
-    assert temp_files(server) == []
+    assert part_files(server) == []
 
 
 def mount(*args: str) -> subprocess.CompletedProcess[str]:
@@ -236,7 +236,7 @@ def test_read_only_storage_is_503_and_leaves_nothing(
     assert stored.status_code == 201
     files.append(stored.json())
     assert_still_there(server, users, files)
-    assert leftovers(server.storage_dir) == []
+    assert temp_files(server.storage_dir) == []
     assert list((server.storage_dir / "partial").iterdir()) == []
     assert blob_count(server) == 2
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,37 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import BOUNDARY, multipart, part
-from .server import RunningServer, start_server
-from .test_e2e_users import curl
-
-
-def rows(server: RunningServer, table: str) -> int:
-    with sqlite3.connect(server.database_path) as db:
-        count: int = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        return count
-
-
-def leftovers(storage: Path) -> list[Path]:
-    return [p for d in ("tmp", "trash") for p in (storage / d).iterdir()]
-
-
-def worker_pid(server: RunningServer) -> int:
-    """Hypercorn serves from a spawned worker; its parent only supervises."""
-    assert server.process is not None
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    pids = [int(p) for p in children.read_text().split()]
-    for pid in pids:
-        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
-            return pid
-    return server.process.pid
-
-
-def memory_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(field)
+from devtools.curl import curl
+from devtools.form_data import BOUNDARY, multipart, part
+from devtools.server import RunningServer, memory_kib, start_server, worker_pid
+from devtools.stored import rows, temp_files
 
 
 def test_the_readme_curl_commands(server: RunningServer, tmp_path: Path) -> None:
@@ -108,7 +80,7 @@ def test_chunked_upload_over_the_limit_is_413_and_leaves_nothing(tmp_path: Path)
         assert status == "413", result
         assert json.loads(body[0])["status"] == 413
         assert rows(server, "files") == 0
-        assert leftovers(server.storage_dir) == []
+        assert temp_files(server.storage_dir) == []
     finally:
         server.stop()
 
@@ -143,7 +115,7 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(
     server.wait_for_access(lambda x: x["method"] == "PUT")
     assert rows(server, "files") == 0
     assert rows(server, "blobs") == 0
-    assert leftovers(server.storage_dir) == []
+    assert temp_files(server.storage_dir) == []
     assert not [p for p in (server.storage_dir / "blobs").rglob("*") if p.is_file()]
     assert curl(f"{server.url}/healthz")[0] == 200
 
@@ -174,7 +146,7 @@ def test_a_real_full_disk_is_507_and_leaves_nothing(tmp_path: Path, tiny_disk: P
         assert status == 507
         assert headers["content-type"] == "application/problem+json"
         assert rows(server, "files") == 0
-        assert leftovers(server.storage_dir) == []
+        assert temp_files(server.storage_dir) == []
         small = tmp_path / "small"
         small.write_bytes(b"still works")
         assert curl("-F", f"file=@{small}", f"{server.url}/files")[0] == 201
@@ -249,4 +221,4 @@ def test_a_5_mib_body_to_a_wrong_route_or_method_is_404_or_405_promptly(
     # The server is fine afterwards and stored nothing.
     assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
     assert rows(server, "files") == 0
-    assert leftovers(server.storage_dir) == []
+    assert temp_files(server.storage_dir) == []

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import free_port
-
-from .server import PROJECT_ROOT, RunningServer, _die_with_parent, start_server
-from .test_e2e_files import memory_kib, worker_pid
-from .test_e2e_users import curl
+from devtools import PROJECT_ROOT
+from devtools.curl import curl
+from devtools.ports import free_port
+from devtools.server import RunningServer, die_with_parent, memory_kib, start_server, worker_pid
 
 TEMPLATE = PROJECT_ROOT / "deploy" / "nginx.conf"
 PUBLIC_NAME = "files.example.test"
@@ -143,7 +142,7 @@ http {{
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     nginx = Nginx(root, port, process)
     deadline = time.monotonic() + 10

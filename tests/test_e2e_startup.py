@@ -18,9 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.servers import free_port
-
-from .server import PROJECT_ROOT
+from devtools import PROJECT_ROOT
+from devtools.ports import free_port
 
 HYPERCORN_TOML = str(PROJECT_ROOT / "hypercorn.toml")
 

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from tusclient import client as tus
 
-from bench.measure import sha256_of
-
-from .server import PROJECT_ROOT, RunningServer
+from devtools import PROJECT_ROOT
+from devtools.files import sha256_of
+from devtools.server import RunningServer
 
 MiB = 1024 * 1024
 # tuspy leaves its file handles to the garbage collector, and aiohttp warns

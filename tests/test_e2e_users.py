@@ -5,33 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
 
 import httpx
 
-from .server import RunningServer
-
-
-def curl(*args: str) -> tuple[int, dict[str, str], str]:
-    """Run curl; return status, lower-cased headers and body."""
-    result = subprocess.run(
-        ["curl", "-sS", "-i", "--max-time", "20", *args],
-        capture_output=True,
-        text=True,
-        errors="replace",
-        check=True,
-    )
-    text = result.stdout.replace("\r\n", "\n")
-    head, _, body = text.partition("\n\n")
-    while head.startswith("HTTP/") and head.split()[1].startswith("1"):
-        head, _, body = body.partition("\n\n")  # an interim 100 Continue
-    lines = head.split("\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
+from devtools.curl import curl
+from devtools.server import RunningServer
 
 
 def test_create_read_invalid_and_resend_with_curl(server: RunningServer) -> None:

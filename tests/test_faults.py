@@ -15,11 +15,11 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy.exc import DBAPIError
 
+from devtools.form_data import multipart, multipart_headers, part
+from devtools.stored import assert_nothing_stored, count_rows
 from quart_app.db.engine import Database, database_fault
 from quart_app.db.models import User, utc_now
 from quart_app.errors import DatabaseUnavailable
-
-from .helpers import assert_nothing_stored, count_rows, multipart, multipart_headers, part
 
 TIMEOUT = 0.5
 

@@ -11,21 +11,12 @@ from quart import Quart
 from quart.testing import QuartClient
 from sqlalchemy import text
 
+from devtools.form_data import BOUNDARY, multipart, multipart_headers, part
+from devtools.full_disk import FullDisk
+from devtools.stored import assert_nothing_stored, blob_files, count_rows, temp_files
 from quart_app import create_app
 from quart_app.db.models import Batch, Blob, File
 from quart_app.services import shielded
-
-from .helpers import (
-    BOUNDARY,
-    assert_nothing_stored,
-    blob_files,
-    count_rows,
-    multipart,
-    multipart_headers,
-    part,
-    temp_files,
-)
-from .test_storage import FullDisk
 
 
 @pytest.fixture

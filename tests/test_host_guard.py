@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 from quart import Quart
 
+from devtools.stored import count_rows
 from quart_app import create_app
 from quart_app.config import ConfigError
 from quart_app.db.models import User
 from quart_app.edge.hosts import AllowedHosts, Host, parse_host
-
-from .helpers import count_rows
 
 USER = {"name": "Ada", "email": "ada@example.com"}
 MALFORMED = [

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import httpx
 import pytest
 
-from .server import RunningServer, start_server
+from devtools.server import RunningServer, start_server
 
 MIB = 1024 * 1024
 IDLE_TIMEOUT = 1.5  # QUART_APP_BODY_IDLE_TIMEOUT of the server under test

@@ -12,12 +12,12 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
+from devtools.form_data import multipart, multipart_headers, part
+from devtools.stored import blob_files, count_rows
 from quart_app.db.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
 from quart_app.edge.idempotency import parse_key
 from quart_app.errors import InvalidInput
 from quart_app.services.idempotency import purge_expired
-
-from .helpers import blob_files, count_rows, multipart, multipart_headers, part
 
 KEY = {"Idempotency-Key": '"order-42"'}
 
@@ -226,7 +226,7 @@ def test_the_cli_purges_on_demand(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from .server import PROJECT_ROOT
+    from devtools import PROJECT_ROOT
 
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")},

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from devtools import PROJECT_ROOT
+from devtools.stored import blob_files
 from quart_app import create_app
-
-from .helpers import blob_files
-from .server import PROJECT_ROOT
 
 OLD = 10**9  # an mtime long before any deadline
 

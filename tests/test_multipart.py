@@ -9,15 +9,9 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
+from devtools.form_data import BOUNDARY, multipart, multipart_headers, part
+from devtools.stored import assert_nothing_stored
 from quart_app import create_app
-
-from .helpers import (
-    BOUNDARY,
-    assert_nothing_stored,
-    multipart,
-    multipart_headers,
-    part,
-)
 
 
 async def send_in_pieces(client: QuartClient, body: bytes, sizes: list[int]) -> tuple[int, Any]:

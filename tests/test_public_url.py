@@ -13,11 +13,10 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
+from devtools.form_data import multipart, multipart_headers, part
 from quart_app import create_app
 from quart_app.config import ConfigError
 from quart_app.edge.public_url import PublicUrl
-
-from .helpers import multipart, multipart_headers, part
 
 TUS = {"Tus-Resumable": "1.0.0"}
 # What a TLS-terminating proxy that rewrites nothing passes on, or a client

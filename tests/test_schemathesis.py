@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .server import RunningServer
+from devtools.server import RunningServer
 
 SEED = os.environ.get("QUART_APP_FUZZ_SEED", "20261121")
 EXAMPLES = os.environ.get("QUART_APP_FUZZ_EXAMPLES", "40")

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
+from devtools.full_disk import FullDisk
 from quart_app.storage import BlobMissing, BlobTooLarge, StorageFull
 from quart_app.storage.local import LocalBlobReader, LocalBlobStore
 
@@ -19,20 +19,6 @@ class CountingStore(LocalBlobStore):
 
     def os_write(self, fd: int, data: memoryview) -> int:
         self.writes.append(len(data))
-        return super().os_write(fd, data)
-
-
-class FullDisk(LocalBlobStore):
-    """A store whose disk fills up after ``room`` bytes."""
-
-    def __init__(self, root: Path, room: int) -> None:
-        super().__init__(root, 64 * 1024)
-        self.room = room
-
-    def os_write(self, fd: int, data: memoryview) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= len(data)
         return super().os_write(fd, data)
 
 

@@ -13,12 +13,11 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
+from devtools.stored import count_rows
 from quart_app import create_app
 from quart_app.db.models import File, Upload
 from quart_app.edge.tus_headers import parse_checksum, parse_metadata
 from quart_app.errors import InvalidInput
-
-from .helpers import count_rows
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}

@@ -17,12 +17,11 @@ from typing import Any
 
 import httpx
 
-from bench.servers import free_port
+from . import PROJECT_ROOT
+from .ports import free_port
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: SIGTERM when the test process dies, so a killed test
     run leaves no server behind (Linux PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -76,7 +75,7 @@ class RunningServer:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def _wait_until_serving(self, timeout: float) -> None:
@@ -133,6 +132,24 @@ class RunningServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def worker_pid(server: RunningServer) -> int:
+    """Hypercorn serves from a spawned worker; its parent only supervises."""
+    assert server.process is not None
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    pids = [int(p) for p in children.read_text().split()]
+    for pid in pids:
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
+            return pid
+    return server.process.pid
+
+
+def memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
 
 
 def rss_mib(pid: int) -> float:
