@@ -1,9 +1,8 @@
-"""Fixtures: a fresh app over a temp SQLite file and temp storage per test,
-and a real Hypercorn process for end-to-end tests."""
+"""Fixtures: a fresh app over a temp SQLite file and temp storage per test."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
-from devtools.server import RunningServer, start_server
 from quart_app import create_app
 
 
@@ -35,12 +33,3 @@ async def app(overrides: dict[str, Any]) -> AsyncIterator[Quart]:
 @pytest.fixture
 def client(app: Quart) -> QuartClient:
     return app.test_client()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_server(tmp_path / "server")
-    try:
-        yield running
-    finally:
-        running.stop()

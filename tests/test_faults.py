@@ -69,7 +69,7 @@ async def test_storage_that_cannot_be_written_is_503_and_leaves_nothing(
 ) -> None:
     storage: Path = overrides["STORAGE_DIR"]
     # Root ignores permissions; a file where the temp directory should be
-    # stops every write there, as a read-only mount would (tests/test_e2e_faults.py).
+    # stops every write there, as a read-only mount would (tests/e2e/test_faults.py).
     shutil.rmtree(storage / "tmp")
     (storage / "tmp").write_text("not a directory")
     body = multipart(part("file", os.urandom(5000), "a.bin"))

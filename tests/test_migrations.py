@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,7 @@ async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) ->
 
 
 async def test_auto_migrate_off_leaves_the_schema_alone(overrides: dict[str, Any]) -> None:
-    # Without AUTO_MIGRATE the database must exist (tests/test_e2e_startup.py).
+    # Without AUTO_MIGRATE the database must exist (tests/e2e/test_startup.py).
     database = Path(str(overrides["DATABASE_URL"]).partition(":///")[2])
     database.parent.mkdir(parents=True)
     database.touch()
@@ -91,24 +89,3 @@ def test_the_head_read_from_the_files_is_alembics_head() -> None:
     from quart_app.db.schema_version import head_revision
 
     assert head_revision() == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
-
-
-def test_a_worker_finding_the_schema_at_head_does_not_load_alembic(
-    overrides: dict[str, Any],
-) -> None:
-    """Alembic costs a worker ~9 MiB; at head it is never imported."""
-    code = (
-        "import asyncio, sys\n"
-        "from quart_app import create_app\n"
-        f"app = create_app({ {k: str(v) for k, v in overrides.items()}!r})\n"
-        "async def main():\n"
-        "    async with app.test_app():\n"
-        "        pass\n"
-        "asyncio.run(main())\n"
-        "print('alembic' in sys.modules)\n"
-    )
-    run = [sys.executable, "-c", code]
-    first = subprocess.run(run, capture_output=True, text=True, check=True)
-    again = subprocess.run(run, capture_output=True, text=True, check=True)
-    assert first.stdout.split() == ["True"]  # a new database: Alembic migrates it
-    assert again.stdout.split() == ["False"]
