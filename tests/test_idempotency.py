@@ -8,35 +8,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
 from devtools.form_data import multipart, multipart_headers, part
 from devtools.stored import blob_files, count_rows
 from quart_app.db.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
-from quart_app.edge.idempotency import parse_key
-from quart_app.errors import InvalidInput
 from quart_app.services.idempotency import purge_expired
 
 KEY = {"Idempotency-Key": '"order-42"'}
-
-
-@pytest.mark.parametrize(
-    ("raw", "key"),
-    [('"abc"', "abc"), ("abc", "abc"), ('"a\\"b"', 'a"b'), ('"a\\\\b"', "a\\b"),
-     ("  padded ", "padded"), ("x" * 255, "x" * 255)],
-)  # fmt: skip
-def test_keys_quoted_or_bare(raw: str, key: str) -> None:
-    assert parse_key(raw) == key
-
-
-@pytest.mark.parametrize(
-    "raw", ["", '""', '"abc', '"a"b"', '"a\\nb"', "x" * 256, "sp ace", "é", '"\\"'],
-)  # fmt: skip
-def test_bad_keys(raw: str) -> None:
-    with pytest.raises(InvalidInput):
-        parse_key(raw)
 
 
 async def test_bad_key_is_a_400_problem(app: Quart, client: QuartClient) -> None:

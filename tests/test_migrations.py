@@ -4,32 +4,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from quart_app import create_app
-from quart_app.config import load_settings
-from quart_app.db.migrate import upgrade_to_head
-from quart_app.db.models import Base
-
-
-async def test_autogenerate_finds_no_difference_between_models_and_migrations(
-    tmp_path: Path,
-) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
-    engine = create_async_engine(url)
-    await upgrade_to_head(engine, load_settings({"DATABASE_URL": url}, environ={}))
-
-    def diff(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return list(compare_metadata(context, Base.metadata))
-
-    async with engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
-    await engine.dispose()
 
 
 async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) -> None:
@@ -80,12 +57,3 @@ async def test_two_workers_starting_at_once_both_migrate_cleanly(
         assert count == 1
     finally:
         await asyncio.gather(first.shutdown(), second.shutdown())
-
-
-def test_the_head_read_from_the_files_is_alembics_head() -> None:
-    from alembic.script import ScriptDirectory
-
-    from quart_app.db.migrate import MIGRATIONS_DIR
-    from quart_app.db.schema_version import head_revision
-
-    assert head_revision() == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()

@@ -16,7 +16,6 @@ from quart.testing import QuartClient
 from devtools.form_data import multipart, multipart_headers, part
 from quart_app import create_app
 from quart_app.config import ConfigError
-from quart_app.edge.public_url import PublicUrl
 
 TUS = {"Tus-Resumable": "1.0.0"}
 # What a TLS-terminating proxy that rewrites nothing passes on, or a client
@@ -167,20 +166,6 @@ async def test_a_replayed_response_carries_the_public_url_whatever_host_asked(
     assert again.headers["Idempotent-Replayed"] == "true"
     assert first.headers["Location"] == again.headers["Location"]
     assert again.headers["Location"] == "https://files.example.com/users/1"
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("https://files.example.com", PublicUrl("https", "files.example.com", "")),
-        ("HTTPS://Files.Example.com:8443/", PublicUrl("https", "files.example.com:8443", "")),
-        ("http://10.0.0.1/a/b/", PublicUrl("http", "10.0.0.1", "/a/b")),
-        ("https://x.example/my%20files", PublicUrl("https", "x.example", "/my files")),
-        ("", None),
-    ],
-)
-def test_public_urls_parse(text: str, expected: PublicUrl | None) -> None:
-    assert PublicUrl.parse(text) == expected
 
 
 @pytest.mark.parametrize(

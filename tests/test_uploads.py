@@ -9,15 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
 from devtools.stored import count_rows
 from quart_app import create_app
 from quart_app.db.models import File, Upload
-from quart_app.edge.tus_headers import parse_checksum, parse_metadata
-from quart_app.errors import InvalidInput
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -201,21 +198,6 @@ async def test_creation_errors(overrides: dict[str, Any]) -> None:
             assert response.status_code == status, headers
             assert response.content_type == "application/problem+json"
         assert await count_rows(test_app.app, Upload) == 0  # type: ignore[attr-defined]
-
-
-def test_metadata_parsing() -> None:
-    assert parse_metadata(f"filename {b64('ü.txt')},empty") == {"filename": "ü.txt", "empty": None}
-    for bad in ("a\r\nb", "key a b", f"k {b64('x')},,j", "k !!!", f"k {b64('1')},k"):
-        with pytest.raises(InvalidInput):
-            parse_metadata(bad)
-
-
-def test_checksum_parsing() -> None:
-    digest = base64.b64encode(hashlib.sha1(b"x").digest()).decode()
-    assert parse_checksum(f"sha1 {digest}") == ("sha1", hashlib.sha1(b"x").digest())
-    for bad in (f"crc32 {digest}", "sha1 ###", f"sha256 {digest}"):
-        with pytest.raises(InvalidInput):
-            parse_checksum(bad)
 
 
 async def test_patch_errors_change_nothing(client: QuartClient, overrides: dict[str, Any]) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 from hypercorn.config import Config
 
-HYPERCORN_TOML = Path(__file__).parent.parent / "hypercorn.toml"
+from devtools import PROJECT_ROOT
+
+HYPERCORN_TOML = PROJECT_ROOT / "hypercorn.toml"
 
 
 def test_every_key_is_one_hypercorn_defines() -> None:
