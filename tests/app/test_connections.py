@@ -1,5 +1,5 @@
-"""The Hypercorn and Quart internals quart_app/edge/connections.py replaces,
-and the app serving connections with its guarded server."""
+"""The app serves connections with quart_app/edge/connections.py's guarded
+server (tests/unit/test_connections.py pins the internals it replaces)."""
 
 from __future__ import annotations
 
