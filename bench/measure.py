@@ -133,7 +133,9 @@ def wrk(url: str, script: str | None, connections: int, seconds: int) -> dict[st
     if script:
         argv[1:1] = ["-s", str(LUA / script)]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    figures = {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    requests = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert requests, out
+    figures = {"req_s": float(requests.group(1))}
     for name, label in (("p50_ms", "50%"), ("p99_ms", "99%")):
         match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
         assert match, out

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -58,7 +58,7 @@ class RunningServer:
             self.process = self._spawn(log)
         self._wait_until_serving(timeout)
 
-    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
                 sys.executable,

@@ -10,16 +10,17 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
+from devtools.quart_client import as_quart_client
 from quart_app import create_app
 
 
 @pytest.fixture
 async def app(overrides: dict[str, Any]) -> AsyncIterator[Quart]:
     application = create_app(overrides)
-    async with application.test_app() as test_app:
-        yield test_app.app  # type: ignore[misc]
+    async with application.test_app():
+        yield application
 
 
 @pytest.fixture
 def client(app: Quart) -> QuartClient:
-    return app.test_client()
+    return as_quart_client(app.test_client())

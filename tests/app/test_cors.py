@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from werkzeug.datastructures import Headers
 
+from devtools.quart_client import as_quart_client
 from quart_app import create_app
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -23,17 +25,17 @@ REQUESTS: list[tuple[str, str, dict[str, str]]] = [
 ]
 
 
-def vary(headers: Any) -> set[str]:
+def vary(headers: Headers) -> set[str]:
     return {v.strip().lower() for v in headers.get("Vary", "").split(",") if v.strip()}
 
 
 async def answers(
     overrides: dict[str, Any], cors: str | None, origin: str | None
-) -> list[tuple[str, Any]]:
+) -> list[tuple[str, Headers]]:
     settings = {**overrides, "CORS_ORIGINS": cors} if cors is not None else overrides
     app = create_app(settings)
     async with app.test_app() as test_app:
-        client = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         assert (await client.put("/files/f", data=b"x")).status_code == 201
         found = []
         for method, path, headers in REQUESTS:

@@ -11,10 +11,14 @@ from typing import Any
 import pytest
 from quart.testing import QuartClient
 
+from devtools.quart_client import as_http_connection
+
 DATA = os.urandom(1000)
 
 
-async def put(client: QuartClient, name: str, data: bytes = DATA, **headers: str) -> dict[str, str]:
+async def put(
+    client: QuartClient, name: str, data: bytes = DATA, /, **headers: str
+) -> dict[str, str]:
     response = await client.put(f"/files/{name}", data=data, headers=headers)
     assert response.status_code == 201
     body: dict[str, str] = await response.get_json()
@@ -119,10 +123,13 @@ async def test_dates_that_are_not_dates_are_ignored(client: QuartClient) -> None
 async def test_head_has_the_headers_and_no_body(client: QuartClient) -> None:
     await put(client, "a.bin")
     # Read the ASGI exchange itself: client.head() recomputes Content-Length.
-    async with client.request("/files/a.bin/content", method="HEAD") as connection:
+    async with as_http_connection(
+        client.request("/files/a.bin/content", method="HEAD")
+    ) as connection:
         await connection.send_complete()
         data = await connection.receive()
     assert connection.status_code == 200
+    assert connection.headers is not None
     assert connection.headers["Content-Length"] == "1000"
     assert data == b""
 
@@ -171,11 +178,14 @@ async def test_missing_bytes_are_503_before_any_body(
     body = await put(client, "a.bin")
     blob_path(overrides, body["sha256"]).unlink()
     for method in ("GET", "HEAD"):
-        async with client.request("/files/a.bin/content", method=method) as connection:
+        async with as_http_connection(
+            client.request("/files/a.bin/content", method=method)
+        ) as connection:
             await connection.send_complete()
             # The old answer was a 200 whose body then never came.
             data = await asyncio.wait_for(connection.receive(), 5)
         assert connection.status_code == 503, method
+        assert connection.headers is not None
         assert connection.headers["Content-Type"] == "application/problem+json"
         assert connection.headers["Retry-After"] == "5"
         if method == "GET":
@@ -223,11 +233,11 @@ async def test_no_blob_stays_open_whatever_the_answer(
     ):
         await client.get(content, headers=headers)
         assert path not in open_files(), headers
-    async with client.request(content, method="HEAD") as connection:
+    async with as_http_connection(client.request(content, method="HEAD")) as connection:
         await connection.send_complete()
         await connection.receive()
     assert path not in open_files()
-    async with client.request(content) as connection:
+    async with as_http_connection(client.request(content)) as connection:
         await connection.send_complete()
         assert await connection.receive()  # the first chunk, then hang up
     await asyncio.sleep(0.05)

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from quart import Quart
+from quart import Quart, Response
 from quart.testing import QuartClient
 from sqlalchemy import text
 
 from devtools.form_data import BOUNDARY, multipart, multipart_headers, part
 from devtools.full_disk import FullDisk
+from devtools.quart_client import as_http_connection, as_quart_client
 from devtools.stored import assert_nothing_stored, blob_files, count_rows, temp_files
 from quart_app import create_app
 from quart_app.db.models import Batch, Blob, File
@@ -24,8 +25,10 @@ def storage(overrides: dict[str, Any]) -> Path:
     return Path(overrides["STORAGE_DIR"])
 
 
-async def upload(client: QuartClient, data: bytes, filename: str = "a.bin", **kw: Any) -> Any:
-    body = multipart(part("file", data, filename, kw.pop("content_type", None)))
+async def upload(
+    client: QuartClient, data: bytes, filename: str = "a.bin", content_type: str | None = None
+) -> Response:
+    body = multipart(part("file", data, filename, content_type))
     return await client.post("/files", data=body, headers=multipart_headers())
 
 
@@ -211,12 +214,13 @@ async def test_delete_honours_if_match_and_404(client: QuartClient) -> None:
         await client.delete(f"/files/{body['id']}", headers={"If-Match": '"nope"'})
     ).status_code == 412
     # The raw exchange: the test client's Response would add a Content-Type.
-    async with client.request(
-        f"/files/{body['id']}", method="DELETE", headers={"If-Match": body["etag"]}
+    async with as_http_connection(
+        client.request(f"/files/{body['id']}", method="DELETE", headers={"If-Match": body["etag"]})
     ) as connection:
         await connection.send_complete()
         assert await connection.receive() == b""
     assert connection.status_code == 204
+    assert connection.headers is not None
     assert "Content-Type" not in connection.headers
     assert (await client.delete(f"/files/{body['id']}")).status_code == 404
     assert (await client.get(f"/files/{body['id']}")).status_code == 404
@@ -338,8 +342,10 @@ async def until_pending(app: Quart, count: int) -> None:
 async def upload_then_hang_up(app: Quart, body: bytes, hang_up_at: int) -> None:
     """Send a whole upload, then disconnect once ``hang_up_at`` uploads wait
     in the batcher (Quart cancels the request)."""
-    client = app.test_client()
-    async with client.request("/files", method="POST", headers=multipart_headers()) as conn:
+    client = as_quart_client(app.test_client())
+    async with as_http_connection(
+        client.request("/files", method="POST", headers=multipart_headers())
+    ) as conn:
         await conn.send(multipart(part("file", body, "gone.bin")))
         await conn.send_complete()
         await until_pending(app, hang_up_at)
@@ -384,10 +390,10 @@ async def test_a_client_hanging_up_during_its_commit_leaves_it_to_finish(
         path, headers = "/files", multipart_headers()
         body = multipart(*(part("file", os.urandom(4096), f"f{i}") for i in range(3)))
     method = "PUT" if request_kind == "put" else "POST"
-    client = app.test_client()
+    client = as_quart_client(app.test_client())
     async with (
         app.extensions["database"].write_lock,
-        client.request(path, method=method, headers=headers) as conn,
+        as_http_connection(client.request(path, method=method, headers=headers)) as conn,
     ):
         await conn.send(body)
         await conn.send_complete()
@@ -409,18 +415,17 @@ async def test_shutdown_lets_the_group_commit_in_flight_finish(
 ) -> None:
     """Uploads whose clients hung up still wait in a batch when the server
     is told to stop: the batch commits before the database closes."""
-    async with create_app(overrides).test_app() as running:
-        app = running.app  # type: ignore[attr-defined]
-        async with app.extensions["database"].write_lock:
-            hung_up = [
-                asyncio.ensure_future(upload_then_hang_up(app, os.urandom(4096), 4))
-                for _ in range(4)
-            ]
-            await asyncio.gather(*hung_up)
+    app = create_app(overrides)
+    async with app.test_app(), app.extensions["database"].write_lock:
+        hung_up = [
+            asyncio.ensure_future(upload_then_hang_up(app, os.urandom(4096), 4)) for _ in range(4)
+        ]
+        await asyncio.gather(*hung_up)
         # Leaving the block shuts the app down while the batch is queued.
     assert app.extensions["file_batcher"].pending == 0
-    async with create_app(overrides).test_app() as restarted:
-        assert await count_rows(restarted.app, File) == 4  # type: ignore[attr-defined]
+    restarted = create_app(overrides)
+    async with restarted.test_app():
+        assert await count_rows(restarted, File) == 4
     assert len(blob_files(storage)) == 4
     assert temp_files(storage) == []
 
@@ -429,13 +434,15 @@ async def test_shutdown_lets_a_commit_whose_client_hung_up_finish(
     overrides: dict[str, Any], storage: Path
 ) -> None:
     """The same for a PUT's commit task: the database closes only after it."""
-    async with create_app(overrides).test_app() as running:
-        app = running.app  # type: ignore[attr-defined]
-        client = app.test_client()
+    app = create_app(overrides)
+    async with app.test_app():
+        client = as_quart_client(app.test_client())
         headers = {"Content-Type": "application/octet-stream"}
         async with (
             app.extensions["database"].write_lock,
-            client.request("/files/late", method="PUT", headers=headers) as conn,
+            as_http_connection(
+                client.request("/files/late", method="PUT", headers=headers)
+            ) as conn,
         ):
             await conn.send(os.urandom(4096))
             await conn.send_complete()
@@ -445,8 +452,9 @@ async def test_shutdown_lets_a_commit_whose_client_hung_up_finish(
                 await asyncio.sleep(0.01)
             await conn.disconnect()
     assert shielded.running() == 0
-    async with create_app(overrides).test_app() as restarted:
-        assert await count_rows(restarted.app, File) == 1  # type: ignore[attr-defined]
+    restarted = create_app(overrides)
+    async with restarted.test_app():
+        assert await count_rows(restarted, File) == 1
     assert len(blob_files(storage)) == 1
     assert temp_files(storage) == []
 

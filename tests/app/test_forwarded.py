@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from quart import Quart
+from quart import Quart, Response
 
+from devtools.quart_client import as_quart_client
 from quart_app import create_app
 from quart_app.config import ConfigError
 
@@ -28,8 +29,8 @@ def test_a_bad_trusted_proxies_value_stops_startup(
 @pytest.fixture
 async def behind_proxy(overrides: dict[str, Any]) -> AsyncIterator[Quart]:
     application = create_app({**overrides, "TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
-    async with application.test_app() as test_app:
-        yield test_app.app
+    async with application.test_app():
+        yield application
 
 
 SPOOF = {
@@ -40,8 +41,8 @@ SPOOF = {
 }
 
 
-async def post_from(app: Quart, peer: str, extra: dict[str, str]) -> Any:
-    client = app.test_client()
+async def post_from(app: Quart, peer: str, extra: dict[str, str]) -> Response:
+    client = as_quart_client(app.test_client())
     return await client.post("/users", json=USER, headers=extra, scope_base={"client": (peer, 1)})
 
 
@@ -89,15 +90,15 @@ async def test_the_access_log_names_the_client_not_the_proxy(
 ) -> None:
     await post_from(behind_proxy, "10.0.0.1", {**SPOOF, "X-Request-ID": "via-proxy"})
     [line] = [r for r in caplog.records if getattr(r, "request_id", None) == "via-proxy"]
-    assert line.client == "203.0.113.9:0"
+    assert getattr(line, "client", None) == "203.0.113.9:0"
 
 
 async def test_allowed_hosts_apply_to_the_forwarded_host(overrides: dict[str, Any]) -> None:
     application = create_app(
         {**overrides, "TRUSTED_PROXIES": "10.0.0.1", "ALLOWED_HOSTS": "files.example.com"}
     )
-    async with application.test_app() as test_app:
-        app = test_app.app
+    async with application.test_app():
+        app = application
         allowed = await post_from(app, "10.0.0.1", SPOOF)
         assert allowed.status_code == 201
         refused = await post_from(app, "10.0.0.1", {**SPOOF, "X-Forwarded-Host": "evil.example"})

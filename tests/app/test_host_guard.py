@@ -5,13 +5,16 @@ and no URL is built from a refused Host."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from quart import Quart
+from quart import Quart, Response
+from werkzeug.datastructures import Headers
 
 from devtools.malformed_hosts import MALFORMED
+from devtools.quart_client import as_http_connection, as_quart_client
 from devtools.stored import count_rows
 from quart_app import create_app
 from quart_app.config import ConfigError
@@ -37,7 +40,7 @@ def test_a_bad_allowed_hosts_value_stops_startup(
         create_app()
 
 
-async def post_user(app: Quart, host: str) -> Any:
+async def post_user(app: Quart, host: str) -> Response:
     # No cookie jar: it would parse the Host as part of a URL and fail on
     # some of the malformed ones before the test sees the answer.
     client = app.test_client(use_cookies=False)
@@ -45,15 +48,17 @@ async def post_user(app: Quart, host: str) -> Any:
 
 
 @pytest.fixture(params=["defaults", "allowed hosts", "public url"])
-async def any_config(request: pytest.FixtureRequest, overrides: dict[str, Any]) -> Any:
+async def any_config(
+    request: pytest.FixtureRequest, overrides: dict[str, Any]
+) -> AsyncIterator[Quart]:
     extra = {
         "defaults": {},
         "allowed hosts": {"ALLOWED_HOSTS": "*.example.com, evil.example"},
         "public url": {"PUBLIC_URL": "https://files.example.com"},
     }[request.param]
     application = create_app({**overrides, **extra})
-    async with application.test_app() as test_app:
-        yield test_app.app
+    async with application.test_app():
+        yield application
 
 
 @pytest.mark.parametrize("host", MALFORMED)
@@ -71,9 +76,13 @@ async def test_a_malformed_host_is_a_400_problem_in_every_configuration(
 
 
 async def test_two_host_fields_are_a_400_problem(app: Quart) -> None:
-    client = app.test_client()
-    async with client.request(
-        "/healthz", method="GET", headers=[("Host", "a.example"), ("Host", "b.example")]
+    client = as_quart_client(app.test_client())
+    async with as_http_connection(
+        client.request(
+            "/healthz",
+            method="GET",
+            headers=Headers([("Host", "a.example"), ("Host", "b.example")]),
+        )
     ) as connection:
         await connection.send_complete()
         body = await connection.receive()
@@ -88,7 +97,7 @@ async def test_without_allowed_hosts_a_well_formed_host_is_echoed(app: Quart) ->
 
 
 async def test_http_1_0_without_host_uses_the_servers_own_address(app: Quart) -> None:
-    client = app.test_client()
+    client = as_quart_client(app.test_client())
     response = await client.post(
         "/users",
         json=USER,
@@ -101,10 +110,10 @@ async def test_http_1_0_without_host_uses_the_servers_own_address(app: Quart) ->
 
 
 @pytest.fixture
-async def guarded(overrides: dict[str, Any]) -> Any:
+async def guarded(overrides: dict[str, Any]) -> AsyncIterator[Quart]:
     application = create_app({**overrides, "ALLOWED_HOSTS": "files.example.com, *.example.org"})
-    async with application.test_app() as test_app:
-        yield test_app.app
+    async with application.test_app():
+        yield application
 
 
 @pytest.mark.parametrize("host", ["evil.example", "files.example.com.evil", "example.org"])
@@ -121,7 +130,7 @@ async def test_a_host_not_allowed_is_a_400_problem_and_stores_nothing(
 
 
 async def test_a_refused_host_carries_the_request_id(guarded: Quart) -> None:
-    client = guarded.test_client()
+    client = as_quart_client(guarded.test_client())
     response = await client.get("/healthz", headers={"Host": "evil.example", "X-Request-ID": "r1"})
     assert response.status_code == 400
     assert response.headers["X-Request-ID"] == "r1"
@@ -137,11 +146,13 @@ async def test_an_allowed_host_is_served(guarded: Quart, host: str) -> None:
 async def test_an_upload_to_a_refused_host_is_not_read_and_leaves_nothing(
     guarded: Quart, overrides: dict[str, Any]
 ) -> None:
-    client = guarded.test_client()
-    async with client.request(
-        "/files/a.bin",
-        method="PUT",
-        headers={"Host": "evil.example", "Content-Length": str(5 * 2**20)},
+    client = as_quart_client(guarded.test_client())
+    async with as_http_connection(
+        client.request(
+            "/files/a.bin",
+            method="PUT",
+            headers={"Host": "evil.example", "Content-Length": str(5 * 2**20)},
+        )
     ) as connection:
         body = await connection.receive()  # no body sent: answered from the head
     assert connection.status_code == 400

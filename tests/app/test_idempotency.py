@@ -12,6 +12,7 @@ from quart import Quart
 from quart.testing import QuartClient
 
 from devtools.form_data import multipart, multipart_headers, part
+from devtools.quart_client import as_http_connection, as_quart_client
 from devtools.stored import blob_files, count_rows
 from quart_app.db.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
 from quart_app.services.idempotency import purge_expired
@@ -138,10 +139,10 @@ async def test_tus_creation_replays(app: Quart, client: QuartClient) -> None:
 
 
 async def test_a_running_request_makes_its_twin_409(app: Quart, client: QuartClient) -> None:
-    async with client.request(
+    async with as_http_connection(client.request(
         "/files", method="POST",
         headers={"Content-Disposition": 'attachment; filename="slow"', **KEY},
-    ) as slow:  # fmt: skip
+    )) as slow:  # fmt: skip
         await slow.send(b"first half ")
         await asyncio.sleep(0.2)
         twin = await client.post(
@@ -192,7 +193,7 @@ async def test_the_background_sweep_purges_expired_records(overrides: dict[str, 
 
     app = create_app({**overrides, "IDEMPOTENCY_TTL_SECONDS": 0.5, "UPLOAD_SWEEP_SECONDS": 0.2})
     async with app.test_app() as test_app:
-        client = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         await client.post("/users", json={"name": "A", "email": "a@example.com"}, headers=KEY)
         for _ in range(50):
             await asyncio.sleep(0.1)

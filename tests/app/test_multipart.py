@@ -10,12 +10,15 @@ from quart import Quart
 from quart.testing import QuartClient
 
 from devtools.form_data import BOUNDARY, multipart, multipart_headers, part
+from devtools.quart_client import as_http_connection
 from devtools.stored import assert_nothing_stored
 from quart_app import create_app
 
 
 async def send_in_pieces(client: QuartClient, body: bytes, sizes: list[int]) -> tuple[int, Any]:
-    async with client.request("/files", method="POST", headers=multipart_headers()) as conn:
+    async with as_http_connection(
+        client.request("/files", method="POST", headers=multipart_headers())
+    ) as conn:
         position = 0
         index = 0
         while position < len(body):
@@ -27,12 +30,13 @@ async def send_in_pieces(client: QuartClient, body: bytes, sizes: list[int]) -> 
         data = await conn.receive()
     import json
 
+    assert conn.status_code is not None
     return conn.status_code, json.loads(data)
 
 
 async def stored_bytes(app: Quart, client: QuartClient, body: dict[str, Any]) -> bytes:
     response = await client.get(f"/files/{body['id']}/content")
-    return await response.get_data()
+    return await response.get_data(as_text=False)
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 7])
@@ -118,7 +122,7 @@ async def test_malformed_multipart_is_a_4xx_and_leaves_nothing(
         response = await test_app.test_client().post("/files", data=body, headers=headers)
         assert response.status_code == status, await response.get_data()
         assert response.content_type == "application/problem+json"
-        await assert_nothing_stored(test_app.app, Path(overrides["STORAGE_DIR"]))  # type: ignore[attr-defined]
+        await assert_nothing_stored(app, Path(overrides["STORAGE_DIR"]))
 
 
 async def test_upload_routes_never_touch_request_files_or_form(

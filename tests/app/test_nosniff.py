@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from quart import Quart
-from quart.testing import QuartClient
 
+from devtools.quart_client import as_quart_client
 from quart_app import create_app
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -26,7 +26,7 @@ async def test_json_answers_and_problems_say_nosniff(overrides: dict[str, Any]) 
         raise RuntimeError("an unexpected failure")
 
     async with app.test_app() as test_app:
-        client: QuartClient = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         upload = await client.post("/uploads", headers={**TUS, "Upload-Length": "3"})
         key = {"Idempotency-Key": "k1"}
         responses = [

@@ -21,6 +21,7 @@ async def test_every_endpoint_is_documented_with_success_and_errors(
             continue
         path = spec["paths"].get(openapi_path(rule.rule))
         assert path is not None, rule.rule
+        assert rule.methods is not None, rule.rule
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             operation = path[method.lower()]
             codes = set(operation["responses"])

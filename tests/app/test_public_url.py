@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from quart import Quart
+from quart import Quart, Response
 from quart.testing import QuartClient
 
 from devtools.form_data import multipart, multipart_headers, part
+from devtools.quart_client import as_quart_client
 from quart_app import create_app
 from quart_app.config import ConfigError
 
@@ -23,14 +24,14 @@ TUS = {"Tus-Resumable": "1.0.0"}
 BACKEND = {"Host": "backend:8000"}
 
 
-def urls_in(response: Any, body: bytes) -> list[str]:
+def urls_in(response: Response, body: bytes) -> list[str]:
     """Every absolute URL in Location, Link and the JSON body."""
     found = []
     if "Location" in response.headers:
         found.append(response.headers["Location"])
     found += re.findall(r"<([^>]*)>", response.headers.get("Link", ""))
 
-    def walk(value: Any) -> None:
+    def walk(value: object) -> None:
         if isinstance(value, str) and "://" in value:
             found.append(value)
         elif isinstance(value, dict):
@@ -53,10 +54,10 @@ class Recorder:
         self.prefix = prefix  # the path prefix the proxy strips
         self.urls: list[str] = []
 
-    async def send(self, method: str, path: str, **kw: Any) -> tuple[Any, Any]:
+    async def send(self, method: str, path: str, **kw: Any) -> tuple[Response, Any]:
         headers = {**BACKEND, **kw.pop("headers", {})}
         response = await self.client.open(path, method=method, headers=headers, **kw)
-        body = await response.get_data()
+        body = await response.get_data(as_text=False)
         assert response.status_code < 300 or response.status_code == 409, body
         self.urls += urls_in(response, body)
         return response, json.loads(body) if body else None
@@ -123,12 +124,12 @@ async def exercise_every_url(recorder: Recorder) -> None:
 @pytest.fixture
 async def public(overrides: dict[str, Any]) -> AsyncIterator[Quart]:
     application = create_app({**overrides, "PUBLIC_URL": "https://files.example.com"})
-    async with application.test_app() as test_app:
-        yield test_app.app
+    async with application.test_app():
+        yield application
 
 
 async def test_every_absolute_url_carries_the_public_origin(public: Quart) -> None:
-    recorder = Recorder(public.test_client(), "")
+    recorder = Recorder(as_quart_client(public.test_client()), "")
     await exercise_every_url(recorder)
     assert len(recorder.urls) > 25
     for url in recorder.urls:
@@ -140,7 +141,7 @@ async def test_a_path_prefix_is_in_every_url_and_stripped_requests_still_route(
 ) -> None:
     application = create_app({**overrides, "PUBLIC_URL": "https://example.com/storage/v1/"})
     async with application.test_app() as test_app:
-        recorder = Recorder(test_app.test_client(), "/storage/v1")
+        recorder = Recorder(as_quart_client(test_app.test_client()), "/storage/v1")
         await exercise_every_url(recorder)
     for url in recorder.urls:
         assert url.startswith("https://example.com/storage/v1/"), url
@@ -157,7 +158,7 @@ async def test_without_it_urls_follow_the_request(client: QuartClient) -> None:
 async def test_a_replayed_response_carries_the_public_url_whatever_host_asked(
     public: Quart,
 ) -> None:
-    client = public.test_client()
+    client = as_quart_client(public.test_client())
     body = {"name": "A", "email": "a@example.com"}
     key = {"Idempotency-Key": "k-1"}
     first = await client.post("/users", json=body, headers={**key, "Host": "evil.example"})

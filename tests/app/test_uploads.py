@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from quart import Quart
+from quart import Quart, Response
 from quart.testing import QuartClient
 
+from devtools.quart_client import as_http_connection, as_quart_client
 from devtools.stored import count_rows
 from quart_app import create_app
 from quart_app.db.models import File, Upload
@@ -36,7 +37,9 @@ async def create(client: QuartClient, length: int | None, **headers: str) -> str
     return location.removeprefix("http://localhost")
 
 
-async def patch(client: QuartClient, url: str, offset: int, data: bytes, **headers: str) -> Any:
+async def patch(
+    client: QuartClient, url: str, offset: int, data: bytes, **headers: str
+) -> Response:
     return await client.patch(
         url, data=data, headers={**OCTETS, "Upload-Offset": str(offset), **headers}
     )
@@ -44,7 +47,9 @@ async def patch(client: QuartClient, url: str, offset: int, data: bytes, **heade
 
 async def head(client: QuartClient, url: str) -> Any:
     # The raw exchange: the test client's head() recomputes Content-Length.
-    async with client.request(url, method="HEAD", headers=TUS) as connection:
+    # Any: callers read status_code and headers from it as from a Response,
+    # and the connection types both as optional until the answer arrives.
+    async with as_http_connection(client.request(url, method="HEAD", headers=TUS)) as connection:
         await connection.send_complete()
         await connection.receive()
     return connection
@@ -183,7 +188,7 @@ async def test_deferred_length(client: QuartClient) -> None:
 async def test_creation_errors(overrides: dict[str, Any]) -> None:
     app = create_app({**overrides, "MAX_UPLOAD_BYTES": 1000})
     async with app.test_app() as test_app:
-        client = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         cases = [
             ({"Upload-Length": "1001"}, 413),
             ({}, 400),
@@ -197,7 +202,7 @@ async def test_creation_errors(overrides: dict[str, Any]) -> None:
             response = await client.post("/uploads", headers={**TUS, **headers})
             assert response.status_code == status, headers
             assert response.content_type == "application/problem+json"
-        assert await count_rows(test_app.app, Upload) == 0  # type: ignore[attr-defined]
+        assert await count_rows(app, Upload) == 0
 
 
 async def test_patch_errors_change_nothing(client: QuartClient, overrides: dict[str, Any]) -> None:
@@ -251,7 +256,7 @@ async def test_expiry_answers_410_and_the_sweep_removes_the_bytes(
 
     app = create_app({**overrides, "UPLOAD_EXPIRES_SECONDS": 1, "UPLOAD_SWEEP_SECONDS": 3600})
     async with app.test_app() as test_app:
-        client = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         url = await create(client, 10)
         await patch(client, url, 0, b"abc")
         done = await create(client, 0)
@@ -270,8 +275,8 @@ async def test_expiry_answers_410_and_the_sweep_removes_the_bytes(
 
 async def test_two_patches_at_once_one_gets_423(client: QuartClient) -> None:
     url = await create(client, 20)
-    async with client.request(
-        url, method="PATCH", headers={**OCTETS, "Upload-Offset": "0"}
+    async with as_http_connection(
+        client.request(url, method="PATCH", headers={**OCTETS, "Upload-Offset": "0"})
     ) as first:
         await first.send(b"0123456789")
         await asyncio.sleep(0.2)  # the first PATCH now holds the upload
@@ -301,11 +306,11 @@ async def test_a_new_process_rebuilds_the_hash_from_disk(overrides: dict[str, An
     data = os.urandom(100_000)
     first = create_app(overrides)
     async with first.test_app() as test_app:
-        url = await create(test_app.test_client(), len(data))
-        await patch(test_app.test_client(), url, 0, data[:40_000])
+        url = await create(as_quart_client(test_app.test_client()), len(data))
+        await patch(as_quart_client(test_app.test_client()), url, 0, data[:40_000])
     second = create_app(overrides)  # a restart: no hash state in memory
     async with second.test_app() as test_app:
-        client = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         assert (await head(client, url)).headers["Upload-Offset"] == "40000"
         assert (await patch(client, url, 40_000, data[40_000:])).status_code == 204
         file = await (await client.get(f"/files/{url.rsplit('/', 1)[1]}")).get_json()
@@ -339,7 +344,7 @@ async def test_method_override(client: QuartClient) -> None:
 async def test_cors_for_browser_clients(overrides: dict[str, Any]) -> None:
     app = create_app({**overrides, "CORS_ORIGINS": "https://app.example"})
     async with app.test_app() as test_app:
-        client = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         preflight = await client.options(
             "/uploads/anything",
             headers={"Origin": "https://app.example", "Access-Control-Request-Method": "PATCH",
@@ -363,7 +368,7 @@ async def test_cors_for_browser_clients(overrides: dict[str, Any]) -> None:
 async def test_the_background_sweep_runs_by_itself(overrides: dict[str, Any]) -> None:
     app = create_app({**overrides, "UPLOAD_EXPIRES_SECONDS": 0.5, "UPLOAD_SWEEP_SECONDS": 0.2})
     async with app.test_app() as test_app:
-        client = test_app.test_client()
+        client = as_quart_client(test_app.test_client())
         url = await create(client, 10)
         await patch(client, url, 0, b"abc")
         for _ in range(50):

@@ -4,7 +4,7 @@ import asyncio
 import json
 from typing import Any
 
-from quart import Quart
+from quart import Quart, Response
 from quart.testing import QuartClient
 from sqlalchemy import func, select
 
@@ -16,7 +16,7 @@ async def count_users(app: Quart) -> int:
         return int(await session.scalar(select(func.count()).select_from(User)) or 0)
 
 
-async def post_user(client: QuartClient, body: Any, **kwargs: Any) -> Any:
+async def post_user(client: QuartClient, body: Any, **kwargs: Any) -> Response:
     return await client.post("/users", json=body, **kwargs)
 
 
@@ -53,6 +53,7 @@ async def test_validation_names_each_bad_field_and_stores_nothing(
 
 
 async def test_missing_fields_and_wrong_types_are_400(client: QuartClient) -> None:
+    body: object
     for body in ({}, {"name": "A"}, {"name": 5, "email": "a@b.co"}, [], "x", None):
         response = await post_user(client, body)
         assert response.status_code == 400, body

@@ -91,10 +91,10 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> 
                     wait(jobs[:20], timeout=60, return_when=FIRST_COMPLETED)
                 kill_9(server)
                 results = [job.result() for job in jobs]
-            for result in results:
-                if result is None:
+            for outcome in results:
+                if outcome is None:
                     continue
-                kind, value = result
+                kind, value = outcome
                 if kind == "user":
                     users.append(value)
                 else:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +282,7 @@ def test_a_full_database_disk_is_507_then_recovers(
         filler = fill(tiny_database_disk)
         try:
             for index in range(3):
-                response, elapsed = timed(lambda i=index: create_user(server, f"f{i}@example.com"))
+                response, elapsed = timed(partial(create_user, server, f"f{index}@example.com"))
                 assert_retry_later(response, elapsed, "insufficient-storage", 507)
         finally:
             filler.unlink()

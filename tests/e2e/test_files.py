@@ -173,10 +173,10 @@ def test_memory_does_not_grow_with_the_upload(server: RunningServer, tmp_path: P
     created = httpx.post(
         f"{server.url}/uploads", headers={**tus, "Upload-Length": str(256 * 1024 * 1024)}
     )
-    with big.open("rb") as body:
+    with big.open("rb") as stream:
         patched = httpx.patch(
             created.headers["Location"],
-            content=body,
+            content=stream,
             headers={
                 **tus,
                 "Upload-Offset": "0",

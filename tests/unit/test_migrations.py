@@ -35,7 +35,6 @@ async def test_autogenerate_finds_no_difference_between_models_and_migrations(
 def test_the_head_read_from_the_files_is_alembics_head() -> None:
     from alembic.script import ScriptDirectory
 
-    from quart_app.db.migrate import MIGRATIONS_DIR
-    from quart_app.db.schema_version import head_revision
+    from quart_app.db.schema_version import MIGRATIONS_DIR, head_revision
 
     assert head_revision() == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()

@@ -10,6 +10,7 @@ from importlib.metadata import version
 from typing import Any
 
 import pytest
+from hypercorn.typing import HTTPRequestEvent
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body
@@ -44,7 +45,7 @@ class FastClient:
         self.sent = 0
         self.done = False
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self) -> HTTPRequestEvent:
         if self.done:
             await asyncio.Event().wait()  # like a real client: nothing until disconnect
         chunk = min(65536, self.remaining)
@@ -62,11 +63,12 @@ async def test_a_fast_client_and_a_slow_consumer_stay_within_the_buffer() -> Non
     client = FastClient(64 * 1024 * 1024)
 
     class FakeRequest:
-        pass
+        body: BoundedBody
 
     request = FakeRequest()
-    request.body = body  # type: ignore[attr-defined]
+    request.body = body
     connection = BackPressureHTTPConnection.__new__(BackPressureHTTPConnection)
+    # A stand-in with the one attribute handle_messages uses, not a Request.
     receiver = asyncio.ensure_future(connection.handle_messages(request, client.receive))  # type: ignore[arg-type]
     consumed = 0
     peak_buffered = 0
