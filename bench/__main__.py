@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools.files import MiB, make_file, sha256_of
+
 from . import measure
 from .servers import (
     Server,
@@ -30,8 +32,6 @@ from .servers import (
     start_ours,
     start_stock_quart,
 )
-
-MiB = measure.MiB
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Bench:
         self.mode = mode
         self.root = root.resolve()  # servers run with another cwd
         self.results: dict[str, Any] = {"mode": mode.name, "size_bytes": mode.size}
-        self.file = measure.make_file(root / "payload.bin", mode.size)
+        self.file = make_file(root / "payload.bin", mode.size)
 
     def log(self, text: str) -> None:
         print(text, flush=True)
@@ -83,7 +83,7 @@ class Bench:
 
     def uploads(self, server: Server, verify: bool) -> dict[str, Any]:
         figures: dict[str, Any] = {}
-        expected = measure.sha256_of(self.file) if verify else None
+        expected = sha256_of(self.file) if verify else None
         for how in ("multipart", "put"):
             runs, peaks = [], []
             for _ in range(self.mode.runs):
@@ -148,7 +148,7 @@ class Bench:
         return results
 
     def memory(self, server: Server) -> dict[str, float]:
-        small = measure.make_file(self.root / "small.bin", self.mode.small_size)
+        small = make_file(self.root / "small.bin", self.mode.small_size)
         figures = {}
         for label, path in (("small", small), ("large", self.file)):
             self.clear_uploads(server)
@@ -156,8 +156,7 @@ class Bench:
             measure.curl_upload(server, path, "put")
             figures[f"peak_rss_mib_{label}"] = round(server.peak_memory_mib()[0], 1)
         paths = [
-            measure.make_file(self.root / f"c{i}.bin", self.mode.concurrent_size + i)
-            for i in range(8)
+            make_file(self.root / f"c{i}.bin", self.mode.concurrent_size + i) for i in range(8)
         ]
         self.clear_uploads(server)
         server.reset_peak_memory()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import resource
 import shutil
@@ -16,33 +14,11 @@ from pathlib import Path
 
 import httpx
 
+from devtools.files import MiB, sha256_of
+
 from .servers import Server
 
-MiB = 1024 * 1024
 LUA = Path(__file__).parent / "lua"
-
-
-def make_file(path: Path, size: int) -> Path:
-    """Random bytes (no dedupe shortcut), written once and reused. Fsynced:
-    otherwise its writeback competes with the first uploads (measured: the
-    first figure of a run came out a third lower)."""
-    if not path.exists() or path.stat().st_size != size:
-        with path.open("wb") as handle:
-            block = hashlib.sha256(b"seed").digest() * (MiB // 32)
-            for index in range(size // MiB):
-                handle.write(hashlib.sha256(str(index).encode()).digest() + block[32:])
-            handle.write(block[: size % MiB])
-            handle.flush()
-            os.fsync(handle.fileno())
-    return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def warm_disk(directory: Path, size: int) -> None:
@@ -157,7 +133,9 @@ def wrk(url: str, script: str | None, connections: int, seconds: int) -> dict[st
     if script:
         argv[1:1] = ["-s", str(LUA / script)]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    figures = {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    requests = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert requests, out
+    figures = {"req_s": float(requests.group(1))}
     for name, label in (("p50_ms", "50%"), ("p99_ms", "99%")):
         match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
         assert match, out

@@ -1,47 +1,21 @@
-"""Fixtures: a fresh app over a temp SQLite file and temp storage per test,
-and a real Hypercorn process for end-to-end tests."""
+"""Fixtures every tier may use. Tiers: tests/unit (no app), tests/app (the
+app in-process, fixtures in tests/app/conftest.py) and tests/e2e (real
+processes, marked e2e; fixtures in tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from quart import Quart
-from quart.testing import QuartClient
-
-from quart_app import create_app
-
-from .server import RunningServer, start_server
 
 
 @pytest.fixture
 def overrides(tmp_path: Path) -> dict[str, Any]:
+    """Settings overrides for a fresh app: a temp SQLite file and temp storage."""
     return {
         "STORAGE_DIR": tmp_path / "uploads",
         "INSTANCE_DIR": tmp_path / "instance",
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'instance' / 'test.sqlite3'}",
         "SECRET_KEY": "test-secret",
     }
-
-
-@pytest.fixture
-async def app(overrides: dict[str, Any]) -> AsyncIterator[Quart]:
-    application = create_app(overrides)
-    async with application.test_app() as test_app:
-        yield test_app.app  # type: ignore[misc]
-
-
-@pytest.fixture
-def client(app: Quart) -> QuartClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = start_server(tmp_path / "server")
-    try:
-        yield running
-    finally:
-        running.stop()

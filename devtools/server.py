@@ -1,0 +1,179 @@
+"""Start the real thing: Hypercorn with the project's hypercorn.toml, on a
+free loopback port, over its own database and storage directory."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from . import PROJECT_ROOT
+from .ports import free_port
+
+
+def die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, so a killed test
+    run leaves no server behind (Linux PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class RunningServer:
+    root: Path
+    port: int
+    env: dict[str, str]
+    # Hypercorn command-line options added after the project's hypercorn.toml.
+    args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self.env["QUART_APP_STORAGE_DIR"])
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.env["QUART_APP_DATABASE_URL"].partition(":///")[2])
+
+    def start(self, timeout: float = 20.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = self._spawn(log)
+        self._wait_until_serving(timeout)
+
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hypercorn",
+                "-c",
+                str(PROJECT_ROOT / "hypercorn.toml"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                *self.args,
+                "quart_app:create_app()",
+            ],
+            cwd=self.root,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+
+    def _wait_until_serving(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not start:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The app's JSON access-log lines so far."""
+        lines = [json.loads(x) for x in self.log().splitlines() if x.startswith("{")]
+        return [x for x in lines if x.get("logger") == "quart_app.access"]
+
+    def wait_for_access(
+        self, matches: Callable[[dict[str, Any]], bool], count: int = 1, timeout: float = 15
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` access lines match. A line is written once the
+        app is done with a request (cleanup included), after the response."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.access_lines() if matches(line)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such access line; log tail:\n{self.log()[-2000:]}")
+            time.sleep(0.05)
+
+    def worker_pid(self) -> int:
+        """The worker process (Hypercorn runs the app in a child process)."""
+        assert self.process is not None
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        candidates = [pid, *(int(child) for child in children)]
+        return max(candidates, key=rss_mib)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def worker_pid(server: RunningServer) -> int:
+    """Hypercorn serves from a spawned worker; its parent only supervises."""
+    assert server.process is not None
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    pids = [int(p) for p in children.read_text().split()]
+    for pid in pids:
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
+            return pid
+    return server.process.pid
+
+
+def memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process now, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_server(
+    root: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None
+) -> RunningServer:
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
+    env.update(
+        {
+            "QUART_APP_STORAGE_DIR": str(root / "uploads"),
+            "QUART_APP_INSTANCE_DIR": str(root / "instance"),
+            "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+    )
+    env.update(extra_env or {})
+    running = RunningServer(root=root, port=free_port(), env=env, args=list(args or []))
+    running.start()
+    return running

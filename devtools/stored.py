@@ -1,0 +1,41 @@
+"""What an app or a running server left behind: rows, blobs, temp files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from quart import Quart
+from sqlalchemy import func, select
+
+from quart_app.db.models import Base, Blob, File
+from quart_app.state import app_state
+
+from .server import RunningServer
+
+
+async def count_rows(app: Quart, model: type[Base]) -> int:
+    async with app_state(app).database.sessionmaker() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def blob_files(storage: Path) -> list[Path]:
+    return [p for p in (storage / "blobs").rglob("*") if p.is_file()]
+
+
+def temp_files(storage: Path) -> list[Path]:
+    return [p for d in ("tmp", "trash") for p in (storage / d).iterdir()]
+
+
+async def assert_nothing_stored(app: Quart, storage: Path) -> None:
+    assert await count_rows(app, File) == 0
+    assert await count_rows(app, Blob) == 0
+    assert blob_files(storage) == []
+    assert temp_files(storage) == []
+
+
+def rows(server: RunningServer, table: str) -> int:
+    """Rows in a table of a running server's database, read beside it."""
+    with sqlite3.connect(server.database_path) as db:
+        count: int = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return count

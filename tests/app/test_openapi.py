@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import re
+
+from quart import Quart
+from quart.testing import QuartClient
+
+UNDOCUMENTED = {"/openapi.json", "/docs", "/static/<path:filename>"}
+
+
+def openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
+
+
+async def test_every_endpoint_is_documented_with_success_and_errors(
+    app: Quart, client: QuartClient
+) -> None:
+    spec = await (await client.get("/openapi.json")).get_json()
+    for rule in app.url_map.iter_rules():
+        if rule.rule in UNDOCUMENTED:
+            continue
+        path = spec["paths"].get(openapi_path(rule.rule))
+        assert path is not None, rule.rule
+        assert rule.methods is not None, rule.rule
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operation = path[method.lower()]
+            codes = set(operation["responses"])
+            assert any(c.startswith("2") for c in codes), (rule.rule, method)
+            if rule.rule not in ("/healthz",):
+                assert any(c.startswith("4") or c.startswith("5") for c in codes), (
+                    rule.rule,
+                    method,
+                )
+
+
+async def test_docs_page_is_served(client: QuartClient) -> None:
+    response = await client.get("/docs")
+    assert response.status_code == 200
+    assert "openapi.json" in (await response.get_data(as_text=True))
+
+
+async def test_the_document_says_what_is_sent(client: QuartClient) -> None:
+    """Problems as application/problem+json, headers on the response (not
+    as a media type), no content for 204, file bytes as any type, required
+    request bodies and headers marked so."""
+    spec = await (await client.get("/openapi.json")).get_json()
+    post_users = spec["paths"]["/users"]["post"]
+    assert list(post_users["responses"]["409"]["content"]) == ["application/problem+json"]
+    created = post_users["responses"]["201"]
+    assert list(created["content"]) == ["application/json"]
+    assert "location" in created["headers"]
+    assert post_users["requestBody"]["required"] is True
+    delete = spec["paths"]["/files/{file_id}"]["delete"]["responses"]["204"]
+    assert "content" not in delete
+    content = spec["paths"]["/files/{file_id}/content"]["get"]["responses"]["200"]
+    assert list(content["content"]) == ["*/*"]
+    patch = spec["paths"]["/uploads/{upload_id}"]["patch"]["parameters"]
+    required = {p["name"] for p in patch if p.get("required")}
+    assert {"tus-resumable", "upload-offset"} <= required
+    put = spec["paths"]["/files/{file_id}"]["put"]["parameters"]
+    assert [p["schema"]["pattern"] for p in put if p["name"] == "file_id"]

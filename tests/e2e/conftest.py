@@ -1,0 +1,34 @@
+"""The end-to-end tier: real Hypercorn processes on free loopback ports, and
+everything else that spawns processes (curl, tus clients, nginx, the
+operator commands, schemathesis, the benchmark). Every test here is marked
+``e2e``, so ``pytest -m "not e2e"`` runs the unit and app tiers alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.server import RunningServer, start_server
+
+TIER = Path(__file__).parent
+
+
+# tryfirst: the mark must be on before pytest's own hook applies -m.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A conftest's collection hook sees the whole session's items, not only
+    # this directory's.
+    for item in items:
+        if item.path.is_relative_to(TIER):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    running = start_server(tmp_path / "server")
+    try:
+        yield running
+    finally:
+        running.stop()
