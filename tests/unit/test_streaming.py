@@ -1,43 +1,20 @@
-"""quart_app/edge/bodies.py replaces parts of Quart; these tests pin what it
-relies on and prove back-pressure, limits and timeouts on BoundedBody
-itself (tests/app/test_streaming.py: the same through the app)."""
+"""Back-pressure, limits and timeouts on BoundedBody itself (the same
+through the app: tests/app/test_streaming.py; the Quart internals it is
+plugged in with: test_server_internals.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-from importlib.metadata import version
 from typing import Any
 
 import pytest
 from hypercorn.typing import HTTPRequestEvent
-from quart import Quart
-from quart.asgi import ASGIHTTPConnection
-from quart.wrappers import Request
 from quart.wrappers.request import Body
 
 from quart_app.config import load_settings
 from quart_app.edge.bodies import BoundedBody, ClientDisconnected
 from quart_app.edge.server_internals import BackPressureHTTPConnection
 from quart_app.errors import RequestTimeout
-
-
-def test_quart_is_in_the_range_streaming_was_built_for() -> None:
-    major, minor = (int(x) for x in version("quart").split(".")[:2])
-    assert (major, minor) == (0, 22), "re-check streaming.py against this Quart, then widen"
-
-
-def test_quart_internals_streaming_replaces_are_still_there() -> None:
-    # The receive loop we override, with the signature we override it with.
-    params = list(inspect.signature(ASGIHTTPConnection.handle_messages).parameters)
-    assert params == ["self", "request", "receive"]
-    # Body's interface, which BoundedBody offers in its place.
-    for method in ("append", "set_complete", "set_result", "clear", "__aiter__", "__anext__"):
-        assert hasattr(Body, method) and hasattr(BoundedBody, method), method
-    assert hasattr(Body, "__await__") and hasattr(BoundedBody, "__await__")
-    # The hooks create_app plugs them in with.
-    assert hasattr(Quart, "asgi_http_class") and hasattr(Quart, "request_class")
-    assert hasattr(Request, "body_class")
 
 
 class FastClient:

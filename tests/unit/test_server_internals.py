@@ -1,0 +1,69 @@
+"""Canaries for quart_app/edge/server_internals.py: the Quart, Hypercorn and
+h11 internals it relies on. They fail first when an upgrade moves one, and
+name what to re-check."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+from hypercorn.asyncio import run as hypercorn_run
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
+from quart import Quart
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers import Request
+from quart.wrappers.request import Body
+
+from quart_app.edge.bodies import BoundedBody
+
+
+def test_hypercorn_is_in_the_range_connections_was_built_for() -> None:
+    major, minor = (int(x) for x in version("hypercorn").split(".")[:2])
+    assert (major, minor) == (0, 18), "re-check edge/server_internals.py against this Hypercorn"
+
+
+def test_hypercorn_internals_connections_replaces_are_still_there() -> None:
+    # worker_serve builds a TCPServer per connection from its module's name.
+    assert "TCPServer(app, loop, config, context" in inspect.getsource(hypercorn_run.worker_serve)
+    for method in ("run", "_read_data", "protocol_send", "_close"):
+        assert method in TCPServer.__dict__, method
+    init = inspect.getsource(TCPServer.__init__)
+    for attribute in ("self.reader", "self.writer", "self.send_lock", "self.context"):
+        assert attribute in init, attribute
+    assert "self.protocol =" in inspect.getsource(ProtocolWrapper.__init__)
+    assert "self.connection" in inspect.getsource(H11Protocol.__init__)
+    # The Quart __call__ BackPressureHTTPConnection re-states.
+    call = inspect.getsource(ASGIHTTPConnection.__call__)
+    assert "self.handle_messages(request, receive)" in call
+    assert "self.handle_request(request, send)" in call
+    assert "return_when=asyncio.FIRST_COMPLETED" in call
+
+
+def test_quart_is_in_the_range_streaming_was_built_for() -> None:
+    major, minor = (int(x) for x in version("quart").split(".")[:2])
+    assert (major, minor) == (0, 22), (
+        "re-check edge/server_internals.py against this Quart, then widen"
+    )
+
+
+def test_quart_internals_streaming_replaces_are_still_there() -> None:
+    # The receive loop we override, with the signature we override it with.
+    params = list(inspect.signature(ASGIHTTPConnection.handle_messages).parameters)
+    assert params == ["self", "request", "receive"]
+    # Body's interface, which BoundedBody offers in its place.
+    for method in ("append", "set_complete", "set_result", "clear", "__aiter__", "__anext__"):
+        assert hasattr(Body, method) and hasattr(BoundedBody, method), method
+    assert hasattr(Body, "__await__") and hasattr(BoundedBody, "__await__")
+    # The hooks create_app plugs them in with.
+    assert hasattr(Quart, "asgi_http_class") and hasattr(Quart, "request_class")
+    assert hasattr(Request, "body_class")
+
+
+def test_hypercorn_supervisor_internals_serve_wraps_are_still_there() -> None:
+    import hypercorn.run
+
+    # worker_failures() wraps it to note the exit statuses run() forgets.
+    assert callable(hypercorn.run._join_exited)
+    assert "_join_exited(" in inspect.getsource(hypercorn.run.run)
