@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 
 from devtools import PROJECT_ROOT
 from devtools.ports import free_port
+from devtools.processes import stop_process
 
 
 @dataclass
@@ -65,13 +65,7 @@ class Server:
         return total / ticks
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=20)
 
 
 def _wait_ready(server: Server, path: str) -> Server:

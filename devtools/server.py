@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import httpx
 
+from devtools.processes import stop_process
+
 from . import PROJECT_ROOT
 from .ports import free_port
 
@@ -94,13 +96,7 @@ class RunningServer:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15, sig=sig)
         self.process = None
 
     def access_lines(self) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from devtools.form_data import multipart, multipart_headers, part
+from devtools.processes import tmpfs
 from devtools.server import RunningServer, start_server
 from devtools.stored import rows, temp_files
 
@@ -245,14 +246,10 @@ def test_read_only_storage_is_503_and_leaves_nothing(
 @pytest.fixture
 def tiny_database_disk(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "database-disk"
-    mount_point.mkdir()
-    result = mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point))
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with tmpfs(mount_point, "2m") as refused:
+        if refused is not None:
+            pytest.skip(f"cannot mount a tmpfs here: {refused}")
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def fill(disk: Path) -> Path:

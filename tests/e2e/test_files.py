@@ -16,6 +16,7 @@ import pytest
 
 from devtools.curl import curl
 from devtools.form_data import BOUNDARY, multipart, part
+from devtools.processes import tmpfs
 from devtools.server import RunningServer, memory_kib, start_server, worker_pid
 from devtools.stored import rows, temp_files
 
@@ -123,18 +124,10 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with tmpfs(mount_point, "2m") as refused:
+        if refused is not None:
+            pytest.skip(f"cannot mount a tmpfs here: {refused}")
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_real_full_disk_is_507_and_leaves_nothing(tmp_path: Path, tiny_disk: Path) -> None:

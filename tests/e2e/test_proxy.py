@@ -28,6 +28,7 @@ import pytest
 from devtools import PROJECT_ROOT
 from devtools.curl import curl
 from devtools.ports import free_port
+from devtools.processes import stop_process
 from devtools.server import RunningServer, die_with_parent, memory_kib, start_server, worker_pid
 
 TEMPLATE = PROJECT_ROOT / "deploy" / "nginx.conf"
@@ -86,13 +87,7 @@ class Nginx:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
 
 def render_site(nginx_port: int, backend_port: int) -> str:
