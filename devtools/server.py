@@ -38,6 +38,10 @@ class RunningServer:
     # Hypercorn command-line options added after the project's hypercorn.toml.
     args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    # (certfile, keyfile): also serve TLS on tls_port, where HTTP/2 is
+    # negotiated by ALPN; `port` stays plain HTTP/1.1.
+    tls: tuple[Path, Path] | None = None
+    tls_port: int = 0
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -46,6 +50,10 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
 
     @property
     def storage_dir(self) -> Path:
@@ -61,6 +69,14 @@ class RunningServer:
         self._wait_until_serving(timeout)
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        binds = ["--bind", f"127.0.0.1:{self.port}"]
+        if self.tls is not None:
+            certfile, keyfile = self.tls
+            binds = [
+                *("--bind", f"127.0.0.1:{self.tls_port}"),
+                *("--insecure-bind", f"127.0.0.1:{self.port}"),
+                *("--certfile", str(certfile), "--keyfile", str(keyfile)),
+            ]
         return subprocess.Popen(
             [
                 sys.executable,
@@ -68,8 +84,7 @@ class RunningServer:
                 "hypercorn",
                 "-c",
                 str(PROJECT_ROOT / "hypercorn.toml"),
-                "--bind",
-                f"127.0.0.1:{self.port}",
+                *binds,
                 *self.args,
                 "quart_app:create_app()",
             ],
@@ -157,7 +172,10 @@ def rss_mib(pid: int) -> float:
 
 
 def start_server(
-    root: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None
+    root: Path,
+    extra_env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> RunningServer:
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
@@ -171,5 +189,7 @@ def start_server(
     )
     env.update(extra_env or {})
     running = RunningServer(root=root, port=free_port(), env=env, args=list(args or []))
+    if tls is not None:
+        running.tls, running.tls_port = tls, free_port()
     running.start()
     return running

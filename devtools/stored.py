@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import time
+from contextlib import closing
 from pathlib import Path
 
 from quart import Quart
@@ -39,3 +41,26 @@ def rows(server: RunningServer, table: str) -> int:
     with sqlite3.connect(server.database_path) as db:
         count: int = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         return count
+
+
+TABLES = ("users", "files", "blobs", "batches", "uploads", "idempotency_records")
+
+
+def server_holds(server: RunningServer) -> dict[str, object]:
+    """Everything the server holds: row counts and files under storage."""
+    with closing(sqlite3.connect(f"file:{server.database_path}?mode=ro", uri=True)) as db:
+        rows = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    files = sorted(
+        str(p.relative_to(server.storage_dir)) for p in server.storage_dir.rglob("*") if p.is_file()
+    )
+    return {"rows": {t: n for t, n in rows.items() if n}, "files": files}
+
+
+def assert_server_holds(server: RunningServer, before: object, timeout: float = 10.0) -> None:
+    """Nothing may be left once the server is done with the request (its
+    cleanup can finish just after the client has its answer). Compared with
+    what was there before, so that a failing case fails alone."""
+    deadline = time.monotonic() + timeout
+    while (left := server_holds(server)) != before:
+        assert time.monotonic() < deadline, f"left behind: {left}, before: {before}"
+        time.sleep(0.05)

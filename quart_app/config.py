@@ -123,6 +123,12 @@ class Settings:
     # https://files.example.com. Every absolute URL is built from it. Empty:
     # from each request's scheme and Host.
     PUBLIC_URL: str = ""
+    # Count: HTTP/2 requests one worker runs at once, over all its
+    # connections (HTTP/1.1 is one request per connection and not counted).
+    # Past it a new stream is refused with RST_STREAM(REFUSED_STREAM), which
+    # a client may retry; it bounds what many HTTP/2 connections, each
+    # within its own h2_max_concurrent_streams, make one worker hold.
+    H2_MAX_STREAMS_PER_WORKER: int = 256
     # Seconds a request waits for the database (SQLite's busy timeout, this
     # process's write lock, a PostgreSQL connection) before it gets a 503 with
     # Retry-After; also bounds /readyz. Keep it under clients' own timeouts.

@@ -49,12 +49,53 @@ connection. As shipped it:
 - the socket is read ``SOCKET_READ_BYTES`` at a time;
 - :func:`worker_failures` notes the exit statuses run()'s supervisor forgets
   (ops/serve.py).
+
+Hypercorn 0.18, HTTP/2: rapid reset (CVE-2023-44487), runaway streams, h2c.
+
+Why Hypercorn's own are not enough against HEADERS+RST_STREAM in a loop:
+h2 counts only open streams against ``h2_max_concurrent_streams``, and a
+reset stream is closed at once, though its app task has been started; so
+nothing bounds the apps running. Hypercorn's fix for the CVE (0.15),
+GOAWAY after ``keep_alive_max_requests`` (1000), still handles the rest of
+the read (~6,900 streams per 256 KiB) and the client just reconnects. h2
+parses a whole read before Hypercorn sees a frame (~420 ms for 256 KiB of
+such pairs). A stream reset before its app ended the response keeps its
+send buffer and priority-tree place; the 1001st raises out of the
+connection. And a closed connection lingers for keep_alive_timeout when a
+late app restarts its idle timer, holding ~1 MiB of buffers with TLS.
+
+So, on HTTP/2 connections only (HTTP/1.1 never reaches this code):
+
+- h2 gets at most ``READ_SLICE_BYTES`` at a time, with a yield to the
+  event loop between slices, and nothing more once we told it to go away.
+- A stream counts against its connection and the worker from its HEADERS
+  until its app returns. Past ``h2_max_concurrent_streams`` on the
+  connection or ``H2_MAX_STREAMS_PER_WORKER`` in the worker, a new stream
+  gets RST_STREAM(REFUSED_STREAM): not processed, safe to retry (RFC 9113
+  section 8.7).
+- Resetting a stream whose app has not returned, or being refused for
+  the connection's own limit, spends the connection's ``RESET_BUDGET``
+  (refilled over ``RESET_WINDOW_SECONDS``); then GOAWAY(ENHANCE_YOUR_CALM)
+  and close.
+- A stream reset before its app task ran never calls the app; a running
+  app gets ``http.disconnect``, on which Quart cancels the handler. Its
+  send buffer and priority place go; a closed connection lets its apps'
+  pending sends finish and never restarts its idle timer.
+
+h2c is off: ``Upgrade: h2c`` is not acted on (answered over HTTP/1.1, as
+RFC 9110 section 7.8 allows) and the prior-knowledge preface gets
+GOAWAY(HTTP_1_1_REQUIRED). HTTP/2 is where ALPN negotiates it, over TLS.
+README "HTTP/2" says why.
+
+tests/unit/test_h2_limits.py pins the Hypercorn internals used here and fails if
+an upgrade changes them; tests/e2e/test_h2_abuse.py attacks a real server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,12 +103,24 @@ from multiprocessing.process import BaseProcess
 from ssl import SSLError
 from typing import Any
 
+import h2.events
+import h2.exceptions
 import h11
 import hypercorn.asyncio.run as hypercorn_run
+import hypercorn.protocol
+from h2.errors import ErrorCodes
 from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
+from hypercorn.typing import (
+    AppWrapper,
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
+from priority.priority import MissingStreamError
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 from quart.utils import cancel_tasks, raise_task_exceptions
@@ -371,9 +424,283 @@ def worker_failures() -> Iterator[list[int]]:
         hypercorn.run._join_exited = join_exited  # type: ignore[assignment]
 
 
+# -- Hypercorn, HTTP/2 -------------------------------------------------------------
+
+
+# Count: resets of streams whose app had not returned that one connection
+# may send in a burst; refilled at RESET_BUDGET per RESET_WINDOW_SECONDS.
+# A browser cancels a page's requests when the user navigates away (tens
+# at a time); the attack resets thousands a second. Netty's default for
+# the same purpose: 200 RST_STREAM frames per 30 s.
+RESET_BUDGET = 200
+RESET_WINDOW_SECONDS = 30.0
+
+# Bytes of a socket read handed to h2 at a time: 16 KiB of HEADERS +
+# RST_STREAM pairs is ~600 streams and ~25 ms of h2 parsing.
+READ_SLICE_BYTES = 16 * 1024
+
+
+class WorkerStreams:
+    """HTTP/2 streams whose app has not returned, over all the worker's
+    (process's) connections."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+
+    def acquire(self) -> bool:
+        if self.running >= self.limit:
+            return False
+        self.running += 1
+        return True
+
+    def release(self) -> None:
+        self.running -= 1
+
+
+WORKER_STREAMS = WorkerStreams(Settings.H2_MAX_STREAMS_PER_WORKER)
+
+
+class ResetBudget:
+    """A token bucket: RESET_BUDGET tokens, refilled over RESET_WINDOW_SECONDS."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens = float(RESET_BUDGET)
+        self.stamp = time.monotonic()
+
+    def spend(self) -> bool:
+        now = time.monotonic()
+        refill = (now - self.stamp) * RESET_BUDGET / RESET_WINDOW_SECONDS
+        self.tokens = min(float(RESET_BUDGET), self.tokens + refill)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class StreamApp:
+    """The app as one stream runs it; holds the stream's place in its
+    connection's and the worker's counts until the app returns."""
+
+    __slots__ = ("app", "closed", "created", "protocol", "released", "stream_id")
+
+    def __init__(self, app: AppWrapper, protocol: LimitedH2Protocol, stream_id: int) -> None:
+        self.app = app
+        self.protocol = protocol
+        self.stream_id = stream_id
+        self.closed = False  # the stream ended (reset, connection closed) first
+        self.created = False  # Hypercorn made the stream (and its task)
+        self.released = False
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        try:
+            if not self.closed:
+                await self.app(scope, receive, send, sync_spawn, call_soon)
+        finally:
+            self.release()
+            if self.closed:
+                await self.protocol.forget_stream(self.stream_id)
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            WORKER_STREAMS.release()
+            self.protocol.stream_apps.pop(self.stream_id, None)
+
+    def __del__(self) -> None:
+        # A task cancelled before it first ran (its connection's task group
+        # torn down by an error) never reaches the finally above; the
+        # connection is gone then, so only the worker's count is left.
+        if not self.released:
+            self.released = True
+            WORKER_STREAMS.release()
+
+
+class LimitedH2Protocol(H2Protocol):
+    """Hypercorn's HTTP/2 protocol with the limits described above."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_apps: dict[int, StreamApp] = {}
+        self.reset_budget = ResetBudget()
+        self.going_away = False
+        self.last_admitted = 0
+        self._send_event = self.send
+        self.send = self._send
+
+    async def _send(self, event: Event) -> None:
+        if isinstance(event, Updated) and (self.closed or self.going_away):
+            return  # an app ending late would restart a closed connection's idle timer
+        if isinstance(event, Closed):
+            # Closing TLS while the client still sends fails with SSLError
+            # (application data after close notify), closed all the same;
+            # raised, it would tear down the connection's task group.
+            with contextlib.suppress(ssl.SSLError):
+                await self._send_event(event)
+        else:
+            await self._send_event(event)
+
+    async def initiate(
+        self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
+    ) -> None:
+        if not self.ssl:  # h2c by prior knowledge (HTTP1Protocol never upgrades)
+            self.connection.initiate_connection()
+            self.connection.close_connection(error_code=ErrorCodes.HTTP_1_1_REQUIRED)
+            await self._go_away()
+            return
+        await super().initiate(headers, settings)
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            data = event.data
+            for start in range(0, len(data), READ_SLICE_BYTES):
+                if start:
+                    await self.context.sleep(0)
+                if self.going_away or self.closed:
+                    return
+                await super().handle(RawData(data=data[start : start + READ_SLICE_BYTES]))
+        elif isinstance(event, Closed):
+            await self._end_streams()
+        else:
+            await super().handle(event)
+
+    async def _handle_events(self, events: list[h2.events.Event]) -> None:
+        passed: list[h2.events.Event] = []
+        admitted: set[int] = set()
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                if not self.context.terminated.is_set():  # else Hypercorn refuses it
+                    if not self._admit(event.stream_id):
+                        self._refuse(event.stream_id)
+                        if self.going_away:
+                            break
+                        continue
+                    admitted.add(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived):
+                if event.stream_id not in self.streams and event.stream_id not in admitted:
+                    # A refused stream's body (parsed with its HEADERS) or
+                    # one still coming after the response: Hypercorn would
+                    # fail on the missing stream; the window wants it back.
+                    self.connection.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    continue
+            elif (
+                isinstance(event, h2.events.StreamReset)
+                and event.stream_id in self.stream_apps
+                and not self.reset_budget.spend()
+            ):
+                self.going_away = True
+                break
+            passed.append(event)
+        try:
+            await super()._handle_events(passed)
+        finally:
+            for stream_id in admitted:
+                stream_app = self.stream_apps.get(stream_id)
+                if stream_app is not None and not stream_app.created:
+                    stream_app.release()  # an error came before its stream was made
+        if self.going_away:
+            self.connection.close_connection(
+                error_code=ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_admitted
+            )
+            await self._go_away()
+
+    def _admit(self, stream_id: int) -> bool:
+        if len(self.stream_apps) >= self.config.h2_max_concurrent_streams:
+            # Only resets get a connection here (h2 holds it to as many
+            # open streams), so this spends the budget as a reset does.
+            self.going_away = not self.reset_budget.spend()
+            return False
+        if not WORKER_STREAMS.acquire():
+            return False
+        self.stream_apps[stream_id] = StreamApp(self.app, self, stream_id)
+        self.last_admitted = stream_id
+        return True
+
+    def _refuse(self, stream_id: int) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError):  # reset in the same read
+            self.connection.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+
+    async def _create_stream(self, request: h2.events.RequestReceived) -> None:
+        stream_app = self.stream_apps.get(request.stream_id)
+        if stream_app is None:  # a server push: not admitted by _handle_events
+            await super()._create_stream(request)
+            return
+        stream_app.created = True
+        # Hypercorn builds the stream from self.app before its first await,
+        # so the swap is seen by this stream only.
+        app, self.app = self.app, stream_app
+        try:
+            await super()._create_stream(request)
+        finally:
+            self.app = app
+
+    async def _close_stream(self, stream_id: int) -> None:
+        stream_app = self.stream_apps.get(stream_id)
+        if stream_app is not None:
+            stream_app.closed = True
+        await super()._close_stream(stream_id)
+
+    async def forget_stream(self, stream_id: int) -> None:
+        """Let the sending task drop a stream whose app ended without ending
+        the response (Hypercorn keeps its buffer and priority place until
+        it sees that end)."""
+        buffer = self.stream_buffers.get(stream_id)
+        if buffer is not None and stream_id not in self.streams:
+            buffer.set_complete()
+            with contextlib.suppress(MissingStreamError):
+                self.priority.unblock(stream_id)
+            await self.has_data.set()
+
+    async def _end_streams(self) -> None:
+        """Hypercorn's end of the connection, then its send buffers': an app
+        still sending waits on its buffer for the sending task, which has
+        just stopped; closed, the buffer lets the app finish."""
+        await super().handle(Closed())
+        for buffer in list(self.stream_buffers.values()):
+            await buffer.close()
+
+    async def _go_away(self) -> None:
+        """Send what h2 has queued (the GOAWAY), end every stream, close."""
+        self.going_away = True
+        await self._flush()
+        await self._end_streams()
+        await self.send(Closed())
+
+
+class HTTP1Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1, not acting on ``Upgrade: h2c``. Only the
+    prior-knowledge preface (``PRI * HTTP/2.0``) goes on to Hypercorn's
+    check, which hands the connection to LimitedH2Protocol to refuse."""
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if event.method == b"PRI":
+            await super()._check_protocol(event)
+
+
+def install_http2_limits(settings: Settings) -> None:
+    """Hypercorn looks its protocol classes up by these names for every
+    new connection."""
+    WORKER_STREAMS.limit = settings.H2_MAX_STREAMS_PER_WORKER
+    setattr(hypercorn.protocol, "H2Protocol", LimitedH2Protocol)  # noqa: B010
+    setattr(hypercorn.protocol, "H11Protocol", HTTP1Protocol)  # noqa: B010
+
+
 def init_app(app: Quart, settings: Settings) -> None:
     """Quart serves requests with the classes above; Hypercorn serves this
     worker's new connections with GuardedTCPServer."""
     app.request_class = BoundedRequest
     app.asgi_http_class = BackPressureHTTPConnection
     install(settings, end_bodies)
+    install_http2_limits(settings)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from devtools.server import RunningServer, rss_mib, start_server
+from devtools.tls import self_signed_certificate
 
 MIB = 1024 * 1024
 
@@ -114,8 +116,9 @@ def test_a_steady_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None
 
 
 def test_a_steady_http2_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None:
+    tls = self_signed_certificate(tmp_path)
     server = start_server(
-        tmp_path / "server", {"QUART_APP_IDLE_TIMEOUT": "2"}, args=["--read-timeout", "2"]
+        tmp_path / "server", {"QUART_APP_IDLE_TIMEOUT": "2"}, args=["--read-timeout", "2"], tls=tls
     )
     try:
         data = os.urandom(12 * MIB)
@@ -123,10 +126,12 @@ def test_a_steady_http2_download_outlasts_the_old_read_timeout(tmp_path: Path) -
         digest = hashlib.sha256()
         received = 0
         started = time.monotonic()
-        # Prior-knowledge HTTP/2 on the plain port; flow control paces it.
+        # HTTP/2 over TLS (ALPN); flow control paces it.
         with (
-            httpx.Client(http1=False, http2=True, timeout=10) as client,
-            client.stream("GET", f"{server.url}/files/long/content") as response,
+            httpx.Client(
+                http2=True, verify=ssl.create_default_context(cafile=tls[0]), timeout=10
+            ) as client,
+            client.stream("GET", f"{server.tls_url}/files/long/content") as response,
         ):
             assert response.http_version == "HTTP/2"
             for chunk in response.iter_bytes(64 * 1024):

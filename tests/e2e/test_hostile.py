@@ -22,24 +22,22 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, replace
 
 import httpx
 import pytest
 
 from devtools.server import RunningServer, start_server
+from devtools.stored import assert_server_holds, server_holds
 
 MIB = 1024 * 1024
 IDLE_TIMEOUT = 1.5  # QUART_APP_BODY_IDLE_TIMEOUT of the server under test
 BODY_DEADLINE = 4.0  # QUART_APP_BODY_DEADLINE
 KEEP_ALIVE_TIMEOUT = 5.0  # hypercorn.toml keep_alive_timeout
 BOUNDARY = "hostileboundary"
-TABLES = ("users", "files", "blobs", "batches", "uploads", "idempotency_records")
 KEPT_FILE = "hostile-kept"
 KEPT_BYTES = b"kept"
 COMPLETED_UPLOAD = "completed-upload-id"
@@ -375,26 +373,6 @@ def seeded(hostile_server: RunningServer) -> str:
     return upload_id
 
 
-def stored(server: RunningServer) -> dict[str, object]:
-    """Everything the server holds: row counts and files under storage."""
-    with closing(sqlite3.connect(f"file:{server.database_path}?mode=ro", uri=True)) as db:
-        rows = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
-    files = sorted(
-        str(p.relative_to(server.storage_dir)) for p in server.storage_dir.rglob("*") if p.is_file()
-    )
-    return {"rows": {t: n for t, n in rows.items() if n}, "files": files}
-
-
-def assert_nothing_stored(server: RunningServer, before: object, timeout: float = 10.0) -> None:
-    """Nothing may be left once the server is done with the request (its
-    cleanup can finish just after the client has its answer). Compared with
-    what was there before, so that a failing case fails alone."""
-    deadline = time.monotonic() + timeout
-    while (left := stored(server)) != before:
-        assert time.monotonic() < deadline, f"left behind: {left}, before: {before}"
-        time.sleep(0.05)
-
-
 def test_the_table_has_at_least_60_distinct_cases() -> None:
     names = [case.name for case in CASES]
     assert len(names) == len(set(names)) >= 60
@@ -403,11 +381,11 @@ def test_the_table_has_at_least_60_distinct_cases() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_hostile_request(hostile_server: RunningServer, seeded: str, case: Case) -> None:
     case = replace(case, request=case.request.replace(COMPLETED_UPLOAD.encode(), seeded.encode()))
-    before = stored(hostile_server)
+    before = server_holds(hostile_server)
     started = time.monotonic()
     answer = exchange(hostile_server.port, case)
     if answer.status is None and case.or_closed:
-        assert_nothing_stored(hostile_server, before)
+        assert_server_holds(hostile_server, before)
         return
     assert answer.status == case.status, (answer, hostile_server.log()[-2000:])
     if case.problem is None:
@@ -424,7 +402,7 @@ def test_hostile_request(hostile_server: RunningServer, seeded: str, case: Case)
         assert answer.headers.get("connection", "").lower() == "close"
     if case.stall:
         assert time.monotonic() - started >= IDLE_TIMEOUT * 0.9
-    assert_nothing_stored(hostile_server, before)
+    assert_server_holds(hostile_server, before)
     assert httpx.get(f"{hostile_server.url}/healthz", timeout=5).status_code == 200
 
 
@@ -491,7 +469,7 @@ def test_slowloris_headers_are_dropped_while_others_are_served(
 def test_a_body_trickled_past_the_deadline_is_cut_off(hostile_server: RunningServer) -> None:
     """One byte more often than the idle timeout: the body deadline ends it
     with a 408, nothing is stored, and others are served meanwhile."""
-    before = stored(hostile_server)
+    before = server_holds(hostile_server)
     head = raw_put("trickle", b"", length=1000)
     pieces = [b"x"] * int(BODY_DEADLINE * 2 / 0.5 + 20)
     done: list[tuple[float, bytes]] = []
@@ -505,4 +483,4 @@ def test_a_body_trickled_past_the_deadline_is_cut_off(hostile_server: RunningSer
     seconds, answer = done[0]
     assert parse_answer(answer).status == 408
     assert BODY_DEADLINE * 0.9 <= seconds <= BODY_DEADLINE + 5
-    assert_nothing_stored(hostile_server, before)
+    assert_server_holds(hostile_server, before)

@@ -26,6 +26,7 @@ def test_the_documented_settings_are_present_and_load() -> None:
         "keep_alive_timeout",
         "graceful_timeout",
         "errorlog",
+        "h2_max_concurrent_streams",
     ):
         assert key in keys, key
     # The app's connection idle timeout replaces it (quart_app/edge/server_internals.py).
