@@ -105,7 +105,8 @@ async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
         prepare_directories(settings)
         if name != "migrate" and settings.AUTO_MIGRATE:
             # Imported here: `serve` (this module too) must not load Alembic
-            # into a server that finds its schema at head (~9 MiB).
+            # into a server that finds its schema at head (its memory cost:
+            # db/schema_version.py).
             from quart_app.db.migrate import upgrade_to_head
 
             await upgrade_to_head(database.engine, settings)

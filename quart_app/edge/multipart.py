@@ -3,8 +3,9 @@
 Werkzeug's decoder can leave a stray CR on the last part when a network
 chunk ends inside the closing boundary (pallets/werkzeug#3285) and
 ``request.files`` spools and copies; python-multipart is a push parser that
-is exact whatever the chunking and parses part data at several GB/s, so
-bytes go from the socket to the blob writer with no spooling.
+is exact whatever the chunking and cheap per byte (README, "Why the code is
+shaped this way"), so bytes go from the socket to the blob writer with no
+spooling.
 
 Nothing here knows about HTTP: errors are domain errors, and on any failure
 every writer this module opened is discarded before the error propagates.
