@@ -2,7 +2,7 @@
 
   serve [--config hypercorn.toml] [--bind ADDRESS]... [--workers N]
                       run the server (Hypercorn); fails with one line and a
-                      non-zero exit status when it cannot start (serve.py)
+                      non-zero exit status when it cannot start (ops/serve.py)
   migrate             create the database if need be, bring its schema to head
   purge-idempotency   delete Idempotency-Key records past QUART_APP_IDEMPOTENCY_TTL_SECONDS
   sweep-uploads       delete expired resumable uploads and their partial bytes

@@ -353,8 +353,9 @@ def install(settings: Settings, on_shutdown_deadline: Any) -> None:
 def worker_failures() -> Iterator[list[int]]:
     """The non-zero exit statuses of workers, which Hypercorn 0.18's run()
     sees and then forgets (see the module docstring): its private
-    _join_exited() is wrapped to note them while the server runs
-    (tests/test_e2e_startup.py fails if that name goes away)."""
+    _join_exited() is wrapped to note them while the server runs (its canary
+    in tests/unit/test_server_internals.py, and tests/e2e/test_startup.py,
+    fail if that name goes away)."""
     import hypercorn.run
 
     failures: list[int] = []
