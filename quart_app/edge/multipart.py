@@ -254,7 +254,7 @@ async def read_multipart(
             raise MalformedBody(f"The multipart boundary is not usable: {error}") from None
         async for chunk in chunks:
             if reader.ended:
-                continue  # the epilogue after the closing boundary is ignored
+                continue  # the epilogue: RFC 2046 section 5.1.1 says to ignore it
             try:
                 reader.chunk = chunk
                 parser.write(chunk)
