@@ -54,7 +54,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(files.blueprint)
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(resumable_uploads.blueprint)
-    memory.init_app(app)  # last startup step
+    memory.init_app(app)  # last: it freezes what the startup steps before it made
     # ASGI middlewares, innermost first.
     public_url.init_app(app, settings)
     host_guard.init_app(app, settings)

@@ -2,7 +2,7 @@
 
   serve [--config hypercorn.toml] [--bind ADDRESS]... [--workers N]
                       run the server (Hypercorn); fails with one line and a
-                      non-zero exit status when it cannot start (serve.py)
+                      non-zero exit status when it cannot start (ops/serve.py)
   migrate             create the database if need be, bring its schema to head
   purge-idempotency   delete Idempotency-Key records past QUART_APP_IDEMPOTENCY_TTL_SECONDS
   sweep-uploads       delete expired resumable uploads and their partial bytes
@@ -105,7 +105,8 @@ async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
         prepare_directories(settings)
         if name != "migrate" and settings.AUTO_MIGRATE:
             # Imported here: `serve` (this module too) must not load Alembic
-            # into a server that finds its schema at head (~9 MiB).
+            # into a server that finds its schema at head (its memory cost:
+            # db/schema_version.py).
             from quart_app.db.migrate import upgrade_to_head
 
             await upgrade_to_head(database.engine, settings)

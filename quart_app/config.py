@@ -31,7 +31,7 @@ MIB = 1024**2
 
 class ConfigError(StartupError):
     """A setting has a value that cannot be used; startup stops (one line, a
-    non-zero exit status: see startup.py)."""
+    non-zero exit status: see ops/startup.py)."""
 
 
 @dataclasses.dataclass(frozen=True)

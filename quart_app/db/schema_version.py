@@ -1,9 +1,9 @@
 """Is the database schema at head? Answered without importing Alembic.
 
-Alembic and its templates cost a worker ~9 MiB of memory (measured: VmHWM
-83 -> 74 MiB without it). A worker that finds the schema already at head,
-the usual case on every start after the first (or after
-``python -m quart_app migrate``), never loads it.
+Alembic and its templates, once imported, take memory a worker keeps for
+its whole life (README, "Why the code is shaped this way"). A worker that
+finds the schema already at head, the usual case on every start after the
+first (or after ``python -m quart_app migrate``), never loads it.
 """
 
 from __future__ import annotations

@@ -218,9 +218,10 @@ class BoundedBody:
 
     async def __anext__(self) -> bytes:
         # Chunks of at least a quarter of the buffer (unless the body ends
-        # first): a consumer woken for every 64 KiB read spends more of the
-        # event loop on wake-ups than on the bytes (measured: PUT used more
-        # CPU per GiB than multipart, whose parser let chunks grow).
+        # first): a consumer woken for every socket read (often far less
+        # than server_internals.SOCKET_READ_BYTES) spends more of the event
+        # loop on wake-ups than on the bytes (README, "Why the code is
+        # shaped this way").
         while not self._complete.is_set() and len(self._data) < self.buffer_bytes // 4:
             if self._must_raise is not None:
                 raise self._must_raise

@@ -28,10 +28,11 @@ class MemoryReturner:
     """Hands freed heap memory back to the system after connections close.
 
     A response chunk (1 MiB) or a body buffer is too small for glibc to map
-    it on its own, so it comes from the heap; freed, it stays in the process
-    (300 stalled downloads took a worker from 88 to 403 MiB, and after they
-    were gone it stayed at 155). malloc_trim(0) returns the free pages; it
-    runs at most once per TRIM_INTERVAL_SECONDS, when a connection closes.
+    it on its own, so it comes from the heap; freed, it stays in the process,
+    and a burst of stalled downloads left a worker large long after they
+    were gone (README, "Why the code is shaped this way"). malloc_trim(0)
+    returns the free pages; it runs at most once per TRIM_INTERVAL_SECONDS,
+    when a connection closes.
     """
 
     TRIM_INTERVAL_SECONDS = 1.0

@@ -3,8 +3,9 @@
 Werkzeug's decoder can leave a stray CR on the last part when a network
 chunk ends inside the closing boundary (pallets/werkzeug#3285) and
 ``request.files`` spools and copies; python-multipart is a push parser that
-is exact whatever the chunking and parses part data at several GB/s, so
-bytes go from the socket to the blob writer with no spooling.
+is exact whatever the chunking and cheap per byte (README, "Why the code is
+shaped this way"), so bytes go from the socket to the blob writer with no
+spooling.
 
 Nothing here knows about HTTP: errors are domain errors, and on any failure
 every writer this module opened is discarded before the error propagates.
@@ -253,7 +254,7 @@ async def read_multipart(
             raise MalformedBody(f"The multipart boundary is not usable: {error}") from None
         async for chunk in chunks:
             if reader.ended:
-                continue  # the epilogue after the closing boundary is ignored
+                continue  # the epilogue: RFC 2046 section 5.1.1 says to ignore it
             try:
                 reader.chunk = chunk
                 parser.write(chunk)

@@ -21,7 +21,7 @@ from pydantic.json_schema import SkipJsonSchema
 FILE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 # Idempotency-Key as documented: 1-255 visible ASCII characters (a quoted
-# structured-field string is accepted too; see api/idempotency.py).
+# structured-field string is accepted too; see edge/idempotency.py).
 IdempotencyKey = Annotated[
     str, StringConstraints(min_length=1, max_length=255, pattern=r"^[!-~]+$")
 ]

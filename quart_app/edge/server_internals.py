@@ -19,15 +19,16 @@ Hypercorn 0.18 (asyncio worker) runs one ``hypercorn.asyncio.tcp_server.TCPServe
 connection. As shipped it:
 
 - closes a connection when nothing was *read* for ``read_timeout`` seconds,
-  even while it is writing a long response to a client that reads steadily
-  (a 200 MB download at 2.5 MB/s was cut at 60 s after a 200 in the log);
+  even while it is writing a long response to a client that reads steadily;
 - waits forever in ``drain()`` for a client that stopped reading, holding
-  the unsent part of the response (800 such clients held 1.47 GB);
-- closes at once after an early answer (a 412 before a 50 MB body), so the
+  the unsent part of the response, so such clients pile up memory;
+- closes at once after an early answer (a 412 before a large body), so the
   unread body in the receive queue turns the close into a reset, and the
   client may never see the answer;
 - accepts any number of connections per worker;
 - reads the socket 64 KiB at a time (a module constant).
+
+What each did when reproduced: README, "Why the code is shaped this way".
 
 :class:`GuardedTCPServer` replaces it (``install``) and keeps the rest:
 
@@ -132,8 +133,9 @@ from quart_app.edge.connection_limits import ConnectionLimits, MemoryReturner, r
 from quart_app.edge.problem_details import raw_problem
 
 # Bytes asked of the socket per read. Hypercorn's own 64 KiB makes every GiB
-# 16,384 trips through h11, Hypercorn, Quart and the body reader; 256 KiB
-# (asyncio's largest recv) took ~40 % less CPU per GiB (README "Performance").
+# 16,384 trips through h11, Hypercorn, Quart and the body reader, and that
+# Python work per read, not the disk, bounded uploads; 256 KiB is asyncio's
+# largest recv (README, "Why the code is shaped this way").
 # Memory stays bounded: Hypercorn queues at most max_app_queue_size reads
 # (hypercorn.toml) while the app's body buffer is full.
 SOCKET_READ_BYTES = 256 * 1024
@@ -404,8 +406,9 @@ def install(settings: Settings, on_shutdown_deadline: Any) -> None:
 def worker_failures() -> Iterator[list[int]]:
     """The non-zero exit statuses of workers, which Hypercorn 0.18's run()
     sees and then forgets (see the module docstring): its private
-    _join_exited() is wrapped to note them while the server runs
-    (tests/test_e2e_startup.py fails if that name goes away)."""
+    _join_exited() is wrapped to note them while the server runs (its canary
+    in tests/unit/test_server_internals.py, and tests/e2e/test_startup.py,
+    fail if that name goes away)."""
     import hypercorn.run
 
     failures: list[int] = []

@@ -13,7 +13,7 @@ def init_app(app: Quart) -> None:
         # Registered last, so it runs after the other startup functions. The
         # objects the imports and the app made live as long as the process;
         # a full collection walked them all every so often under load, which
-        # set the p99 (README "Performance" has the figures). Frozen, the
+        # set the p99 (README, "Why the code is shaped this way"). Frozen, the
         # collector never looks at them again.
         gc.collect()
         gc.freeze()

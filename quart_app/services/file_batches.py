@@ -1,12 +1,12 @@
 """Group commit for single-file uploads.
 
-Measured (the note on the benchmark issue): with 32 clients sending 4 KiB
-files, each upload held SQLite's single-writer section for ~9.5 ms (BEGIN
-IMMEDIATE, the blob lookup, the publish or discard, the flush and the
-commit's fsync, each a thread hop competing with a busy event loop), which
-capped the server near 100 uploads/s while its event loop was a third idle.
-So concurrent single-file creates without an Idempotency-Key are queued and
-committed together: one write transaction, one commit (one fsync) per batch.
+Each upload held SQLite's single-writer section for several thread hops
+(BEGIN IMMEDIATE, the blob lookup, the publish or discard, the flush and the
+commit's fsync), each competing with a busy event loop; with many small
+uploads that section, not the event loop, capped throughput (README, "Why
+the code is shaped this way"). So concurrent single-file creates without an
+Idempotency-Key are queued and committed together: one write transaction,
+one commit (one fsync) per batch.
 
 The bytes of every file are already sealed (fsynced) before they queue, as
 before; publishing and the rows happen inside the batch's transaction, as in

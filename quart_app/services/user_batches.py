@@ -1,14 +1,14 @@
 """Group commit for user creation.
 
-Measured (bench/, and the note on the benchmark issue): a create as one ORM
-transaction costs ~2.7 ms of Python (session, pool checkout, flush, commit)
-inside SQLite's single-writer section, ~5 ms under load; with 50 clients
-that serialises to ~200 req/s and a p50 of ~250 ms, while the raw INSERT and
-its fsync take well under 1 ms. So concurrent creates are queued and written
-together: one multi-row ``INSERT ... ON CONFLICT(email) DO NOTHING
-RETURNING``, one commit (one fsync) per batch. Each request still gets its
-own answer: rows that did not come back hit a taken email (409). Durability
-is unchanged: a request is answered only after the batch it rode committed.
+A create as one ORM transaction runs its Python (session, pool checkout,
+flush, commit) inside SQLite's single-writer section, so concurrent creates
+queue behind each other's Python, while the raw INSERT and its fsync are a
+small part of that time (README, "Why the code is shaped this way"). So
+concurrent creates are queued and written together: one multi-row
+``INSERT ... ON CONFLICT(email) DO NOTHING RETURNING``, one commit (one
+fsync) per batch. Each request still gets its own answer: rows that did not
+come back hit a taken email (409). Durability is unchanged: a request is
+answered only after the batch it rode committed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def _insert_unless_taken(is_sqlite: bool, rows: list[dict[str, Any]]) -> Returni
             .returning(User.id, User.email)
         )
     # Imported only when used: the PostgreSQL dialect and its drivers'
-    # modules cost a SQLite worker 2 MiB of memory.
+    # modules would take memory in every SQLite worker for nothing
+    # (README, "Why the code is shaped this way").
     from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
     return (

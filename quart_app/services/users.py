@@ -13,7 +13,12 @@ from quart_app.errors import EmailTaken, NotFound
 
 async def create_user(session: AsyncSession, name: str, email: str) -> User:
     """Insert a user; the unique constraint, not a prior look-up, decides a
-    taken email, so concurrent creates cannot both win."""
+    taken email, so concurrent creates cannot both win.
+
+    Unlike the other writes here it takes a session, inside a write
+    transaction the caller holds (Database.writing): with an Idempotency-Key
+    the stored response must commit in that same transaction (api/users.py).
+    Creates without a key go through UserBatcher (user_batches.py)."""
     user = User(name=name, email=email)
     session.add(user)
     try:

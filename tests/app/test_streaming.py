@@ -22,8 +22,9 @@ async def test_app_uses_the_bounded_body(app: Quart) -> None:
 
 
 def test_responses_have_no_whole_response_deadline(app: Quart) -> None:
-    # Quart's default (60 s) cut any download that took longer; connections.py
-    # bounds responses by idle time and rate instead.
+    # Quart's default (60 s) cut any download that took longer;
+    # edge/server_internals.py (GuardedTCPServer) bounds responses by idle
+    # time and rate instead.
     assert app.config["RESPONSE_TIMEOUT"] is None
 
 

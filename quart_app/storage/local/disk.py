@@ -29,10 +29,10 @@ def start_writeback(fd: int, start: int, length: int) -> None:
     """Have the kernel start writing these bytes to disk now, without
     waiting for them. Otherwise nothing is written back until the dirty
     pages pass vm.dirty_background_ratio (gigabytes on a large machine), and
-    the fsync before the 201 writes the whole upload while the client waits.
-    On Linux, POSIX_FADV_DONTNEED starts asynchronous writeback of the range;
-    its pages are dirty, so none is dropped from the cache. Measured: 1 GiB
-    PUT +10-25 %, tus +5-10 % (README "Performance")."""
+    the fsync before the 201 writes the whole upload while the client waits
+    (README, "Why the code is shaped this way"). On Linux,
+    POSIX_FADV_DONTNEED starts asynchronous writeback of the range; its
+    pages are dirty, so none is dropped from the cache."""
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
 

@@ -117,8 +117,8 @@ class LocalBlobStore:
 
     # A blob renamed into place before its transaction commits is in doubt
     # until the commit: a marker names it, so that if the process dies in
-    # between, startup (integrity.recover) can tell those bytes have no row
-    # without scanning every blob.
+    # between, startup (ops/integrity.recover, recovery.py) can tell those
+    # bytes have no row without scanning every blob.
     def publish_marker(self, sha256: str) -> Path:
         return self.tmp / f"{os.getpid()}-publishing-{sha256}"
 

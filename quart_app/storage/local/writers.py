@@ -127,7 +127,7 @@ class LocalBlobWriter(BatchedWriter):
         super().__init__(store, [self._hash])
         self._max_bytes = max_bytes
         # The pid names the owner: after a crash, startup removes temp files
-        # whose process is gone (integrity.recover).
+        # whose process is gone (ops/integrity.recover, recovery.py).
         self.temp_path = store.tmp / f"{os.getpid()}-{secrets.token_hex(16)}.part"
         self.size = 0
         self._sealed: SealedBlob | None = None
