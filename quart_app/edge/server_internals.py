@@ -58,12 +58,13 @@ h2 counts only open streams against ``h2_max_concurrent_streams``, and a
 reset stream is closed at once, though its app task has been started; so
 nothing bounds the apps running. Hypercorn's fix for the CVE (0.15),
 GOAWAY after ``keep_alive_max_requests`` (1000), still handles the rest of
-the read (~6,900 streams per 256 KiB) and the client just reconnects. h2
-parses a whole read before Hypercorn sees a frame (~420 ms for 256 KiB of
-such pairs). A stream reset before its app ended the response keeps its
+the read (thousands of streams per 256 KiB read) and the client just
+reconnects. h2 parses a whole read before Hypercorn sees a frame (long
+enough to hold up every other connection of the worker). A stream reset before its app ended the response keeps its
 send buffer and priority-tree place; the 1001st raises out of the
 connection. And a closed connection lingers for keep_alive_timeout when a
-late app restarts its idle timer, holding ~1 MiB of buffers with TLS.
+late app restarts its idle timer, holding its TLS buffers. (Figures:
+README, "Why the code is shaped this way".)
 
 So, on HTTP/2 connections only (HTTP/1.1 never reaches this code):
 
@@ -438,8 +439,9 @@ def worker_failures() -> Iterator[list[int]]:
 RESET_BUDGET = 200
 RESET_WINDOW_SECONDS = 30.0
 
-# Bytes of a socket read handed to h2 at a time: 16 KiB of HEADERS +
-# RST_STREAM pairs is ~600 streams and ~25 ms of h2 parsing.
+# Bytes of a socket read handed to h2 at a time: small enough that parsing
+# one slice of HEADERS + RST_STREAM pairs does not hold up the worker
+# (README, "Why the code is shaped this way").
 READ_SLICE_BYTES = 16 * 1024
 
 
