@@ -60,8 +60,9 @@ nothing bounds the apps running. Hypercorn's fix for the CVE (0.15),
 GOAWAY after ``keep_alive_max_requests`` (1000), still handles the rest of
 the read (thousands of streams per 256 KiB read) and the client just
 reconnects. h2 parses a whole read before Hypercorn sees a frame (long
-enough to hold up every other connection of the worker). A stream reset before its app ended the response keeps its
-send buffer and priority-tree place; the 1001st raises out of the
+enough to hold up every other connection of the worker). A stream reset
+before its app ended the response keeps its send buffer and priority-tree
+place; the 1001st raises out of the
 connection. And a closed connection lingers for keep_alive_timeout when a
 late app restarts its idle timer, holding its TLS buffers. (Figures:
 README, "Why the code is shaped this way".)
