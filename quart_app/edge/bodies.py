@@ -152,6 +152,10 @@ class BoundedBody:
         self._abandoned = True
         self._data.clear()
         self._room.set()
+        # A reader that goes on must not mistake the rest for a whole body.
+        if self._after_drain is None:
+            self._after_drain = ClientDisconnected("the request body was abandoned")
+            self._disconnect_read = True  # nobody is owed this one
 
     def end_for_shutdown(self) -> None:
         if not self._complete.is_set():

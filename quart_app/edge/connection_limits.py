@@ -4,6 +4,8 @@ memory back. server_internals.GuardedTCPServer applies them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import time
@@ -45,7 +47,10 @@ class MemoryReturner:
         now = time.monotonic()
         if self._trim is not None and now - self._last >= self.TRIM_INTERVAL_SECONDS:
             self._last = now
-            self._trim(0)
+            # In a worker thread: on a large heap it can take long enough to
+            # stall every connection of the event loop.
+            with contextlib.suppress(RuntimeError):  # no running loop
+                asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,9 @@ class BackPressureHTTPConnection(ASGIHTTPConnection):
                 await asyncio.wait([handler_task])
                 done, pending = {handler_task, receiver_task}, set()
         except asyncio.CancelledError:
-            await cancel_tasks({handler_task, receiver_task})
+            for task in (handler_task, receiver_task):
+                task.cancel()
+            await asyncio.gather(handler_task, receiver_task, return_exceptions=True)
             if not started:
                 await _send_shutting_down(send)
             raise
@@ -245,6 +247,7 @@ class GuardedTCPServer(TCPServer):
         super().__init__(*args, **kwargs)
         self._last_activity = time.monotonic()
         self._linger_until: float | None = None
+        self._read_timeout: asyncio.Timeout | None = None
         self._lingered = 0
 
     @property
@@ -261,22 +264,29 @@ class GuardedTCPServer(TCPServer):
         cls.open_connections += 1
         try:
             await super().run()
+        except asyncio.CancelledError:
+            # The graceful timeout ran out: this connection is the top of its
+            # task, and asyncio's start_server would log a cancelled one as
+            # an error with a traceback; it is an expected end here.
+            pass
         finally:
             cls.open_connections -= 1
             cls.memory.connection_closed()
 
     async def _refuse(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.write(refusal())
-            async with asyncio.timeout(1):
-                await self.writer.drain()
-            self.writer.write_eof()
-            # What the client already sent is read and dropped briefly, so
-            # the close is not a reset that could swallow the 503.
-            async with asyncio.timeout(1):
-                while await self.reader.read(SOCKET_READ_BYTES):
-                    pass
-        self.writer.transport.abort()
+        try:
+            with contextlib.suppress(Exception):
+                self.writer.write(refusal())
+                async with asyncio.timeout(1):
+                    await self.writer.drain()
+                self.writer.write_eof()
+                # What the client already sent is read and dropped briefly,
+                # so the close is not a reset that could swallow the 503.
+                async with asyncio.timeout(1):
+                    while await self.reader.read(SOCKET_READ_BYTES):
+                        pass
+        finally:
+            self.writer.transport.abort()
 
     def _watch_shutdown(self) -> None:
         """One watcher per worker: when shutdown starts, end the request
@@ -299,7 +309,7 @@ class GuardedTCPServer(TCPServer):
     async def _read_data(self) -> None:
         while not self.reader.at_eof():
             try:
-                async with asyncio.timeout(self._read_wait()):
+                async with asyncio.timeout(self._read_wait()) as self._read_timeout:
                     data = await self.reader.read(SOCKET_READ_BYTES)
             except TimeoutError:
                 if self._linger_until is not None:
@@ -383,6 +393,11 @@ class GuardedTCPServer(TCPServer):
             self._linger_until = time.monotonic() + self._limits.linger_seconds
             with contextlib.suppress(NotImplementedError, OSError, RuntimeError):
                 self.writer.write_eof()
+            if self._read_timeout is not None:
+                # A read already waiting was given the idle timeout: bring
+                # it to the lingering's own short slices now.
+                loop = asyncio.get_running_loop()
+                self._read_timeout.reschedule(loop.time() + LINGER_POLL_SECONDS)
             return
         await super()._close()
 
@@ -676,6 +691,11 @@ class LimitedH2Protocol(H2Protocol):
         await super().handle(Closed())
         for buffer in list(self.stream_buffers.values()):
             await buffer.close()
+        # A stream whose task was cancelled before it ran would otherwise
+        # give its worker slot back only when the garbage collector frees it.
+        for stream_app in list(self.stream_apps.values()):
+            if not stream_app.created:
+                stream_app.release()
 
     async def _go_away(self) -> None:
         """Send what h2 has queued (the GOAWAY), end every stream, close."""

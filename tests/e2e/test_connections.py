@@ -492,3 +492,29 @@ def test_sigterm_with_uploads_running_answers_503_or_closes(tmp_path: Path) -> N
         assert list((server.storage_dir / "blobs").rglob("*.*")) == []
     finally:
         server.stop()
+
+
+def test_an_early_answer_to_a_client_that_sends_nothing_more_lingers_briefly(
+    tmp_path: Path,
+) -> None:
+    """The reader was already waiting (with the idle timeout) when the
+    answer went out: the lingering bound applies to that wait too, and a
+    shutdown does not wait for the graceful timeout."""
+    server = start_server(tmp_path / "server", {"QUART_APP_LINGER_SECONDS": "1"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(
+                b"PUT /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n\r\n"
+            )
+            sock.settimeout(5)
+            head, _ = read_response(sock)
+            assert status_of(head) == 404
+            time.sleep(2)  # past the linger bound; still not closed by us
+            assert server.process is not None
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(15)
+            assert time.monotonic() - started < 1.0
+        assert_clean_log(server)
+    finally:
+        server.stop()
