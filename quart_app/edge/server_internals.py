@@ -112,6 +112,7 @@ import h11
 import hypercorn.asyncio.run as hypercorn_run
 import hypercorn.protocol
 from h2.errors import ErrorCodes
+from h2.stream import StreamState
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h2 import H2Protocol
@@ -558,6 +559,18 @@ class LimitedH2Protocol(H2Protocol):
         self.last_admitted = 0
         self._send_event = self.send
         self.send = self._send
+        # Response bytes each stream has sent, and what it had sent at the
+        # last look of the send-rate watch (_enforce_send_rate).
+        self.stream_sent: dict[int, int] = {}
+        self._sent_at_last_look: dict[int, int] = {}
+        self._ended = asyncio.Event()
+        send_data = self.connection.send_data
+
+        def counting_send_data(stream_id: int, data: bytes, *args: Any, **kwargs: Any) -> None:
+            self.stream_sent[stream_id] = self.stream_sent.get(stream_id, 0) + len(data)
+            send_data(stream_id, data, *args, **kwargs)
+
+        self.connection.send_data = counting_send_data  # type: ignore[method-assign,assignment]
 
     async def _send(self, event: Event) -> None:
         if isinstance(event, Updated) and (self.closed or self.going_away):
@@ -580,6 +593,61 @@ class LimitedH2Protocol(H2Protocol):
             await self._go_away()
             return
         await super().initiate(headers, settings)
+        self.task_group.spawn(self._enforce_send_rate)
+
+    async def _enforce_send_rate(self) -> None:
+        """The response side of the rate floor, per stream. Flow control
+        lets a client that grants no window stall a stream's response
+        without a byte reaching the socket (GuardedTCPServer's floor sees
+        nothing) while the stream keeps its worker slot, and PINGs keep the
+        connection from looking idle. A stream whose response waited a whole
+        window and moved less than MIN_TRANSFER_RATE x TRANSFER_RATE_WINDOW
+        is cancelled (RST_STREAM CANCEL), spending the connection's reset
+        budget like a client's reset would."""
+        limits = GuardedTCPServer.limits
+        if limits is None or not limits.min_rate:
+            return
+        floor = limits.min_rate * limits.rate_window
+        while not (self.closed or self.going_away):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limits.rate_window):
+                    await self._ended.wait()
+            if self.closed or self.going_away:
+                return
+            waiting = {sid for sid, buffer in self.stream_buffers.items() if buffer.buffer}
+            for stream_id in waiting:
+                sent = self.stream_sent.get(stream_id, 0)
+                last = self._sent_at_last_look.get(stream_id)
+                if last is not None and sent - last < floor:
+                    await self._cancel_stalled(stream_id)
+                else:
+                    self._sent_at_last_look[stream_id] = sent
+            for stream_id in set(self._sent_at_last_look) - waiting:
+                del self._sent_at_last_look[stream_id]
+
+    async def _cancel_stalled(self, stream_id: int) -> None:
+        self._sent_at_last_look.pop(stream_id, None)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.connection.reset_stream(stream_id, ErrorCodes.CANCEL)
+        await self._flush()
+        await self._close_stream(stream_id)
+        await self._window_updated(stream_id)  # lets the sender drop its buffer
+        if not self.reset_budget.spend():
+            self.connection.close_connection(
+                error_code=ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_admitted
+            )
+            await self._go_away()
+
+    async def _send_data(self, stream_id: int) -> None:
+        await super()._send_data(stream_id)
+        # The response has ended (END_STREAM sent) while the client is still
+        # sending its request: RFC 9113 section 8.1 lets the server ask it to
+        # stop without error, rather than take a body nobody reads.
+        stream = self.connection.streams.get(stream_id)
+        if stream is not None and stream.state_machine.state is StreamState.HALF_CLOSED_LOCAL:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                await self._flush()
 
     async def handle(self, event: Event) -> None:
         if isinstance(event, RawData):
@@ -688,6 +756,7 @@ class LimitedH2Protocol(H2Protocol):
         """Hypercorn's end of the connection, then its send buffers': an app
         still sending waits on its buffer for the sending task, which has
         just stopped; closed, the buffer lets the app finish."""
+        self._ended.set()
         await super().handle(Closed())
         for buffer in list(self.stream_buffers.values()):
             await buffer.close()

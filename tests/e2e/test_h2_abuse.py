@@ -27,6 +27,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import httpx
 import pytest
 from h2.errors import ErrorCodes
@@ -526,3 +527,56 @@ def test_upgrade_to_h2c_is_answered_over_http_1_1(h2_server: RunningServer) -> N
             answer += data
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b'{"status":"ok"}' in answer
+
+
+def test_a_response_the_client_grants_no_window_is_cancelled(
+    tmp_path: Path, tls_files: tuple[Path, Path]
+) -> None:
+    """Flow control lets a client stall a response without a byte reaching
+    the socket, while its stream holds a worker slot and PINGs keep the
+    connection busy: past the rate floor's window the stream is cancelled
+    and its slot comes back."""
+    server = start_server(
+        tmp_path / "server",
+        {"QUART_APP_H2_MAX_STREAMS_PER_WORKER": "4", "QUART_APP_TRANSFER_RATE_WINDOW": "1"},
+        tls=tls_files,
+    )
+    try:
+        with H2Client(server, tls_files[0]) as stalling, H2Client(server, tls_files[0]) as other:
+            stalling.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+            stalling.flush()
+            stalled = [stalling.request("GET", "/healthz") for _ in range(4)]
+            stalling.events(0.3)
+            assert refused(other.events(0.1)) == []
+            blocked = other.request("GET", "/healthz")
+            assert refused(other.events(0.5)) == [blocked]  # every slot is held
+            cancelled: list[int] = []
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline and len(cancelled) < len(stalled):
+                stalling.conn.ping(b"stalling")
+                stalling.flush()
+                cancelled += [
+                    e.stream_id
+                    for e in stalling.events(0.5)
+                    if isinstance(e, h2.events.StreamReset) and e.error_code == ErrorCodes.CANCEL
+                ]
+            assert sorted(cancelled) == stalled
+            again = other.request("GET", "/healthz")
+            assert answered(other.events(1.0)) == {again: b"200"}
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_an_early_answer_asks_the_client_to_stop_sending(
+    h2_server: RunningServer, tls_files: tuple[Path, Path]
+) -> None:
+    """RFC 9113 section 8.1: after a complete response to a request whose
+    body is still coming, RST_STREAM(NO_ERROR), so the client stops."""
+    with H2Client(h2_server, tls_files[0]) as client:
+        stream_id = client.request("PUT", "/nope", end_stream=False)
+        client.send_body(stream_id, 48 * KIB)
+        events = client.events(1.0)
+        assert answered(events) == {stream_id: b"404"}
+        resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+        assert [(e.stream_id, e.error_code) for e in resets] == [(stream_id, ErrorCodes.NO_ERROR)]
