@@ -199,6 +199,12 @@ def load_settings(
         raise ConfigError(f"{ENV_PREFIX}PAGE_SIZE_DEFAULT must be 1..PAGE_SIZE_MAX")
     if settings.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL has an invalid value {settings.LOG_LEVEL!r}")
+    if settings.MIN_TRANSFER_RATE and settings.TRANSFER_RATE_WINDOW > settings.IDLE_TIMEOUT:
+        # A body moving slowly shows progress once a window; a longer window
+        # than the idle time would let the idle timeout cut it first.
+        raise ConfigError(
+            f"{ENV_PREFIX}TRANSFER_RATE_WINDOW must not be longer than {ENV_PREFIX}IDLE_TIMEOUT"
+        )
     _reject_db_inside_storage(settings)
     return settings
 

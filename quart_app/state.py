@@ -87,16 +87,15 @@ class AppState:
     async def start(self) -> None:
         """Build what serving needs, in dependency order; each step that can
         fail names itself in the StartupError it raises."""
-        from quart_app.db.engine import open_database
         from quart_app.edge.cursors import CursorCodec
         from quart_app.ops.instance import load_secret_key, prepare_directories
         from quart_app.ops.integrity import TEMP_GRACE_SECONDS, recover
+        from quart_app.ops.opening import open_database, open_store
         from quart_app.ops.startup import describe_database, startup_step
         from quart_app.ops.sweeps import sweep_loop
         from quart_app.services.file_batches import FileBatcher
         from quart_app.services.resumable_uploads import HashStates
         from quart_app.services.user_batches import UserBatcher
-        from quart_app.storage.factory import open_store
 
         settings = self.settings
         self._store = await open_store(settings)

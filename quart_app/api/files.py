@@ -48,7 +48,7 @@ from quart_app.errors import InvalidInput, PreconditionFailed, RangeNotSatisfiab
 from quart_app.services.downloads import open_content
 from quart_app.services.files import (
     create_files,
-    current_etag,
+    current_sha256,
     delete_file,
     get_file,
     list_files,
@@ -130,7 +130,8 @@ def _client_file_id(file_id: str) -> str:
     return file_id
 
 
-def _put_precondition(current: str | None) -> bool:
+def _put_precondition(sha256: str | None) -> bool:
+    current = None if sha256 is None else strong_etag(sha256)
     return if_match_passes(request.headers.get("If-Match"), current) and if_none_match_passes(
         request.headers.get("If-None-Match"), current
     )
@@ -149,8 +150,8 @@ async def put_one(file_id: str) -> Response:
     # A short session of its own: a read transaction held open for the whole
     # upload would keep SQLite from checkpointing its WAL.
     async with app_state().database.sessionmaker() as session:
-        etag = await current_etag(session, file_id)
-    if not _put_precondition(etag):
+        sha256 = await current_sha256(session, file_id)
+    if not _put_precondition(sha256):
         raise PreconditionFailed("The file's current state does not match the precondition.")
     incoming = await receive_raw(default_filename=file_id)
     file, is_new = await commit_or_discard(
@@ -182,7 +183,9 @@ async def delete_one(file_id: str) -> Response:
             app_state().database,
             app_state().store,
             file_id,
-            lambda current: if_match_passes(request.headers.get("If-Match"), current),
+            lambda sha256: if_match_passes(
+                request.headers.get("If-Match"), None if sha256 is None else strong_etag(sha256)
+            ),
         )
     )
     return empty_response(204)

@@ -29,7 +29,6 @@ from quart_app.edge.schemas import (
     UploadOut,
 )
 from quart_app.edge.tus_headers import (
-    CHECKSUM_ALGORITHMS,
     OFFSET_CONTENT_TYPE,
     TUS_EXTENSIONS,
     TUS_VERSION,
@@ -45,6 +44,7 @@ from quart_app.errors import (
     UnsupportedProtocolVersion,
 )
 from quart_app.services.resumable_uploads import (
+    CHECKSUM_ALGORITHMS,
     Patch,
     UploadSpec,
     append,

@@ -31,11 +31,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from quart_app.config import Settings
-from quart_app.db.schema_version import schema_at_head, schema_revision
+from quart_app.db.commits import CommitsInFlight
 from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStorage
-from quart_app.ops.startup import StartupError, describe_database, startup_step
-from quart_app.services.shielded import CommitsInFlight
 
 # A write's budget is only re-set on its connection (one more statement) when
 # it differs from the connection's busy timeout by more than this: small waits
@@ -274,30 +271,3 @@ def _create_engine(url: str, timeout: float, path: Path | None) -> AsyncEngine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
-
-
-async def open_database(settings: Settings) -> tuple[Database, str | None]:
-    """The database a server serves, and its schema revision. With
-    AUTO_MIGRATE a missing SQLite file is created and the schema brought to
-    head; without it a missing file stops startup. Failures raise
-    StartupError naming the database (password hidden) and the cause."""
-    url = settings.database_url
-    with startup_step(f"database {describe_database(url)}"):
-        database = Database(url, settings.DATABASE_TIMEOUT)
-        try:
-            if database.path is not None and not database.path.exists():
-                if not settings.AUTO_MIGRATE:
-                    raise StartupError(
-                        f"no database at {database.path} (QUART_APP_AUTO_MIGRATE is off: "
-                        "create it with `python -m quart_app migrate`)"
-                    )
-                await asyncio.to_thread(database.create_file)
-            if settings.AUTO_MIGRATE and not await schema_at_head(database.engine):
-                from quart_app.db.migrate import upgrade_to_head
-
-                await upgrade_to_head(database.engine, settings)
-            revision = await schema_revision(database.engine)
-        except BaseException:
-            await database.dispose()
-            raise
-    return database, revision

@@ -22,7 +22,8 @@ from python_multipart.multipart import MultipartParser
 
 from quart_app.edge.disposition import clean_filename, header_text, parse_disposition
 from quart_app.errors import InvalidInput, MalformedBody, TooLarge, TooManyParts
-from quart_app.storage import BlobTooLarge, BlobWriter, SealedBlob
+from quart_app.services.incoming import IncomingFile
+from quart_app.storage import BlobTooLarge, BlobWriter
 
 MAX_PART_HEADER_BYTES = 8 * 1024
 MAX_PART_HEADERS = 16
@@ -36,14 +37,6 @@ class MultipartLimits:
     max_fields: int
     max_field_bytes: int
     max_filename_chars: int
-
-
-@dataclass
-class IncomingFile:
-    filename: str
-    content_type: str
-    writer: BlobWriter
-    sealed: SealedBlob | None = None
 
 
 @dataclass

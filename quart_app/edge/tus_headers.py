@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-from collections.abc import Callable
-from typing import Any
 
 from quart_app.errors import InvalidInput
+from quart_app.services.resumable_uploads import CHECKSUM_ALGORITHMS
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = (
     "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration"
 )
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
-CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
-    "sha1": hashlib.sha1,
-    "sha256": hashlib.sha256,
-    "md5": hashlib.md5,
-}
 
 
 def _invalid(header: str, message: str) -> InvalidInput:

@@ -14,12 +14,12 @@ from werkzeug.http import parse_options_header
 from quart_app.edge.disposition import clean_filename, header_text, parse_disposition
 from quart_app.edge.idempotency import observe_body
 from quart_app.edge.multipart import (
-    IncomingFile,
     MultipartLimits,
     read_multipart,
     upload_content_type,
 )
 from quart_app.errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
+from quart_app.services.incoming import IncomingFile
 from quart_app.state import app_state
 from quart_app.storage import BlobTooLarge
 

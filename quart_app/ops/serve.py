@@ -35,12 +35,11 @@ from pathlib import Path
 from hypercorn.config import Config
 
 from quart_app.config import ConfigError, Settings, load_settings
-from quart_app.db.engine import open_database
 from quart_app.edge.access_log import configure_logging
 from quart_app.edge.server_internals import worker_failures
 from quart_app.ops.instance import load_secret_key, prepare_directories
+from quart_app.ops.opening import open_database, open_store
 from quart_app.ops.startup import StartupError, describe_database, startup_step
-from quart_app.storage.factory import open_store
 
 APPLICATION = "quart_app:create_app()"
 log = logging.getLogger("quart_app.serve")

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from quart_app.db.engine import Database
 from quart_app.db.models import File
-from quart_app.edge.multipart import IncomingFile
 from quart_app.services.files import blob_transaction, new_file
 from quart_app.services.group_commit import GroupCommit
+from quart_app.services.incoming import IncomingFile
 from quart_app.storage import BlobStore
 
 

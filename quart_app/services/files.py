@@ -28,11 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from quart_app.db.engine import Database
 from quart_app.db.keyset import keyset_page
 from quart_app.db.models import Batch, Blob, File, utc_now
-from quart_app.edge.conditional import strong_etag
-from quart_app.edge.multipart import IncomingFile
 from quart_app.errors import NotFound, PreconditionFailed
+from quart_app.services.incoming import IncomingFile
 from quart_app.storage import BlobStore, SealedBlob
 
+# Gets the sha256 of the file as it is now (None: no such file); the edge
+# turns it into the ETag its precondition headers compare with.
 Precondition = Callable[[str | None], bool]
 
 
@@ -183,9 +184,9 @@ async def create_files(
     return files, batch
 
 
-async def current_etag(session: AsyncSession, file_id: str) -> str | None:
+async def current_sha256(session: AsyncSession, file_id: str) -> str | None:
     sha = await session.scalar(select(File.sha256).where(File.id == file_id))
-    return None if sha is None else strong_etag(sha)
+    return sha
 
 
 async def put_file(
@@ -196,12 +197,12 @@ async def put_file(
     precondition: Precondition,
 ) -> tuple[File, bool]:
     """Create or replace the file ``file_id``; True when it was created.
-    ``precondition`` gets the current ETag (None if absent) inside the
+    ``precondition`` gets the current sha256 (None if absent) inside the
     transaction, so a concurrent change cannot slip between check and write."""
     assert incoming.sealed is not None
     async with blob_transaction(database, store) as (session, changes):
         file = await session.scalar(select(File).where(File.id == file_id))
-        if not precondition(None if file is None else strong_etag(file.sha256)):
+        if not precondition(None if file is None else file.sha256):
             raise PreconditionFailed("The file's current state does not match the precondition.")
         await changes.keep(session, [incoming])
         now = utc_now()
@@ -230,7 +231,7 @@ async def delete_file(
         file = await session.scalar(select(File).where(File.id == file_id))
         if file is None:
             raise NotFound(f"There is no file {file_id}.")
-        if not precondition(strong_etag(file.sha256)):
+        if not precondition(file.sha256):
             raise PreconditionFailed("The file's current state does not match If-Match.")
         await session.delete(file)
         await session.flush()

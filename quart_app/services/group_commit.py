@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Generic, TypeVar
 
-from quart_app.services.shielded import CommitsInFlight
+from quart_app.db.commits import CommitsInFlight
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

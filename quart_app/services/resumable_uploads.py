@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
 from quart_app.db.models import File, Upload, utc_now
-from quart_app.edge.tus_headers import CHECKSUM_ALGORITHMS
 from quart_app.errors import (
     ChecksumMismatch,
     Conflict,
@@ -38,6 +37,13 @@ from quart_app.errors import (
 )
 from quart_app.services.files import BlobChanges, blob_transaction, new_id
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
+
+# The checksums a PATCH may carry (tus checksum extension), by name.
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "md5": hashlib.md5,
+}
 
 
 class HashStates:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from quart_app.config import Settings
-from quart_app.ops.startup import startup_step
 from quart_app.storage.local import LocalBlobStore
 
 
@@ -12,13 +11,4 @@ def build_store(settings: Settings) -> LocalBlobStore:
     that run without a server)."""
     store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
     store.prepare()
-    return store
-
-
-async def open_store(settings: Settings) -> LocalBlobStore:
-    """The configured store, prepared and shown to be writable; raises a
-    StartupError naming it otherwise."""
-    with startup_step(f"storage directory {settings.STORAGE_DIR}"):
-        store = build_store(settings)
-        await store.probe()
     return store

@@ -93,3 +93,11 @@ def test_a_database_url_sqlalchemy_cannot_read_stops_startup() -> None:
 def test_the_database_is_described_without_its_password() -> None:
     url = "postgresql+asyncpg://app:s3cret@db.example:5432/app"
     assert describe_database(url) == "postgresql+asyncpg://app:***@db.example:5432/app"
+
+
+def test_a_rate_window_longer_than_the_idle_time_is_refused() -> None:
+    with pytest.raises(ConfigError, match="TRANSFER_RATE_WINDOW"):
+        load_settings({"TRANSFER_RATE_WINDOW": 90, "IDLE_TIMEOUT": 60}, environ={})
+    load_settings(
+        {"TRANSFER_RATE_WINDOW": 90, "IDLE_TIMEOUT": 60, "MIN_TRANSFER_RATE": 0}, environ={}
+    )

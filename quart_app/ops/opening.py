@@ -1,0 +1,49 @@
+"""Opening what a server needs before it serves, the database and the blob
+store, each failure a StartupError naming what could not be opened."""
+
+from __future__ import annotations
+
+import asyncio
+
+from quart_app.config import Settings
+from quart_app.db.engine import Database
+from quart_app.db.schema_version import schema_at_head, schema_revision
+from quart_app.ops.startup import StartupError, describe_database, startup_step
+from quart_app.storage.factory import build_store
+from quart_app.storage.local import LocalBlobStore
+
+
+async def open_database(settings: Settings) -> tuple[Database, str | None]:
+    """The database a server serves, and its schema revision. With
+    AUTO_MIGRATE a missing SQLite file is created and the schema brought to
+    head; without it a missing file stops startup. Failures raise
+    StartupError naming the database (password hidden) and the cause."""
+    url = settings.database_url
+    with startup_step(f"database {describe_database(url)}"):
+        database = Database(url, settings.DATABASE_TIMEOUT)
+        try:
+            if database.path is not None and not database.path.exists():
+                if not settings.AUTO_MIGRATE:
+                    raise StartupError(
+                        f"no database at {database.path} (QUART_APP_AUTO_MIGRATE is off: "
+                        "create it with `python -m quart_app migrate`)"
+                    )
+                await asyncio.to_thread(database.create_file)
+            if settings.AUTO_MIGRATE and not await schema_at_head(database.engine):
+                from quart_app.db.migrate import upgrade_to_head
+
+                await upgrade_to_head(database.engine, settings)
+            revision = await schema_revision(database.engine)
+        except BaseException:
+            await database.dispose()
+            raise
+    return database, revision
+
+
+async def open_store(settings: Settings) -> LocalBlobStore:
+    """The configured store, prepared and shown to be writable; raises a
+    StartupError naming it otherwise."""
+    with startup_step(f"storage directory {settings.STORAGE_DIR}"):
+        store = build_store(settings)
+        await store.probe()
+    return store
