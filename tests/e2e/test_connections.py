@@ -96,7 +96,9 @@ def test_a_steady_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None
     """Hypercorn's read_timeout (2 s here) cut a response a client was still
     reading; now only a connection where nothing moves is idle."""
     server = start_server(
-        tmp_path / "server", {"QUART_APP_IDLE_TIMEOUT": "2"}, args=["--read-timeout", "2"]
+        tmp_path / "server",
+        {"QUART_APP_IDLE_TIMEOUT": "2", "QUART_APP_TRANSFER_RATE_WINDOW": "1"},
+        args=["--read-timeout", "2"],
     )
     try:
         data = os.urandom(16 * MIB)
@@ -118,7 +120,10 @@ def test_a_steady_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None
 def test_a_steady_http2_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None:
     tls = self_signed_certificate(tmp_path)
     server = start_server(
-        tmp_path / "server", {"QUART_APP_IDLE_TIMEOUT": "2"}, args=["--read-timeout", "2"], tls=tls
+        tmp_path / "server",
+        {"QUART_APP_IDLE_TIMEOUT": "2", "QUART_APP_TRANSFER_RATE_WINDOW": "1"},
+        args=["--read-timeout", "2"],
+        tls=tls,
     )
     try:
         data = os.urandom(12 * MIB)
