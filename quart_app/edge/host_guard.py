@@ -79,15 +79,30 @@ class HostGuardMiddleware:
             try:
                 scope = check_host(scope, self.allowed)
             except (InvalidHost, HostNotAllowed) as error:
-                await _send_problem(send, error)
+                await _send_problem(send, error, body_follows=_body_follows(scope))
                 return
         await self.app(scope, receive, send)
 
 
-async def _send_problem(send: ASGISendCallable, error: DomainError) -> None:
-    # The body is never read: Hypercorn closes the connection after this
-    # answer if the client was still sending one.
+def _body_follows(scope: Any) -> bool:
+    """An HTTP/1 request that declares a body (which this answer never reads)."""
+    if scope.get("http_version") not in ("1.0", "1.1"):
+        return False
+    for name, value in scope.get("headers") or ():
+        name = name.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def _send_problem(send: ASGISendCallable, error: DomainError, body_follows: bool) -> None:
+    # The body is never read: like an early answer from a view, the answer
+    # says Connection: close, and the server closes gently after it
+    # (server_internals.GuardedTCPServer lingers).
     response = domain_problem(error)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if body_follows:
+        response.headers["Connection"] = "close"
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": response.status_code,

@@ -64,6 +64,8 @@ def raw_problem(error: DomainError) -> tuple[int, list[tuple[bytes, bytes]], byt
     fields = [
         (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
+        # What nosniff.py adds to the answers that pass through Quart.
+        (b"x-content-type-options", b"nosniff"),
     ]
     fields += [
         (name.lower().encode("latin-1"), value.encode("latin-1"))

@@ -68,6 +68,7 @@ async def test_a_malformed_host_is_a_400_problem_in_every_configuration(
     response = await post_user(any_config, host)
     assert response.status_code == 400, await response.get_data()
     assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "Location" not in response.headers
     problem = json.loads(await response.get_data())
     assert problem["type"] == "urn:quart-app:problem:invalid-host"
@@ -87,6 +88,8 @@ async def test_two_host_fields_are_a_400_problem(app: Quart) -> None:
         await connection.send_complete()
         body = await connection.receive()
     assert connection.status_code == 400
+    assert connection.headers is not None
+    assert "Connection" not in connection.headers  # a GET: no body to refuse
     assert json.loads(body)["type"] == "urn:quart-app:problem:invalid-host"
 
 
