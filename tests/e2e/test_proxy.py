@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,10 +155,12 @@ http {{
             time.sleep(0.05)
 
 
-@pytest.fixture
-def proxied(nginx_binary: str, tmp_path: Path) -> Iterator[tuple[Nginx, RunningServer]]:
-    """nginx in front of a Hypercorn that trusts it, with no public URL."""
-    server = start_server(tmp_path / "server", {"QUART_APP_TRUSTED_PROXIES": "127.0.0.1"})
+@contextmanager
+def behind_nginx(
+    nginx_binary: str, tmp_path: Path, env: dict[str, str]
+) -> Iterator[tuple[Nginx, RunningServer]]:
+    """A Hypercorn with ``env`` and nginx in front of it, both stopped after."""
+    server = start_server(tmp_path / "server", env)
     try:
         nginx = start_nginx(nginx_binary, tmp_path / "nginx", server)
         try:
@@ -166,6 +169,13 @@ def proxied(nginx_binary: str, tmp_path: Path) -> Iterator[tuple[Nginx, RunningS
             nginx.stop()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def proxied(nginx_binary: str, tmp_path: Path) -> Iterator[tuple[Nginx, RunningServer]]:
+    """nginx in front of a Hypercorn that trusts it, with no public URL."""
+    with behind_nginx(nginx_binary, tmp_path, {"QUART_APP_TRUSTED_PROXIES": "127.0.0.1"}) as pair:
+        yield pair
 
 
 def create_user(url: str, email: str, *args: str) -> str:
@@ -226,21 +236,12 @@ def test_a_malformed_host_through_the_proxy_is_a_400_problem(
 @pytest.fixture
 def proxied_public(nginx_binary: str, tmp_path: Path) -> Iterator[tuple[Nginx, RunningServer]]:
     """nginx in front of a Hypercorn with QUART_APP_PUBLIC_URL set."""
-    server = start_server(
-        tmp_path / "server",
-        {
-            "QUART_APP_TRUSTED_PROXIES": "127.0.0.1",
-            "QUART_APP_PUBLIC_URL": "https://files.example.com",
-        },
-    )
-    try:
-        nginx = start_nginx(nginx_binary, tmp_path / "nginx", server)
-        try:
-            yield nginx, server
-        finally:
-            nginx.stop()
-    finally:
-        server.stop()
+    env = {
+        "QUART_APP_TRUSTED_PROXIES": "127.0.0.1",
+        "QUART_APP_PUBLIC_URL": "https://files.example.com",
+    }
+    with behind_nginx(nginx_binary, tmp_path, env) as pair:
+        yield pair
 
 
 def test_with_a_public_url_every_client_gets_it(
