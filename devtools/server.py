@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import httpx
 
+from devtools.auth import TEST_ADMIN_KEY
 from devtools.processes import stop_process
 
 from . import PROJECT_ROOT
@@ -185,6 +186,7 @@ def start_server(
             "QUART_APP_INSTANCE_DIR": str(root / "instance"),
             "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
             "PYTHONPATH": str(PROJECT_ROOT),
+            "QUART_APP_ADMIN_KEY": TEST_ADMIN_KEY,
         }
     )
     env.update(extra_env or {})

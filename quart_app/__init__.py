@@ -14,10 +14,11 @@ from typing import Any
 from quart import Quart
 
 from quart_app import state
-from quart_app.api import batches, files, health, resumable_uploads, users
+from quart_app.api import batches, files, health, keys, resumable_uploads, users
 from quart_app.config import load_settings
 from quart_app.edge import (
     access_log,
+    authentication,
     bodies,
     cors,
     forwarded,
@@ -49,8 +50,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     problems.init_app(app)
     nosniff.init_app(app)
     cors.init_app(app, settings)
+    authentication.init_app(app, settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(users.blueprint)
+    app.register_blueprint(keys.blueprint)
     app.register_blueprint(files.blueprint)
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(resumable_uploads.blueprint)

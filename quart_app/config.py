@@ -25,6 +25,7 @@ from quart_app.ops.startup import StartupError
 
 ENV_PREFIX = "QUART_APP_"
 
+MIN_ADMIN_KEY_CHARS = 32
 GIB = 1024**3
 MIB = 1024**2
 
@@ -133,6 +134,21 @@ class Settings:
     # process's write lock, a PostgreSQL connection) before it gets a 503 with
     # Retry-After; also bounds /readyz. Keep it under clients' own timeouts.
     DATABASE_TIMEOUT: float = 5.0
+    # An admin API key from the environment (at least 32 characters; keep it
+    # in a secret store). Empty: no such key; admin keys come from
+    # `python -m quart_app keys create --scope admin`.
+    ADMIN_KEY: str = ""
+    # Anyone may create a user with POST /users, without a key; the answer
+    # carries the new user's first key (read and write). Off: admin keys only.
+    OPEN_SIGNUP: bool = False
+    # Seconds a worker trusts what it read about a key: a revoked key stops
+    # working on every worker within this time. Also how often its last use
+    # may be noted.
+    KEY_CACHE_SECONDS: float = 5.0
+    # Count: failed authentications one client address may make in a minute,
+    # per worker; past it, keys it sends that the worker does not already
+    # know get a 429 problem with Retry-After until the minute ends.
+    AUTH_FAILURES_PER_MINUTE: int = 20
 
     @property
     def database_url(self) -> str:
@@ -204,6 +220,12 @@ def load_settings(
         # than the idle time would let the idle timeout cut it first.
         raise ConfigError(
             f"{ENV_PREFIX}TRANSFER_RATE_WINDOW must not be longer than {ENV_PREFIX}IDLE_TIMEOUT"
+        )
+    if settings.ADMIN_KEY and len(settings.ADMIN_KEY) < MIN_ADMIN_KEY_CHARS:
+        raise ConfigError(
+            f"{ENV_PREFIX}ADMIN_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters "
+            f"(it has {len(settings.ADMIN_KEY)}); make one with: "
+            "python -c 'import secrets; print(\"qa_\" + secrets.token_urlsafe(32))'"
         )
     _reject_db_inside_storage(settings)
     return settings

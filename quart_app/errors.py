@@ -102,6 +102,35 @@ class HostNotAllowed(DomainError):
     title = "This server does not answer for that host"
 
 
+# 401-403
+
+
+class Unauthorized(DomainError):
+    """No usable API key: missing, malformed, unknown, expired or revoked.
+    The edge adds ``WWW-Authenticate: Bearer`` (RFC 6750)."""
+
+    code = "unauthorized"
+    status = 401
+    title = "An API key is needed"
+
+
+class InsufficientScope(DomainError):
+    """The key is valid but lacks the scope (``read``, ``write``, ``admin``)
+    this request needs."""
+
+    code = "insufficient-scope"
+    status = 403
+    title = "The API key does not allow this"
+
+
+class LinkRefused(DomainError):
+    """A signed download link that was tampered with, has expired or was revoked."""
+
+    code = "link-refused"
+    status = 403
+    title = "The download link is not valid"
+
+
 # 404-431
 
 
@@ -223,6 +252,16 @@ class UploadLocked(DomainError):
     code = "upload-locked"
     status = 423
     title = "Another request is writing to this upload"
+
+
+class TooManyFailedAuthentications(DomainError):
+    """This client sent too many bad API keys lately; it waits before more
+    are looked at."""
+
+    code = "too-many-failed-authentications"
+    status = 429
+    title = "Too many failed authentications"
+    retry_after = 60
 
 
 class HeadersTooLarge(DomainError):

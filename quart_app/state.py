@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from quart_app.db.engine import Database
     from quart_app.edge.cursors import CursorCodec
     from quart_app.services.file_batches import FileBatcher
+    from quart_app.services.key_cache import KeyCache
     from quart_app.services.resumable_uploads import HashStates
     from quart_app.services.user_batches import UserBatcher
     from quart_app.storage.local import LocalBlobStore
@@ -47,6 +48,7 @@ class AppState:
         self._upload_hashes: HashStates | None = None
         self._user_batcher: UserBatcher | None = None
         self._file_batcher: FileBatcher | None = None
+        self._keys: KeyCache | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
@@ -83,6 +85,10 @@ class AppState:
     def file_batcher(self) -> FileBatcher:
         return _serving(self._file_batcher, "file batcher")
 
+    @property
+    def keys(self) -> KeyCache:
+        return _serving(self._keys, "key cache")
+
     # -- startup and shutdown -------------------------------------------------
     async def start(self) -> None:
         """Build what serving needs, in dependency order; each step that can
@@ -94,6 +100,7 @@ class AppState:
         from quart_app.ops.startup import describe_database, startup_step
         from quart_app.ops.sweeps import sweep_loop
         from quart_app.services.file_batches import FileBatcher
+        from quart_app.services.key_cache import KeyCache
         from quart_app.services.resumable_uploads import HashStates
         from quart_app.services.user_batches import UserBatcher
 
@@ -110,6 +117,7 @@ class AppState:
         self._upload_hashes = HashStates(settings.UPLOAD_HASH_STATES)
         self._user_batcher = UserBatcher(self._database)
         self._file_batcher = FileBatcher(self._database, self._store)
+        self._keys = KeyCache(self._database, settings.KEY_CACHE_SECONDS, settings.ADMIN_KEY)
         self._stop_sweeping.clear()
         self._sweeper = asyncio.ensure_future(sweep_loop(self, self._stop_sweeping))
 
@@ -120,6 +128,11 @@ class AppState:
             self._stop_sweeping.set()
             await self._sweeper
             self._sweeper = None
+        if self._keys is not None:
+            try:
+                await self._keys.flush_used()
+            except Exception:
+                log.exception("could not note when keys were last used")
         database, self._database = self._database, None
         if database is not None:
             await database.commits.wait()

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from quart import Quart
+
+from devtools.auth import TEST_ADMIN_KEY, KeyedClient
 
 
 @pytest.fixture
@@ -18,4 +21,12 @@ def overrides(tmp_path: Path) -> dict[str, Any]:
         "INSTANCE_DIR": tmp_path / "instance",
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'instance' / 'test.sqlite3'}",
         "SECRET_KEY": "test-secret",
+        "ADMIN_KEY": TEST_ADMIN_KEY,
     }
+
+
+@pytest.fixture(autouse=True)
+def _keyed_test_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every app's test client sends the test admin key (``ADMIN_KEY`` in
+    ``overrides``) unless a test sets ``client.key`` or its own header."""
+    monkeypatch.setattr(Quart, "test_client_class", KeyedClient)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify
 from quart_schema import document_response
 
+from quart_app.edge.authentication import current_access
 from quart_app.edge.openapi import problems
 from quart_app.edge.representations import batch_body
 from quart_app.edge.schemas import BatchOut
@@ -19,5 +20,5 @@ blueprint = Blueprint("batches", __name__)
 @problems(404)
 async def get_one(batch_id: str) -> Response:
     """A batch and its files."""
-    batch, files = await get_batch(request_session(), batch_id)
+    batch, files = await get_batch(request_session(), current_access(), batch_id)
     return jsonify(batch_body(batch, files))

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
 from quart_app.db.models import Batch, File
+from quart_app.edge.authentication import current_access
 from quart_app.edge.bodies import body_limit, upload_body_limit
 from quart_app.edge.conditional import (
     UnsatisfiableRange,
@@ -91,7 +92,10 @@ def file_response(file: File, status: int) -> Response:
 async def post_files() -> Response:
     """Upload: multipart (one or several `file` parts) or a raw body named by
     Content-Disposition. Several parts make a batch: all stored or none."""
+    access = current_access()
     incoming = await receive_upload()
+    for item in incoming:
+        item.owner_id = access.user_id
     if len(incoming) == 1 and g.get("idempotency_claim") is None:
         # Nothing to record with the file: it rides the next group commit,
         # which owns it from here (a hang-up must not remove it under the batch).
@@ -113,6 +117,7 @@ async def post_files() -> Response:
         create_files(
             app_state().database,
             app_state().store,
+            access.user_id,
             incoming,
             len(incoming) > 1,
             before_commit=respond,
@@ -146,17 +151,20 @@ async def put_one(file_id: str) -> Response:
     """Create the file with this id (201) or replace it (200). Honours
     If-Match and If-None-Match: * (412 when they fail)."""
     file_id = _client_file_id(file_id)
+    access = current_access()
     # Checked before the body is read, to fail fast, and again when committing.
     # A short session of its own: a read transaction held open for the whole
     # upload would keep SQLite from checkpointing its WAL.
     async with app_state().database.sessionmaker() as session:
-        sha256 = await current_sha256(session, file_id)
+        sha256 = await current_sha256(session, access, file_id)
     if not _put_precondition(sha256):
         raise PreconditionFailed("The file's current state does not match the precondition.")
     incoming = await receive_raw(default_filename=file_id)
     file, is_new = await commit_or_discard(
         [incoming],
-        put_file(app_state().database, app_state().store, file_id, incoming, _put_precondition),
+        put_file(
+            app_state().database, app_state().store, access, file_id, incoming, _put_precondition
+        ),
     )
     return file_created(file) if is_new else file_response(file, 200)
 
@@ -166,7 +174,7 @@ async def put_one(file_id: str) -> Response:
 @problems(404)
 async def get_one(file_id: str) -> Response:
     """A file's representation, with its ETag."""
-    file = await get_file(request_session(), file_id)
+    file = await get_file(request_session(), current_access(), file_id)
     etag = strong_etag(file.sha256)
     if not if_none_match_passes(request.headers.get("If-None-Match"), etag):
         return empty_response(304, {"ETag": etag})
@@ -182,6 +190,7 @@ async def delete_one(file_id: str) -> Response:
         delete_file(
             app_state().database,
             app_state().store,
+            current_access(),
             file_id,
             lambda sha256: if_match_passes(
                 request.headers.get("If-Match"), None if sha256 is None else strong_etag(sha256)
@@ -198,7 +207,7 @@ async def delete_one(file_id: str) -> Response:
 async def get_page() -> Response:
     """Files in creation order, a page at a time; follow `next` or Link."""
     after, limit = page_request(CURSOR_RESOURCE)
-    files, more = await list_files(request_session(), after, limit)
+    files, more = await list_files(request_session(), current_access(), after, limit)
     items = [file_body(f) for f in files]
     last = files[-1].seq if more else None
     return page_response(CURSOR_RESOURCE, "files.get_page", items, last, limit)
@@ -212,7 +221,9 @@ async def get_content(file_id: str) -> Response:
     """The bytes, streamed: ETag, Last-Modified, ranges (206/416), 304."""
     # Opened before any header is sent: a replace or delete from here on
     # cannot take the bytes away from a 200 that announced them.
-    file, blob = await open_content(app_state().database, app_state().store, file_id)
+    file, blob = await open_content(
+        app_state().database, app_state().store, current_access(), file_id
+    )
     try:
         response = _content_response(file, blob)
     except BaseException:

@@ -7,6 +7,7 @@ import asyncio
 from quart import Blueprint, Response, current_app, jsonify
 from quart_schema import document_response
 
+from quart_app.edge.authentication import public
 from quart_app.edge.openapi import problems
 from quart_app.edge.schemas import Health
 from quart_app.errors import DatabaseUnavailable, StorageUnavailable
@@ -17,6 +18,7 @@ blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
+@public
 @document_response(Health)
 async def healthz() -> Response:
     """The process is alive and serving."""
@@ -24,6 +26,7 @@ async def healthz() -> Response:
 
 
 @blueprint.get("/readyz")
+@public
 @document_response(Health)
 @problems(503)
 async def readyz() -> Response:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.http import http_date
 
 from quart_app.db.models import Upload
+from quart_app.edge.authentication import current_access
 from quart_app.edge.bodies import body_limit, upload_body_limit
 from quart_app.edge.disposition import clean_filename
 from quart_app.edge.idempotency import idempotent, record_response
@@ -169,6 +170,7 @@ def _has_offset_body() -> bool:
 async def create() -> Response:
     """Create an upload (tus creation); a body of
     application/offset+octet-stream is its first chunk."""
+    access = current_access()
     spec = _creation_spec()
     with_body = _has_offset_body()
     patch = _patch(0) if with_body else None
@@ -192,6 +194,7 @@ async def create() -> Response:
         create_upload(
             app_state().database,
             app_state().store,
+            access.user_id,
             spec,
             _expires_in(),
             before_commit=None if first_chunk_follows else respond,
@@ -202,6 +205,7 @@ async def create() -> Response:
             app_state().database,
             app_state().store,
             app_state().upload_hashes,
+            access,
             upload.id,
             request_chunks(),
             patch,
@@ -216,7 +220,7 @@ async def create() -> Response:
 @problems(404, 410, 412)
 async def get_one(upload_id: str) -> Response:
     """The upload, with the tus offset headers (HEAD: the headers alone)."""
-    upload = await get_upload(request_session(), upload_id)
+    upload = await get_upload(request_session(), upload_id, current_access())
     response = jsonify(upload_body(upload))
     response.headers.update(upload_headers(upload))
     return response
@@ -241,6 +245,7 @@ async def patch_one(upload_id: str) -> Response:
         app_state().database,
         app_state().store,
         app_state().upload_hashes,
+        current_access(),
         upload_id,
         request_chunks(),
         _patch(offset),
@@ -258,6 +263,6 @@ async def patch_one(upload_id: str) -> Response:
 async def delete_one(upload_id: str) -> Response:
     """Terminate an upload (tus termination); a completed upload's file stays."""
     await app_state().database.commits.run_to_completion(
-        terminate(app_state().database, app_state().store, upload_id)
+        terminate(app_state().database, app_state().store, current_access(), upload_id)
     )
     return empty_response(204, {})

@@ -1,4 +1,4 @@
-"""Users: JSON records created with 201 + Location."""
+"""Users (the accounts): JSON records created with 201 + Location."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from quart_schema import (
     document_response,
 )
 
+from quart_app.api.keys import key_body
+from quart_app.config import Settings
 from quart_app.db.models import User
+from quart_app.edge.authentication import anonymous_when, current_access, optional_access
 from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
 from quart_app.edge.json_body import read_model
 from quart_app.edge.openapi import problems
@@ -22,11 +25,13 @@ from quart_app.edge.schemas import (
     LinkHeader,
     LocationHeader,
     PageQuery,
+    SignedUpUser,
     UserCreate,
     UserOut,
     UserPage,
 )
-from quart_app.errors import EmailTaken
+from quart_app.errors import EmailTaken, InsufficientScope
+from quart_app.services.accounts import DEFAULT_SCOPES, create_key
 from quart_app.services.users import create_user, get_user, list_users
 from quart_app.state import app_state, request_session
 
@@ -40,28 +45,48 @@ def user_body(user: User) -> dict[str, Any]:
     return UserOut.model_validate(user, from_attributes=True).model_dump(mode="json")
 
 
+def _open_signup(settings: Settings) -> bool:
+    return settings.OPEN_SIGNUP
+
+
 @blueprint.post("/users")
+@anonymous_when(_open_signup)
 @idempotent
 @document_headers(IdempotencyHeaders)
 @document_request(UserCreate)
 @document_response(UserOut, 201, LocationHeader)
-@problems(400, 409, 413, 415, 422)
+@document_response(SignedUpUser, 201, LocationHeader)
+@problems(400, 401, 403, 409, 413, 415, 422, 429)
 async def post_user() -> Response:
-    """Create a user; 201 with its Location, 409 if the email is taken."""
+    """Create a user (an admin key; with open sign-up, anyone: the answer then
+    carries the new user's first key). 409 if the email is taken."""
+    access = optional_access()
+    admin = access is not None and access.admin
+    if not admin and not app_state().settings.OPEN_SIGNUP:
+        raise InsufficientScope(
+            "Creating users needs a key with the 'admin' scope.",
+            headers={"WWW-Authenticate": 'Bearer realm="quart_app", error="insufficient_scope"'},
+        )
     data = await read_model(UserCreate)
     try:
-        if g.get("idempotency_claim") is None:
+        if g.get("idempotency_claim") is None and admin:
             user = await app_state().user_batcher.create(data.name, data.email)
             return created(user_body(user), _user_url(user.id))
-        # With an Idempotency-Key the record must commit with the user, so
-        # this create gets a transaction of its own instead of a batch.
+        # With an Idempotency-Key the record must commit with the user, and a
+        # sign-up's key with its user, so this create gets a transaction of
+        # its own instead of a batch.
         async with app_state().database.writing(request_session()) as session:
             user = await create_user(session, data.name, data.email)
-            response = created(user_body(user), _user_url(user.id))
+            body = user_body(user)
+            if not admin:
+                key, secret = await create_key(session, user.id, DEFAULT_SCOPES, None)
+                body["key"] = key_body(key, secret)
+            response = created(body, _user_url(user.id))
             await record_response(session, response)
         return response
     except EmailTaken as error:
-        error.members["existing"] = _user_url(error.existing_id)
+        if admin:  # only an admin may learn who has an email
+            error.members["existing"] = _user_url(error.existing_id)
         raise
 
 
@@ -71,20 +96,21 @@ def _user_url(user_id: int | None) -> str:
 
 @blueprint.get("/users/<int:user_id>")
 @document_response(UserOut)
-@problems(404)
+@problems(401, 403, 404)
 async def get_one(user_id: int) -> Response:
-    """One user, as the 201 showed it."""
-    return jsonify(user_body(await get_user(request_session(), user_id)))
+    """One user, as the 201 showed it (a non-admin key: its own user only)."""
+    return jsonify(user_body(await get_user(request_session(), current_access(), user_id)))
 
 
 @blueprint.get("/users")
 @document_querystring(PageQuery)
 @document_response(UserPage, 200, LinkHeader)
-@problems(400)
+@problems(400, 401, 403)
 async def get_page() -> Response:
-    """Users in creation order, a page at a time; follow `next` or Link."""
+    """Users in creation order, a page at a time; follow `next` or Link. A
+    non-admin key sees its own user only."""
     after, limit = page_request(CURSOR_RESOURCE)
-    users, more = await list_users(request_session(), after, limit)
+    users, more = await list_users(request_session(), current_access(), after, limit)
     items = [user_body(u) for u in users]
     last = users[-1].id if more else None
     return page_response(CURSOR_RESOURCE, "users.get_page", items, last, limit)

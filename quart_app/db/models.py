@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -66,6 +67,24 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
+class ApiKey(Base):
+    """An API key of a user. The secret is never stored: ``secret_hash`` is
+    its sha256 (the secret carries 256 random bits, so a fast hash is
+    enough), ``prefix`` its first characters, to recognise it in a list."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64))  # space-separated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Blob(Base):
     """Stored bytes, by content address; shared by every file with that content."""
 
@@ -82,16 +101,23 @@ class Batch(Base):
     __tablename__ = "batches"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
 
 
 class File(Base):
     __tablename__ = "files"
-    __table_args__ = {"sqlite_autoincrement": True}
+    # A file's id is unique per owner: a client choosing an id with PUT can
+    # learn nothing about other owners' ids.
+    __table_args__ = (
+        UniqueConstraint("owner_id", "id", name="uq_files_owner_id_id"),
+        {"sqlite_autoincrement": True},
+    )
 
     # seq orders the list (keyset paging); id is the public, unguessable name.
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    id: Mapped[str] = mapped_column(String(128), unique=True)
+    id: Mapped[str] = mapped_column(String(128), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)
@@ -108,6 +134,7 @@ class Upload(Base):
     __tablename__ = "uploads"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     # None while the client defers the length (Upload-Defer-Length: 1).
     length: Mapped[int | None] = mapped_column(BigInteger)
     # Bytes durably received and acknowledged.
@@ -130,8 +157,8 @@ class IdempotencyRecord(Base):
 
     __tablename__ = "idempotency_records"
 
-    # The client identity keys belong to (one anonymous identity until
-    # authentication arrives) and the key itself.
+    # The owner the key belongs to (a user id, as text) and the key itself:
+    # two owners may use the same key independently.
     owner: Mapped[str] = mapped_column(String(128), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     lock_token: Mapped[str | None] = mapped_column(String(64))

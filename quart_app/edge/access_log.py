@@ -23,6 +23,7 @@ from quart_app.config import Settings
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_MAX_CHARS = 128
 SCOPE_KEY = "quart_app.request_id"
+NOTES_KEY = "quart_app.log_notes"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
 
 access_log = logging.getLogger("quart_app.access")
@@ -40,6 +41,14 @@ def scope_request_id(scope: Any) -> str:
     return str(scope.get(SCOPE_KEY, "-"))
 
 
+def note(scope: Any, **fields: Any) -> None:
+    """Add fields to the request's access line (the key id, say). The notes
+    dict is shared by every copy of the ASGI scope made below this middleware."""
+    notes = scope.get(NOTES_KEY)
+    if notes is not None:
+        notes.update(fields)
+
+
 class RequestLogMiddleware:
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -52,6 +61,8 @@ class RequestLogMiddleware:
             return
         request_id = sanitise_request_id(_raw_header(scope, REQUEST_ID_HEADER)) or uuid.uuid4().hex
         scope[SCOPE_KEY] = request_id
+        notes: dict[str, Any] = {}
+        scope[NOTES_KEY] = notes
         started = time.perf_counter()
         counts = {"in": 0, "out": 0, "status": 0}
 
@@ -86,6 +97,7 @@ class RequestLogMiddleware:
                     "request_id": request_id,
                     "client": _client(scope),
                     "user_agent": _printable(_raw_header(scope, b"user-agent")),
+                    "key_id": notes.get("key_id"),
                 },
             )
 

@@ -10,10 +10,11 @@ from quart_app.config import Settings
 EXPOSED = (
     "Location, ETag, Link, X-Request-ID, Content-Disposition, Content-Range, "
     "Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Expires, "
-    "Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm"
+    "Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, "
+    "WWW-Authenticate, Retry-After"
 )
 ALLOWED_HEADERS = (
-    "Content-Type, Content-Disposition, If-Match, If-None-Match, If-Range, Range, "
+    "Authorization, Content-Type, Content-Disposition, If-Match, If-None-Match, If-Range, Range, "
     "Idempotency-Key, X-Request-ID, X-HTTP-Method-Override, Tus-Resumable, Upload-Length, "
     "Upload-Offset, Upload-Metadata, Upload-Defer-Length, Upload-Checksum"
 )

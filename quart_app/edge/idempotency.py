@@ -25,6 +25,7 @@ from quart import Response, g, request
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.datastructures import Headers
 
+from quart_app.edge.authentication import current_access
 from quart_app.edge.schemas import IdempotencyKey
 from quart_app.errors import IdempotencyKeyBusy, IdempotencyKeyReused, InvalidInput
 from quart_app.services.idempotency import (
@@ -49,9 +50,6 @@ FINGERPRINT_HEADERS = (
     "upload-defer-length",
     "upload-metadata",
 )
-# Until authentication arrives every client is one identity; keys are
-# already stored per identity so that scoping them later changes no schema.
-ANONYMOUS = "anonymous"
 LEASE_MARGIN = timedelta(minutes=1)
 
 V = TypeVar("V", bound=Callable[..., Awaitable[Response]])
@@ -171,7 +169,7 @@ def idempotent(view: V) -> V:
         database = app_state().database
         fingerprint = Fingerprint()
         try:
-            held = await claim(database, ANONYMOUS, key, _lease())
+            held = await claim(database, current_access().idempotency_owner, key, _lease())
         except KeyInUse:
             raise IdempotencyKeyBusy(
                 "A request with this Idempotency-Key is still running."

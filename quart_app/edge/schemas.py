@@ -60,6 +60,53 @@ class UserPage(BaseModel):
     next: str | None
 
 
+Scope = Literal["read", "write", "admin"]
+# Longest a key may be asked to live: ten years, in seconds.
+MAX_KEY_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _default_scopes() -> list[Scope]:
+    return ["read", "write"]
+
+
+class KeyCreate(BaseModel):
+    """A new API key. ``scopes`` defaults to read and write; a key cannot
+    grant a scope it does not have itself. ``expires_in``: seconds, or none
+    for a key that lives until it is revoked."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    scopes: list[Scope] = Field(default_factory=_default_scopes, min_length=1)
+    expires_in: Annotated[int, Field(ge=1, le=MAX_KEY_SECONDS)] | None = None
+
+
+class KeyOut(BaseModel):
+    id: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    """The one answer that carries the secret: it is never shown again."""
+
+    secret: str
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+    next: str | None
+
+
+class SignedUpUser(UserOut):
+    """Open sign-up: the new user and its first key (read and write)."""
+
+    key: KeyCreated
+
+
 class PageQuery(BaseModel):
     limit: int | None = Field(default=None, ge=1, le=100)
     cursor: str | None = None

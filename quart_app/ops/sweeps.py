@@ -27,8 +27,11 @@ async def sweep_once(state: AppState) -> None:
     purged = await purge_expired(
         database, now - timedelta(seconds=state.settings.IDEMPOTENCY_TTL_SECONDS)
     )
+    keys = await state.keys.flush_used()
     if removed or purged:
         log.info("swept", extra={"expired_uploads": removed, "idempotency_records": purged})
+    if keys:
+        log.debug("noted key use", extra={"keys": keys})
 
 
 async def sweep_loop(state: AppState, stop: asyncio.Event) -> None:

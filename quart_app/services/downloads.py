@@ -14,6 +14,7 @@ import logging
 from quart_app.db.engine import Database
 from quart_app.db.models import File
 from quart_app.errors import BlobUnavailable
+from quart_app.services.accounts import Access
 from quart_app.services.files import get_file
 from quart_app.storage import BlobMissing, BlobReader, BlobStore
 
@@ -25,7 +26,7 @@ log = logging.getLogger("quart_app.storage")
 
 
 async def open_content(
-    database: Database, store: BlobStore, file_id: str
+    database: Database, store: BlobStore, access: Access, file_id: str
 ) -> tuple[File, BlobReader]:
     """The file's row and its blob, opened. Raises NotFound, or
     BlobUnavailable when the committed row's bytes cannot be read."""
@@ -33,7 +34,7 @@ async def open_content(
         # A short session of its own: no read snapshot held while the bytes
         # stream (it would keep SQLite from checkpointing its WAL).
         async with database.sessionmaker() as session:
-            file = await get_file(session, file_id)
+            file = await get_file(session, access, file_id)
         try:
             blob = await store.open(file.sha256)
         except BlobMissing:

@@ -45,7 +45,7 @@ class FileBatcher(GroupCommit[IncomingFile, File]):
         try:
             async with blob_transaction(self._database, self._store, since) as (session, changes):
                 await changes.keep(session, items)
-                files = [new_file(item, batch_id=None) for item in items]
+                files = [new_file(item, None, item.owner_id) for item in items]
                 session.add_all(files)
                 await session.flush()
         except BaseException:

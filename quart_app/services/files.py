@@ -22,13 +22,14 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
 from quart_app.db.keyset import keyset_page
 from quart_app.db.models import Batch, Blob, File, utc_now
 from quart_app.errors import NotFound, PreconditionFailed
+from quart_app.services.accounts import Access
 from quart_app.services.incoming import IncomingFile
 from quart_app.storage import BlobStore, SealedBlob
 
@@ -142,12 +143,13 @@ async def blob_transaction(
     await changes.finish()
 
 
-def new_file(item: IncomingFile, batch_id: str | None) -> File:
+def new_file(item: IncomingFile, batch_id: str | None, owner_id: int) -> File:
     """The row for a sealed upload, under a new id."""
     assert item.sealed is not None
     now = utc_now()
     return File(
         id=new_id(),
+        owner_id=owner_id,
         filename=item.filename,
         content_type=item.content_type,
         size=item.sealed.size,
@@ -164,19 +166,20 @@ FilesHook = Callable[[AsyncSession, list[File], Batch | None], Awaitable[None]]
 async def create_files(
     database: Database,
     store: BlobStore,
+    owner_id: int,
     incoming: list[IncomingFile],
     as_batch: bool,
     before_commit: FilesHook | None = None,
 ) -> tuple[list[File], Batch | None]:
-    """All the files or none; a batch row when several arrived together.
-    ``before_commit`` runs inside the transaction (the Idempotency-Key record
-    commits with the files)."""
+    """All the files or none, owned by ``owner_id``; a batch row when several
+    arrived together. ``before_commit`` runs inside the transaction (the
+    Idempotency-Key record commits with the files)."""
     async with blob_transaction(database, store) as (session, changes):
-        batch = Batch(id=new_id(), created_at=utc_now()) if as_batch else None
+        batch = Batch(id=new_id(), owner_id=owner_id, created_at=utc_now()) if as_batch else None
         if batch is not None:
             session.add(batch)
         await changes.keep(session, incoming)
-        files = [new_file(item, batch.id if batch else None) for item in incoming]
+        files = [new_file(item, batch.id if batch else None, owner_id) for item in incoming]
         session.add_all(files)
         await session.flush()
         if before_commit is not None:
@@ -184,31 +187,43 @@ async def create_files(
     return files, batch
 
 
-async def current_sha256(session: AsyncSession, file_id: str) -> str | None:
-    sha = await session.scalar(select(File.sha256).where(File.id == file_id))
-    return sha
+def _reachable(access: Access, file_id: str) -> Select[File]:
+    """The file ``file_id`` as ``access`` reaches it. File ids are unique per
+    owner; an admin reaching an id that several owners use gets its own file
+    first, then the earliest made (README "Accounts")."""
+    query = select(File).where(File.id == file_id, access.owned(File.owner_id))
+    if access.admin:
+        query = query.order_by((File.owner_id == access.user_id).desc(), File.seq).limit(1)
+    return query
+
+
+async def current_sha256(session: AsyncSession, access: Access, file_id: str) -> str | None:
+    file = await session.scalar(_reachable(access, file_id))
+    return None if file is None else file.sha256
 
 
 async def put_file(
     database: Database,
     store: BlobStore,
+    access: Access,
     file_id: str,
     incoming: IncomingFile,
     precondition: Precondition,
 ) -> tuple[File, bool]:
     """Create or replace the file ``file_id``; True when it was created.
     ``precondition`` gets the current sha256 (None if absent) inside the
-    transaction, so a concurrent change cannot slip between check and write."""
+    transaction, so a concurrent change cannot slip between check and write.
+    A new file belongs to ``access``'s account."""
     assert incoming.sealed is not None
     async with blob_transaction(database, store) as (session, changes):
-        file = await session.scalar(select(File).where(File.id == file_id))
+        file = await session.scalar(_reachable(access, file_id))
         if not precondition(None if file is None else file.sha256):
             raise PreconditionFailed("The file's current state does not match the precondition.")
         await changes.keep(session, [incoming])
         now = utc_now()
         created = file is None
         if file is None:
-            file = File(id=file_id, created_at=now, batch_id=None)
+            file = File(id=file_id, owner_id=access.user_id, created_at=now, batch_id=None)
             session.add(file)
             old_sha = None
         else:
@@ -225,10 +240,10 @@ async def put_file(
 
 
 async def delete_file(
-    database: Database, store: BlobStore, file_id: str, precondition: Precondition
+    database: Database, store: BlobStore, access: Access, file_id: str, precondition: Precondition
 ) -> None:
     async with blob_transaction(database, store) as (session, changes):
-        file = await session.scalar(select(File).where(File.id == file_id))
+        file = await session.scalar(_reachable(access, file_id))
         if file is None:
             raise NotFound(f"There is no file {file_id}.")
         if not precondition(file.sha256):
@@ -238,20 +253,27 @@ async def delete_file(
         await changes.release(session, file.sha256)
 
 
-async def get_file(session: AsyncSession, file_id: str) -> File:
-    file = await session.scalar(select(File).where(File.id == file_id))
+async def get_file(session: AsyncSession, access: Access, file_id: str) -> File:
+    file = await session.scalar(_reachable(access, file_id))
     if file is None:
         raise NotFound(f"There is no file {file_id}.")
     return file
 
 
-async def list_files(session: AsyncSession, after: int, limit: int) -> tuple[list[File], bool]:
-    return await keyset_page(session, File, File.seq, after, limit)
+async def list_files(
+    session: AsyncSession, access: Access, after: int, limit: int
+) -> tuple[list[File], bool]:
+    """A page of the files ``access`` reaches (an admin's: everyone's)."""
+    return await keyset_page(
+        session, File, File.seq, after, limit, where=access.owned(File.owner_id)
+    )
 
 
-async def get_batch(session: AsyncSession, batch_id: str) -> tuple[Batch, list[File]]:
+async def get_batch(
+    session: AsyncSession, access: Access, batch_id: str
+) -> tuple[Batch, list[File]]:
     batch = await session.get(Batch, batch_id)
-    if batch is None:
+    if batch is None or not access.owns(batch.owner_id):
         raise NotFound(f"There is no batch {batch_id}.")
     files = await session.scalars(select(File).where(File.batch_id == batch_id).order_by(File.seq))
     return batch, list(files)

@@ -14,3 +14,4 @@ class IncomingFile:
     content_type: str
     writer: BlobWriter
     sealed: SealedBlob | None = None
+    owner_id: int = 0  # the account it will belong to (set before it is stored)

@@ -35,6 +35,7 @@ from quart_app.errors import (
     TooLarge,
     UploadLocked,
 )
+from quart_app.services.accounts import Access
 from quart_app.services.files import BlobChanges, blob_transaction, new_id
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
@@ -84,23 +85,29 @@ class Patch:
     expires_in: timedelta
 
 
-def _check_live(upload: Upload | None, upload_id: str, now: datetime) -> Upload:
-    if upload is None:
+def _check_live(
+    upload: Upload | None, upload_id: str, now: datetime, access: Access | None = None
+) -> Upload:
+    # Another owner's upload is absent, expired or not (no existence leak).
+    if upload is None or (access is not None and not access.owns(upload.owner_id)):
         raise NotFound(f"There is no upload {upload_id}.")
     if upload.expires_at <= now:
         raise Gone(f"The upload {upload_id} expired at {upload.expires_at.isoformat()}.")
     return upload
 
 
-async def get_upload(session: AsyncSession, upload_id: str) -> Upload:
-    return _check_live(await session.get(Upload, upload_id), upload_id, utc_now())
+async def get_upload(session: AsyncSession, upload_id: str, access: Access | None = None) -> Upload:
+    """The live upload; with ``access``, only if it reaches it (None: the
+    caller has already checked)."""
+    return _check_live(await session.get(Upload, upload_id), upload_id, utc_now(), access)
 
 
 async def _complete(
     session: AsyncSession, changes: BlobChanges, store: ResumableStore, upload: Upload, sha: str
 ) -> None:
     """The partial becomes a blob, and the file with the upload's id appears."""
-    if await session.scalar(select(File.id).where(File.id == upload.id)) is not None:
+    taken = select(File.id).where(File.id == upload.id, File.owner_id == upload.owner_id)
+    if await session.scalar(taken) is not None:
         raise Conflict(f"A file {upload.id} already exists; the upload cannot complete.")
     upload_id = upload.id
     has_row, stored = await changes.blob_is_stored(session, sha)
@@ -115,6 +122,7 @@ async def _complete(
     session.add(
         File(
             id=upload_id,
+            owner_id=upload.owner_id,
             filename=upload.filename,
             content_type=upload.content_type,
             size=upload.offset,
@@ -130,6 +138,7 @@ async def _complete(
 async def create_upload(
     database: Database,
     store: ResumableStore,
+    owner_id: int,
     spec: UploadSpec,
     expires_in: timedelta,
     before_commit: UploadHook | None = None,
@@ -142,6 +151,7 @@ async def create_upload(
             now = utc_now()
             upload = Upload(
                 id=upload_id,
+                owner_id=owner_id,
                 length=spec.length,
                 offset=0,
                 upload_metadata=spec.metadata_header,
@@ -216,6 +226,7 @@ async def append(
     database: Database,
     store: ResumableStore,
     hashes: HashStates,
+    access: Access,
     upload_id: str,
     chunks: AsyncIterator[bytes],
     patch: Patch,
@@ -225,7 +236,7 @@ async def append(
     kept up to where it stopped, unless it carried a checksum (which cannot
     be verified then): then nothing of it is kept."""
     async with database.sessionmaker() as session:
-        upload = await get_upload(session, upload_id)
+        upload = await get_upload(session, upload_id, access)
     length = upload.length
     if patch.new_length is not None:
         if length is not None and length != patch.new_length:
@@ -327,10 +338,12 @@ async def _remove(database: Database, store: ResumableStore, upload: Upload) -> 
         writer.release()
 
 
-async def terminate(database: Database, store: ResumableStore, upload_id: str) -> None:
+async def terminate(
+    database: Database, store: ResumableStore, access: Access, upload_id: str
+) -> None:
     """Remove an upload and its partial bytes. A completed upload's file stays."""
     async with database.sessionmaker() as session:
-        upload = await get_upload(session, upload_id)
+        upload = await get_upload(session, upload_id, access)
     await _remove(database, store, upload)
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from quart_app.db.keyset import keyset_page
 from quart_app.db.models import User
 from quart_app.errors import EmailTaken, NotFound
+from quart_app.services.accounts import Access
 
 
 async def create_user(session: AsyncSession, name: str, email: str) -> User:
@@ -37,13 +38,19 @@ async def create_user(session: AsyncSession, name: str, email: str) -> User:
 MAX_ID = 2**63 - 1
 
 
-async def get_user(session: AsyncSession, user_id: int) -> User:
-    user = await session.get(User, user_id) if 0 < user_id <= MAX_ID else None
+async def get_user(session: AsyncSession, access: Access, user_id: int) -> User:
+    """The user, if ``access`` reaches it: an admin reaches every user, any
+    other key only its own (another user looks like no user)."""
+    reachable = 0 <= user_id <= MAX_ID and access.owns(user_id)
+    user = await session.get(User, user_id) if reachable else None
     if user is None:
         raise NotFound(f"There is no user {user_id}.")
     return user
 
 
-async def list_users(session: AsyncSession, after: int, limit: int) -> tuple[list[User], bool]:
-    """A page of users with ids above ``after``, and whether more remain."""
-    return await keyset_page(session, User, User.id, after, limit)
+async def list_users(
+    session: AsyncSession, access: Access, after: int, limit: int
+) -> tuple[list[User], bool]:
+    """A page of the users ``access`` reaches with ids above ``after``, and
+    whether more remain."""
+    return await keyset_page(session, User, User.id, after, limit, where=access.owned(User.id))

@@ -6,15 +6,13 @@ from typing import Any
 
 from quart import Quart, Response
 from quart.testing import QuartClient
-from sqlalchemy import func, select
 
+from devtools.stored import count_rows
 from quart_app.db.models import User
-from quart_app.state import app_state
 
 
 async def count_users(app: Quart) -> int:
-    async with app_state(app).database.sessionmaker() as session:
-        return int(await session.scalar(select(func.count()).select_from(User)) or 0)
+    return await count_rows(app, User)
 
 
 async def post_user(client: QuartClient, body: Any, **kwargs: Any) -> Response:
