@@ -45,12 +45,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     openapi.init_app(app)
     # Request checks and answers, in the order a request meets them.
     request_head.init_app(app, settings)
+    authentication.init_app(app, settings)  # before routing errors: no URL map for strangers
     bodies.init_app(app, settings)
     server_internals.init_app(app, settings)
     problems.init_app(app)
     nosniff.init_app(app)
     cors.init_app(app, settings)
-    authentication.init_app(app, settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(users.blueprint)
     app.register_blueprint(keys.blueprint)

@@ -8,6 +8,11 @@
   sweep-uploads       delete expired resumable uploads and their partial bytes
   check [--repair]    verify every file's bytes (size and sha256), list orphans;
                       --repair removes orphans (never rows); exit 1 unless all is well
+  users create --name NAME --email EMAIL
+                      create a user (an account) and print its id
+  keys create --user ID [--scope read|write|admin]... [--expires-in SECONDS]
+                      create an API key for user ID (0: the operator account)
+                      and print it, once: only its hash is stored
 
 They read the same QUART_APP_* settings as the server. Every command but
 ``migrate`` (and ``serve`` with QUART_APP_AUTO_MIGRATE) refuses a database
@@ -27,6 +32,7 @@ from quart_app.config import ConfigError, Settings, load_settings
 from quart_app.db.engine import Database
 from quart_app.db.models import utc_now
 from quart_app.db.schema_version import schema_revision
+from quart_app.ops.accounts import CommandFailed, create_key_command, create_user_command
 from quart_app.ops.instance import prepare_directories
 from quart_app.ops.integrity import TEMP_GRACE_SECONDS, check
 from quart_app.ops.startup import StartupError, describe_database, startup_step
@@ -92,7 +98,7 @@ async def _existing_schema(database: Database) -> None:
         raise NoDatabase(f"no quart_app schema in {describe_database(database.url)}")
 
 
-async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
+async def _run(name: str, settings: Settings, args: argparse.Namespace) -> tuple[str, bool]:
     step = f"database {describe_database(settings.database_url)}"
     with startup_step(step):
         database = Database(settings.database_url, settings.DATABASE_TIMEOUT)
@@ -111,10 +117,42 @@ async def _run(name: str, settings: Settings, repair: bool) -> tuple[str, bool]:
 
             await upgrade_to_head(database.engine, settings)
         if name == "check":
-            return await _check(settings, database, repair)
+            return await _check(settings, database, args.repair)
+        if name == "users create":
+            return await create_user_command(database, args.name, args.email), True
+        if name == "keys create":
+            line = await create_key_command(database, args.user, args.scope, args.expires_in)
+            return line, True
         return await COMMANDS[name](settings, database), True
     finally:
         await database.dispose()
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    prog = "python -m quart_app"
+    if argv[:2] == ["users", "create"]:
+        parser = argparse.ArgumentParser(prog=f"{prog} users create")
+        parser.add_argument("--name", required=True)
+        parser.add_argument("--email", required=True)
+        args = parser.parse_args(argv[2:])
+    elif argv[:2] == ["keys", "create"]:
+        parser = argparse.ArgumentParser(prog=f"{prog} keys create")
+        parser.add_argument("--user", type=int, required=True, help="the user's id (0: operator)")
+        parser.add_argument("--scope", action="append", default=[], help="read, write, admin")
+        parser.add_argument("--expires-in", type=int, default=None, help="seconds")
+        args = parser.parse_args(argv[2:])
+    else:
+        parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+        parser.add_argument(
+            "command", choices=sorted([*COMMANDS, "check", "serve", "users", "keys"])
+        )
+        parser.add_argument("--repair", action="store_true", help="with check: remove orphans")
+        args = parser.parse_args(argv)
+        if args.command in ("users", "keys"):
+            parser.error(f"{args.command} takes a subcommand: {args.command} create ...")
+        return args
+    args.command = " ".join(argv[:2])
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,17 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         from quart_app.ops.serve import serve
 
         return serve(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m quart_app", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=sorted([*COMMANDS, "check", "serve"]))
-    parser.add_argument("--repair", action="store_true", help="with check: remove orphans")
-    args = parser.parse_args(argv)
+    args = _parse(argv)
     try:
         settings = load_settings()
     except ConfigError as error:
         print(f"configuration error: {error.cause}", file=sys.stderr)
         return 2
     try:
-        output, well = asyncio.run(_run(args.command, settings, args.repair))
+        output, well = asyncio.run(_run(args.command, settings, args))
+    except CommandFailed as error:
+        print(f"{args.command}: {error}", file=sys.stderr)
+        return 1
     except NoDatabase as error:
         print(
             f"{error}: create it with `python -m quart_app migrate`, or point "

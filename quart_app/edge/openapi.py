@@ -10,7 +10,7 @@ bytes are any media type, and headers sit on the response object.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from quart import Quart
 from quart_schema import QuartSchema, document_response, snake_to_kebab
@@ -19,6 +19,7 @@ from quart_schema.openapi import OpenAPIProvider
 from quart_app.edge.problem_details import PROBLEM_CONTENT_TYPE
 from quart_app.edge.problems import Problem
 from quart_app.edge.schemas import FILE_ID_PATTERN, Binary, NoContent
+from quart_app.state import app_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,7 +35,38 @@ def problems(*statuses: int) -> Callable[[F], F]:
     return decorator
 
 
+# Every operation that needs a key also answers these (edge/authentication.py).
+AUTH_STATUSES = (401, 403, 429)
+SECURITY_SCHEMES: dict[str, Any] = {"bearer": {"type": "http", "scheme": "bearer"}}
+
+
 class ApiDocs(OpenAPIProvider):
+    def build_paths(self, rule: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Each operation declares its security: none for public views, a
+        Bearer API key (optional with open sign-up) for the rest, with the
+        problems authentication answers."""
+        paths, components = super().build_paths(rule)
+        view = self._app.view_functions[rule.endpoint]
+        settings = app_state(cast(Quart, self._app)).settings
+        public = getattr(view, "public", False)
+        anonymous = getattr(view, "anonymous_when", None)
+        for path_object in paths.values():
+            for method, operation in path_object.items():
+                if public or method == "options":
+                    operation["security"] = []
+                    continue
+                operation["security"] = [{"bearer": []}]
+                if anonymous is not None and anonymous(settings):
+                    operation["security"].append({})
+                responses = operation.setdefault("responses", {})
+                problem = next(
+                    (r for code, r in responses.items() if str(code).startswith("4")), None
+                )
+                for status in AUTH_STATUSES:
+                    if problem is not None:
+                        responses.setdefault(status, problem)
+        return paths, components
+
     def build_path_parameter(self, name: str, converter: Any) -> dict[str, Any]:
         parameter = super().build_path_parameter(name, converter)
         if name == "file_id":
@@ -87,4 +119,5 @@ def init_app(app: Quart) -> None:
         redoc_ui_path=None,
         scalar_ui_path=None,
         openapi_provider_class=ApiDocs,
+        security_schemes=SECURITY_SCHEMES,
     )

@@ -59,3 +59,30 @@ async def test_the_document_says_what_is_sent(client: QuartClient) -> None:
     assert {"tus-resumable", "upload-offset"} <= required
     put = spec["paths"]["/files/{file_id}"]["put"]["parameters"]
     assert [p["schema"]["pattern"] for p in put if p["name"] == "file_id"]
+
+
+async def test_every_operation_declares_its_security(client: QuartClient) -> None:
+    """Bearer keys on every operation but the public ones, which say so
+    with an empty list; keyed operations document 401, 403 and 429."""
+    spec = await (await client.get("/openapi.json")).get_json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    public = {"/healthz", "/readyz"}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if path in public or method == "options":
+                assert operation["security"] == [], (path, method)
+                continue
+            assert operation["security"] == [{"bearer": []}], (path, method)
+            assert {"401", "403", "429"} <= set(operation["responses"]), (path, method)
+
+
+async def test_with_open_signup_creating_a_user_needs_no_key(
+    overrides: dict[str, object],
+) -> None:
+    from quart_app import create_app
+
+    app = create_app({**overrides, "OPEN_SIGNUP": True})
+    async with app.test_app():
+        spec = await (await app.test_client().get("/openapi.json")).get_json()
+    assert spec["paths"]["/users"]["post"]["security"] == [{"bearer": []}, {}]
+    assert spec["paths"]["/users"]["get"]["security"] == [{"bearer": []}]

@@ -18,20 +18,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devtools.server import RunningServer
+from devtools.auth import TEST_ADMIN_KEY
+from devtools.server import RunningServer, start_server
 
 SEED = os.environ.get("QUART_APP_FUZZ_SEED", "20261121")
 EXAMPLES = os.environ.get("QUART_APP_FUZZ_EXAMPLES", "40")
 
 
-def test_the_api_conforms_to_its_openapi_document(server: RunningServer) -> None:
-    result = subprocess.run(
+def schemathesis(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"), "--no-color", "run",
             f"{server.url}/openapi.json",
-            "--checks", "all",
-            "--exclude-checks",
-            "positive_data_acceptance,negative_data_rejection,missing_required_header",
+            *args,
             "--phases", "examples,coverage,fuzzing",
             "--max-examples", EXAMPLES,
             "--seed", SEED,
@@ -44,6 +43,43 @@ def test_the_api_conforms_to_its_openapi_document(server: RunningServer) -> None
         timeout=300,
         cwd=server.root,  # its .schemathesis/ cache stays out of the checkout
     )  # fmt: skip
+
+
+def test_the_api_conforms_to_its_openapi_document(server: RunningServer) -> None:
+    """Run with the admin key: every operation is reachable."""
+    result = schemathesis(
+        server,
+        "--header", f"Authorization: Bearer {TEST_ADMIN_KEY}",
+        "--checks", "all",
+        "--exclude-checks",
+        "positive_data_acceptance,negative_data_rejection,missing_required_header",
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Traceback" not in server.log()
     assert not [line for line in server.access_lines() if line["status"] >= 500]
+
+
+PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs"}
+
+
+def test_without_a_key_every_operation_answers_401(tmp_path: Path) -> None:
+    """The same generated requests with no Authorization header (and the
+    bad ones schemathesis tries): the document's own checks hold (401 is
+    declared on every keyed operation), and every request to a keyed route
+    or an unknown one was refused with 401, whatever its method, path or
+    body, so none reached a handler. The failure limit is off here: it
+    would turn the later ones into 429s (tests/app/test_access.py)."""
+    server = start_server(tmp_path / "server", {"QUART_APP_AUTH_FAILURES_PER_MINUTE": "0"})
+    try:
+        result = schemathesis(
+            server,
+            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance",
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    lines = [line for line in server.access_lines() if line["path"] not in PUBLIC_PATHS]
+    assert lines, "schemathesis sent nothing"
+    statuses = {line["status"] for line in lines if line["method"] != "OPTIONS"}
+    assert statuses == {401}, statuses
+    assert not [line for line in lines if line["key_id"] is not None]
