@@ -7,6 +7,8 @@ import threading
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,11 +35,26 @@ async def upgrade_to_head(engine: AsyncEngine, settings: Settings) -> None:
     """Bring the schema to head on the app's own engine. On SQLite the
     transaction starts IMMEDIATE, so several workers starting at once take
     turns and the later ones find the schema already at head."""
+    await migrate_to(engine, settings, "head")
+
+
+async def migrate_to(engine: AsyncEngine, settings: Settings, revision: str) -> None:
+    """Upgrade to ``revision`` (or downgrade, when it is below the current
+    one), as upgrade_to_head does."""
     config = alembic_config(settings)
 
     def _upgrade(connection: Connection) -> None:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        current = MigrationContext.configure(connection).get_current_revision()
+        script = ScriptDirectory.from_config(config)
+        if (
+            current is not None
+            and revision != "head"
+            and revision in {r.revision for r in script.iterate_revisions(current, "base")}
+        ):
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
 
     options = {"sqlite_begin": "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
     while not _UPGRADE_LOCK.acquire(blocking=False):  # noqa: ASYNC110 (see _UPGRADE_LOCK)

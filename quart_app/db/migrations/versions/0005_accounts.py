@@ -10,7 +10,8 @@ Revises: 0004_idempotency
 Create Date: 2026-12-01
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -41,10 +42,27 @@ def _operator_id() -> int | None:
         return int(found)
     now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
     bind.execute(
-        sa.text("INSERT INTO users (name, email, created_at) VALUES (:n, :e, :t)"),
+        sa.text("INSERT INTO users (id, name, email, created_at) VALUES (0, :n, :e, :t)"),
         {"n": OPERATOR_NAME, "e": OPERATOR_EMAIL, "t": now},
     )
-    return int(bind.scalar(sa.text("SELECT id FROM users WHERE email = :e"), {"e": OPERATOR_EMAIL}))
+    return 0
+
+
+@contextmanager
+def _files_set_aside() -> Iterator[None]:
+    """SQLite alters a table by rebuilding it (copy, drop, rename). Dropping
+    batches while files refer to it counts, with foreign keys on, as
+    deleting parent rows, and the transaction could not commit; PRAGMA
+    foreign_keys cannot be turned off inside it. So the rows of files are
+    held aside while batches is rebuilt, then put back."""
+    if op.get_bind().dialect.name != "sqlite":
+        yield
+        return
+    op.execute("CREATE TEMP TABLE _files_held AS SELECT * FROM files")
+    op.execute("DELETE FROM files")
+    yield
+    op.execute("INSERT INTO files SELECT * FROM _files_held")
+    op.execute("DROP TABLE _files_held")
 
 
 def upgrade() -> None:
@@ -74,7 +92,7 @@ def upgrade() -> None:
             op.execute(sa.text(f"UPDATE {table} SET owner_id = {operator}"))
     if operator is not None:
         op.execute(sa.text("UPDATE idempotency_records SET owner = :o").bindparams(o=str(operator)))
-    with op.batch_alter_table("batches", schema=None) as batch_op:
+    with _files_set_aside(), op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.alter_column("owner_id", existing_type=sa.Integer(), nullable=False)
         batch_op.create_foreign_key(
             batch_op.f("fk_batches_owner_id_users"), "users", ["owner_id"], ["id"]
@@ -113,7 +131,8 @@ def downgrade() -> None:
         batch_op.drop_constraint(batch_op.f("fk_files_owner_id_users"), type_="foreignkey")
         batch_op.drop_column("owner_id")
     for table in ("uploads", "batches"):
-        with op.batch_alter_table(table, schema=None) as batch_op:
+        held = _files_set_aside() if table == "batches" else nullcontext()
+        with held, op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.drop_index(batch_op.f(f"ix_{table}_owner_id"))
             batch_op.drop_constraint(batch_op.f(f"fk_{table}_owner_id_users"), type_="foreignkey")
             batch_op.drop_column("owner_id")
