@@ -149,6 +149,23 @@ class Settings:
     # per worker; past it, keys it sends that the worker does not already
     # know get a 429 problem with Retry-After until the minute ends.
     AUTH_FAILURES_PER_MINUTE: int = 20
+    # Count: import workers per server process (0: this server runs no
+    # imports; others sharing the database do).
+    IMPORT_WORKERS: int = 1
+    # Seconds a worker holds an import before it must renew its lease; a
+    # job whose worker died runs again on any worker once it lapses.
+    IMPORT_LEASE_SECONDS: float = 30.0
+    # Seconds an idle import worker waits before looking for queued jobs
+    # (a job queued on the same process wakes it at once).
+    IMPORT_POLL_SECONDS: float = 1.0
+    # Limits on one archive: entries, bytes once expanded, and expansion
+    # ratio (output / archive size, once past 1 MiB). Past any: the job fails.
+    IMPORT_MAX_ENTRIES: int = 10_000
+    IMPORT_MAX_TOTAL_BYTES: int = 10 * GIB
+    IMPORT_MAX_RATIO: int = 100
+    # Seconds an import job is kept after it ended (or, queued, before it
+    # is dropped with its archive if no worker took it).
+    IMPORT_EXPIRES_SECONDS: float = 24 * 3600.0
 
     @property
     def database_url(self) -> str:

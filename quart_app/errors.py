@@ -248,6 +248,15 @@ class IdempotencyKeyReused(DomainError):
     title = "The Idempotency-Key was used for another request"
 
 
+class ImportFailed(DomainError):
+    """Not an HTTP answer: the ``problem`` of an import job that failed
+    (GET /imports/{id}), naming the entry and the reason."""
+
+    code = "import-failed"
+    status = 422
+    title = "The archive could not be imported"
+
+
 class UploadLocked(DomainError):
     code = "upload-locked"
     status = 423

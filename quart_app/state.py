@@ -49,6 +49,8 @@ class AppState:
         self._user_batcher: UserBatcher | None = None
         self._file_batcher: FileBatcher | None = None
         self._keys: KeyCache | None = None
+        self._import_workers: list[asyncio.Task[None]] = []
+        self.import_wake = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
@@ -96,6 +98,7 @@ class AppState:
         from quart_app.edge.cursors import CursorCodec
         from quart_app.ops.instance import load_secret_key, prepare_directories
         from quart_app.ops.integrity import TEMP_GRACE_SECONDS, recover
+        from quart_app.ops.jobs import import_worker
         from quart_app.ops.opening import open_database, open_store
         from quart_app.ops.startup import describe_database, startup_step
         from quart_app.ops.sweeps import sweep_loop
@@ -118,12 +121,24 @@ class AppState:
         self._user_batcher = UserBatcher(self._database)
         self._file_batcher = FileBatcher(self._database, self._store)
         self._keys = KeyCache(self._database, settings.KEY_CACHE_SECONDS, settings.ADMIN_KEY)
+        await self._keys.prepare()
         self._stop_sweeping.clear()
         self._sweeper = asyncio.ensure_future(sweep_loop(self, self._stop_sweeping))
+        self.import_wake = asyncio.Event()
+        self._import_workers = [
+            asyncio.ensure_future(import_worker(self, self.import_wake))
+            for _ in range(settings.IMPORT_WORKERS)
+        ]
 
     async def stop(self) -> None:
-        """Stop the sweep (between sweeps, never inside one), let every
+        """Stop the import workers (a job in progress goes back to the
+        queue) and the sweep (between sweeps, never inside one), let every
         commit and group commit in flight end, then close the database."""
+        for worker in self._import_workers:
+            worker.cancel()
+        if self._import_workers:
+            await asyncio.gather(*self._import_workers, return_exceptions=True)
+        self._import_workers = []
         if self._sweeper is not None:
             self._stop_sweeping.set()
             await self._sweeper

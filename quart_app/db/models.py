@@ -169,3 +169,34 @@ class IdempotencyRecord(Base):
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now, index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ImportJob(Base):
+    """An archive import: queued, claimed by a worker with a lease, finished
+    once. ``fence`` grows by one at every claim; a worker's writes name the
+    fence it claimed with, so one whose lease was taken over writes nothing."""
+
+    __tablename__ = "import_jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(128), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    archive_format: Mapped[str] = mapped_column(String(16))
+    archive_size: Mapped[int] = mapped_column(BigInteger)
+    # The archive's blob until the job ends (then released: README "Imports").
+    archive_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    fence: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    entries_done: Mapped[int] = mapped_column(Integer, default=0)
+    entries_total: Mapped[int | None] = mapped_column(Integer)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"))
+    problem: Mapped[str | None] = mapped_column(Text)  # JSON: an RFC 9457 document
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -176,6 +176,52 @@ class NoContent(BaseModel):
 class UploadLinks(BaseModel):
     self: str
     file: str | None = None
+
+
+class ImportProgress(BaseModel):
+    entries_done: int
+    entries_total: int | None
+    bytes_done: int
+
+
+class ImportResult(BaseModel):
+    batch: str
+
+
+class ImportLinks(BaseModel):
+    self: str
+
+
+class ImportOut(BaseModel):
+    """An archive import job (DESIGN section 5). ``result`` once it
+    succeeded; ``problem`` (RFC 9457, naming the entry) once it failed."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    filename: str
+    archive_format: str
+    archive_size: int
+    progress: ImportProgress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: ImportResult | None
+    problem: dict[str, Any] | None
+    links: ImportLinks
+
+
+class ImportPage(BaseModel):
+    items: list[ImportOut]
+    next: str | None
+
+
+class RetryAfterHeader(BaseModel):
+    retry_after: int | None = None
+
+
+class AcceptedHeaders(BaseModel):
+    location: str
+    retry_after: int
 
 
 class UploadOut(BaseModel):

@@ -5,7 +5,7 @@ cancellation by a client's disconnect, every temp file is removed."""
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from quart import request
@@ -21,7 +21,7 @@ from quart_app.edge.multipart import (
 from quart_app.errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
 from quart_app.services.incoming import IncomingFile
 from quart_app.state import app_state
-from quart_app.storage import BlobTooLarge
+from quart_app.storage import BlobTooLarge, BlobWriter
 
 T = TypeVar("T")
 
@@ -37,32 +37,48 @@ async def request_chunks() -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def receive_upload(default_filename: str | None = None) -> list[IncomingFile]:
+WriterWrap = Callable[[BlobWriter], BlobWriter]
+
+
+def _new_writer(wrap: WriterWrap | None) -> Callable[[int], BlobWriter]:
+    store = app_state().store
+    if wrap is None:
+        return store.writer
+    return lambda max_bytes: wrap(store.writer(max_bytes))
+
+
+async def receive_upload(
+    default_filename: str | None = None, wrap: WriterWrap | None = None, max_parts: int = 0
+) -> list[IncomingFile]:
     """multipart/form-data -> every ``file`` part; any other type -> the raw
-    body as one file named by Content-Disposition (or ``default_filename``)."""
+    body as one file named by Content-Disposition (or ``default_filename``).
+    ``wrap`` wraps each writer (archives are recognised as they stream);
+    ``max_parts`` (0: MAX_FILE_PARTS) bounds the file parts."""
     mimetype, params = parse_options_header(request.headers.get("Content-Type", ""))
     mimetype = mimetype.lower()  # case-insensitive (RFC 9110 §8.3.1); the boundary is not
     if mimetype == "multipart/form-data":
-        return await _receive_multipart(params.get("boundary"))
+        return await _receive_multipart(params.get("boundary"), wrap, max_parts)
     if mimetype.startswith("multipart/"):
         raise UnsupportedMediaType(
             f"{mimetype} is not accepted: send multipart/form-data or the raw bytes."
         )
-    return [await receive_raw(default_filename)]
+    return [await receive_raw(default_filename, wrap)]
 
 
-async def _receive_multipart(boundary: str | None) -> list[IncomingFile]:
+async def _receive_multipart(
+    boundary: str | None, wrap: WriterWrap | None, max_parts: int
+) -> list[IncomingFile]:
     if not boundary:
         raise MalformedBody("multipart/form-data needs a boundary parameter.")
     config = app_state().settings
     limits = MultipartLimits(
         max_file_bytes=config.MAX_UPLOAD_BYTES,
-        max_file_parts=config.MAX_FILE_PARTS,
+        max_file_parts=max_parts or config.MAX_FILE_PARTS,
         max_fields=config.MAX_FORM_FIELDS,
         max_field_bytes=config.MAX_FORM_FIELD_BYTES,
         max_filename_chars=config.MAX_FILENAME_CHARS,
     )
-    upload = await read_multipart(request_chunks(), boundary, limits, app_state().store.writer)
+    upload = await read_multipart(request_chunks(), boundary, limits, _new_writer(wrap))
     if not upload.files:
         raise InvalidInput(
             "The form has no file: send a part named 'file' with a filename.",
@@ -100,9 +116,9 @@ def raw_content_type(filename: str) -> str:
     return upload_content_type(given)
 
 
-async def receive_raw(default_filename: str | None) -> IncomingFile:
+async def receive_raw(default_filename: str | None, wrap: WriterWrap | None = None) -> IncomingFile:
     filename = raw_filename(default_filename)
-    writer = app_state().store.writer(app_state().settings.MAX_UPLOAD_BYTES)
+    writer = _new_writer(wrap)(app_state().settings.MAX_UPLOAD_BYTES)
     incoming = IncomingFile(filename, raw_content_type(filename), writer)
     try:
         async for chunk in request_chunks():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from quart_app.db.models import utc_now
 from quart_app.services.idempotency import purge_expired
+from quart_app.services.imports import sweep_expired_jobs
 from quart_app.services.resumable_uploads import sweep_expired
 
 if TYPE_CHECKING:
@@ -27,9 +28,13 @@ async def sweep_once(state: AppState) -> None:
     purged = await purge_expired(
         database, now - timedelta(seconds=state.settings.IDEMPOTENCY_TTL_SECONDS)
     )
+    jobs = await sweep_expired_jobs(database, state.store, now)
     keys = await state.keys.flush_used()
-    if removed or purged:
-        log.info("swept", extra={"expired_uploads": removed, "idempotency_records": purged})
+    if removed or purged or jobs:
+        log.info(
+            "swept",
+            extra={"expired_uploads": removed, "idempotency_records": purged, "import_jobs": jobs},
+        )
     if keys:
         log.debug("noted key use", extra={"keys": keys})
 

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
 from quart_app.db.keyset import keyset_page
-from quart_app.db.models import Batch, Blob, File, utc_now
+from quart_app.db.models import Batch, Blob, File, ImportJob, utc_now
 from quart_app.errors import NotFound, PreconditionFailed
 from quart_app.services.accounts import Access
 from quart_app.services.incoming import IncomingFile
@@ -103,11 +103,16 @@ class BlobChanges:
         await session.flush()
 
     async def release(self, session: AsyncSession, sha256: str) -> None:
-        """Drop a blob that no file refers to any more."""
+        """Drop a blob that no file (nor import job's archive) refers to any more."""
         refs = await session.scalar(
             select(func.count()).select_from(File).where(File.sha256 == sha256)
         )
         if refs:
+            return
+        jobs = await session.scalar(
+            select(func.count()).select_from(ImportJob).where(ImportJob.archive_sha256 == sha256)
+        )
+        if jobs:
             return
         await session.execute(delete(Blob).where(Blob.sha256 == sha256))
         token = await self.store.retire(sha256)

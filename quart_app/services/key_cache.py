@@ -18,10 +18,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
 from quart_app.db.engine import Database
-from quart_app.db.models import utc_now
+from quart_app.db.models import User, utc_now
 from quart_app.services.accounts import (
     ENVIRONMENT_KEY_ID,
+    OPERATOR_EMAIL,
     SCOPES,
     Access,
     find_key,
@@ -100,8 +104,24 @@ class KeyCache:
             raise
         return len(used)
 
+    async def prepare(self) -> None:
+        """With an environment admin key, make the operator account it acts
+        as at startup, not on the time of the first request that needs it.
+        Left for that request when there is no schema yet (auto-migration off)."""
+        if self._admin_hash is None:
+            return
+        try:
+            await self._operator_id()
+        except DBAPIError:
+            return
+
     async def _operator_id(self) -> int:
         if self._operator is None:
+            async with self._database.sessionmaker() as session:
+                found = await session.scalar(select(User.id).where(User.email == OPERATOR_EMAIL))
+            if found is not None:
+                self._operator = found
+                return found
             async with self._database.sessionmaker() as session, self._database.writing(session):
                 self._operator = await operator_id(session)
         return self._operator

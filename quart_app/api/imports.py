@@ -1,0 +1,167 @@
+"""Archive imports: 202 Accepted + Location of a durable job (DESIGN section 5)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, url_for
+from quart_schema import document_headers, document_querystring, document_request, document_response
+from quart_schema.validation import DataSource
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from quart_app.db.models import ImportJob
+from quart_app.edge.authentication import current_access
+from quart_app.edge.bodies import body_limit, upload_body_limit
+from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
+from quart_app.edge.openapi import problems
+from quart_app.edge.paging_links import page_request, page_response
+from quart_app.edge.problem_details import problem_document
+from quart_app.edge.schemas import (
+    AcceptedHeaders,
+    FileUpload,
+    ImportOut,
+    ImportPage,
+    LinkHeader,
+    PageQuery,
+    RetryAfterHeader,
+)
+from quart_app.edge.upload_body import commit_or_discard, receive_upload
+from quart_app.errors import ImportFailed
+from quart_app.services.archives import SniffingWriter
+from quart_app.services.imports import FINISHED, cancel_job, create_job, get_job, list_jobs
+from quart_app.state import app_state, request_session
+from quart_app.storage import BlobWriter
+
+blueprint = Blueprint("imports", __name__)
+
+CURSOR_RESOURCE = "imports"
+# Seconds a client should wait before asking about an unfinished job again.
+POLL_AFTER = 1
+
+
+def job_url(job: ImportJob) -> str:
+    return url_for("imports.get_one", job_id=job.id, _external=True)
+
+
+def job_body(job: ImportJob) -> dict[str, Any]:
+    result = None
+    if job.batch_id is not None:
+        result = {"batch": url_for("batches.get_one", batch_id=job.batch_id, _external=True)}
+    return ImportOut(
+        id=job.id,
+        status=job.status,
+        filename=job.filename,
+        archive_format=job.archive_format,
+        archive_size=job.archive_size,
+        progress={
+            "entries_done": job.entries_done,
+            "entries_total": job.entries_total,
+            "bytes_done": job.bytes_done,
+        },
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        result=result,
+        problem=None if job.problem is None else _problem(json.loads(job.problem)),
+        links={"self": job_url(job)},
+    ).model_dump(mode="json")
+
+
+def _problem(kept: dict[str, Any]) -> dict[str, Any]:
+    entry = kept.get("entry")
+    members = {} if entry is None else {"entry": entry}
+    return problem_document(ImportFailed(kept["detail"], **members))
+
+
+def job_response(job: ImportJob, status: int = 200) -> Response:
+    response = jsonify(job_body(job))
+    response.status_code = status
+    if job.status not in FINISHED:
+        response.headers["Retry-After"] = str(POLL_AFTER)
+    return response
+
+
+def _sniffing(writer: BlobWriter) -> BlobWriter:
+    return SniffingWriter(writer)
+
+
+@blueprint.post("/imports")
+@body_limit(upload_body_limit)
+@idempotent
+@document_headers(IdempotencyHeaders)
+@document_request(FileUpload, source=DataSource.FORM_MULTIPART)
+@document_response(ImportOut, 202, AcceptedHeaders)
+@problems(400, 409, 413, 415, 422, 507)
+async def post_import() -> Response:
+    """Import an archive (zip, tar, tar.gz, tar.bz2, tar.xz; raw body or one
+    multipart file part): stored, then 202 with the Location of its job."""
+    access = current_access()
+    [archive] = await receive_upload("archive", wrap=_sniffing, max_parts=1)
+    assert isinstance(archive.writer, SniffingWriter) and archive.writer.format is not None
+    archive_format = archive.writer.format
+    responses: list[Response] = []
+
+    async def respond(session: AsyncSession, job: ImportJob) -> None:
+        response = job_response(job, 202)
+        response.headers["Location"] = job_url(job)
+        await record_response(session, response)
+        responses.append(response)
+
+    settings = app_state().settings
+    await commit_or_discard(
+        [archive],
+        create_job(
+            app_state().database,
+            app_state().store,
+            access.user_id,
+            archive,
+            archive_format,
+            timedelta(seconds=settings.IMPORT_EXPIRES_SECONDS),
+            before_commit=respond,
+        ),
+    )
+    app_state().import_wake.set()
+    return responses[0]
+
+
+@blueprint.get("/imports/<job_id>")
+@document_response(ImportOut, 200, RetryAfterHeader)
+@problems(404)
+async def get_one(job_id: str) -> Response:
+    """The job: its status and progress; Retry-After until it has ended."""
+    return job_response(await get_job(request_session(), current_access(), job_id))
+
+
+@blueprint.get("/imports")
+@document_querystring(PageQuery)
+@document_response(ImportPage, 200, LinkHeader)
+@problems(400)
+async def get_page() -> Response:
+    """The key's import jobs (an admin's: everyone's), oldest first."""
+    after, limit = page_request(CURSOR_RESOURCE)
+    jobs, more = await list_jobs(request_session(), current_access(), after, limit)
+    last = jobs[-1].seq if more else None
+    return page_response(
+        CURSOR_RESOURCE, "imports.get_page", [job_body(j) for j in jobs], last, limit
+    )
+
+
+@blueprint.delete("/imports/<job_id>")
+@document_response(ImportOut, 200)
+@problems(404, 409)
+async def delete_one(job_id: str) -> Response:
+    """Cancel a queued or running import: it ends canceled and nothing of it
+    remains. 409 once it has ended."""
+    settings = app_state().settings
+    job = await app_state().database.commits.run_to_completion(
+        cancel_job(
+            app_state().database,
+            app_state().store,
+            current_access(),
+            job_id,
+            timedelta(seconds=settings.IMPORT_EXPIRES_SECONDS),
+        )
+    )
+    return job_response(job)
