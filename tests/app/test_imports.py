@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import lzma
+import struct
 import tarfile
 import zipfile
 from collections.abc import AsyncIterator, Callable
@@ -165,6 +166,22 @@ def _bad_crc_zip() -> bytes:
     return bytes(data)
 
 
+def _lying_zip64() -> bytes:
+    """A zip64 entry whose directory says it holds 10 bytes: it holds 100,000."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("big.txt", "w", force_zip64=True) as entry:
+            entry.write(b"A" * 100_000)
+    data = bytearray(out.getvalue())
+    central = data.rfind(b"PK\x01\x02")
+    extra = data.find(b"\x01\x00", central + 46)  # the zip64 extra field
+    if data[central + 24 : central + 28] == b"\xff" * 4:
+        struct.pack_into("<Q", data, extra + 4, 10)
+    else:
+        struct.pack_into("<I", data, central + 24, 10)
+    return bytes(data)
+
+
 def _symlink() -> tarfile.TarInfo:
     info = tarfile.TarInfo("link")
     info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
@@ -214,6 +231,7 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], str, str | None]] = {
     "fifo": (lambda: tar_with(_fifo()), "FIFO", "pipe"),
     "encrypted": (_encrypted_zip, "encrypted", "secret.txt"),
     "crc mismatch": (_bad_crc_zip, "corrupt", "a.txt"),
+    "zip64 lying size": (_lying_zip64, "corrupt", "big.txt"),
     "truncated tar.gz": (lambda: gzip.compress(tar_bytes(ENTRIES))[:-200], "truncated", "c.bin"),
     "truncated zip": (lambda: zip_bytes(ENTRIES)[:-30], "truncated", None),
     "bomb": (lambda: gzip.compress(tar_bytes({"zeros": bytes(30 * 1024 * 1024)})), "bomb", "zeros"),
