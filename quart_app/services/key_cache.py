@@ -51,10 +51,21 @@ class KeyCache:
         self._entries: dict[str, _Entry] = {}
         self._used: dict[str, datetime] = {}
 
+    async def start(self) -> None:
+        """Make the operator account now, when the environment has an admin
+        key: made on its first use instead, it would need the write lock in
+        the middle of a request (which waits behind whatever holds it)."""
+        if self._admin_hash is not None:
+            await self._operator_id()
+
     def known(self, secret: str) -> Access | None:
-        """The access of a live key read from the database less than ``ttl``
-        seconds ago; None when it must be looked up (or is not live)."""
-        entry = self._entries.get(secret_hash(secret))
+        """The access of the environment's admin key, or of a live key read
+        from the database less than ``ttl`` seconds ago; None when it must be
+        looked up (or is not live)."""
+        hashed = secret_hash(secret)
+        if self._operator is not None and self._is_admin_key(hashed):
+            return Access(self._operator, ENVIRONMENT_KEY_ID, frozenset(SCOPES))
+        entry = self._entries.get(hashed)
         if entry is None or time.monotonic() - entry.checked >= self._ttl:
             return None
         if entry.expires_at is not None and entry.expires_at <= utc_now():
@@ -64,7 +75,7 @@ class KeyCache:
     async def lookup(self, secret: str) -> Access | None:
         """The access this secret grants, or None (unknown, revoked, expired)."""
         hashed = secret_hash(secret)
-        if self._admin_hash is not None and secrets.compare_digest(hashed, self._admin_hash):
+        if self._is_admin_key(hashed):
             return Access(await self._operator_id(), ENVIRONMENT_KEY_ID, frozenset(SCOPES))
         if not looks_like_key(secret):
             return None
@@ -81,6 +92,9 @@ class KeyCache:
             self._entries.clear()
         self._entries[hashed] = _Entry(access, key.expires_at, time.monotonic())
         return access
+
+    def _is_admin_key(self, hashed: str) -> bool:
+        return self._admin_hash is not None and secrets.compare_digest(hashed, self._admin_hash)
 
     def note_use(self, access: Access) -> None:
         if access.key_id != ENVIRONMENT_KEY_ID:
