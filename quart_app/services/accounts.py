@@ -150,7 +150,7 @@ async def list_keys(session: AsyncSession, user_id: int) -> list[ApiKey]:
 async def get_key(session: AsyncSession, user_id: int, key_id: str) -> ApiKey:
     key = await session.scalar(select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.id == key_id))
     if key is None:
-        raise NotFound(f"There is no key {key_id}.")
+        raise NotFound("There is no such key.")
     return key
 
 
