@@ -63,10 +63,7 @@ async def post_user() -> Response:
     access = optional_access()
     admin = access is not None and access.admin
     if not admin and not app_state().settings.OPEN_SIGNUP:
-        raise InsufficientScope(
-            "Creating users needs a key with the 'admin' scope.",
-            headers={"WWW-Authenticate": 'Bearer realm="quart_app", error="insufficient_scope"'},
-        )
+        raise InsufficientScope("Creating users needs a key with the 'admin' scope.")
     data = await read_model(UserCreate)
     try:
         if g.get("idempotency_claim") is None and admin:
