@@ -87,7 +87,7 @@ class KeyCache:
         if key is None or not key_is_live(key, utc_now()):
             self._entries.pop(hashed, None)
             return None
-        access = Access(key.user_id, key.id, frozenset(key.scopes.split()))
+        access = Access(key.user_id, key.id, frozenset(key.scopes.split()), key.expires_at)
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[hashed] = _Entry(access, key.expires_at, time.monotonic())

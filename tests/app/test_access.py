@@ -396,3 +396,28 @@ async def test_a_method_override_is_checked_as_the_method_it_names(world: World)
         theirs.assert_problem(404, "not-found")
         assert theirs.comparable() == nobody.comparable(), method
     assert await world.held() == before
+
+
+async def test_a_key_that_expires_makes_no_key_that_outlives_it(world: World) -> None:
+    made = await world.call(
+        ADMIN,
+        "POST",
+        f"/users/{world.alice}/keys",
+        JSON,
+        b'{"scopes": ["read", "write"], "expires_in": 3600}',
+    )
+    assert made.status == 201, made
+    expiring = made.json()["secret"]
+    before = await world.held()
+    for asked in (b"{}", b'{"expires_in": 3601}', b'{"expires_in": 86400}'):
+        answer = await exchange(
+            world.client, "POST", f"/users/{world.alice}/keys", expiring, JSON, asked
+        )
+        answer.assert_problem(400, "validation-failed")
+        assert answer.problem()["errors"][0]["field"] == "expires_in"
+    assert await world.held() == before
+    shorter = b'{"expires_in": 60}'
+    answer = await exchange(
+        world.client, "POST", f"/users/{world.alice}/keys", expiring, JSON, shorter
+    )
+    assert answer.status == 201, answer
