@@ -27,6 +27,32 @@ async def count_rows(app: Quart, model: type[Base]) -> int:
         return int(await session.scalar(query) or 0)
 
 
+async def database_rows(app: Quart) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, in a stable order: compare two of these to
+    show that a request stored or changed nothing in the database."""
+    tables = {}
+    async with app_state(app).database.sessionmaker() as session:
+        for table in Base.metadata.sorted_tables:
+            result = await session.execute(select(table).order_by(*table.primary_key.columns))
+            tables[table.name] = [tuple(row) for row in result]
+    return tables
+
+
+def storage_files(storage: Path) -> dict[str, int]:
+    """Every file under the storage directory, with its size."""
+    return {
+        str(path.relative_to(storage)): path.stat().st_size
+        for path in sorted(storage.rglob("*"))
+        if path.is_file()
+    }
+
+
+async def everything_held(app: Quart, storage: Path) -> dict[str, object]:
+    """What the app holds: every row and every stored file. Equal before and
+    after a request: it stored, changed and removed nothing."""
+    return {"rows": await database_rows(app), "files": storage_files(storage)}
+
+
 def blob_files(storage: Path) -> list[Path]:
     return [p for p in (storage / "blobs").rglob("*") if p.is_file()]
 

@@ -95,7 +95,10 @@ class AppState:
     async def start(self) -> None:
         """Build what serving needs, in dependency order; each step that can
         fail names itself in the StartupError it raises."""
+        from sqlalchemy.exc import DBAPIError
+
         from quart_app.edge.cursors import CursorCodec
+        from quart_app.errors import DomainError
         from quart_app.ops.instance import load_secret_key, prepare_directories
         from quart_app.ops.integrity import TEMP_GRACE_SECONDS, recover
         from quart_app.ops.jobs import import_worker
@@ -121,7 +124,10 @@ class AppState:
         self._user_batcher = UserBatcher(self._database)
         self._file_batcher = FileBatcher(self._database, self._store)
         self._keys = KeyCache(self._database, settings.KEY_CACHE_SECONDS, settings.ADMIN_KEY)
-        await self._keys.prepare()
+        try:
+            await self._keys.start()
+        except (DBAPIError, DomainError) as error:  # e.g. AUTO_MIGRATE off, no schema yet
+            log.warning("the operator account is made on first use instead: %s", error)
         self._stop_sweeping.clear()
         self._sweeper = asyncio.ensure_future(sweep_loop(self, self._stop_sweeping))
         self.import_wake = asyncio.Event()

@@ -30,7 +30,7 @@ from quart_app.edge.schemas import (
     UserOut,
     UserPage,
 )
-from quart_app.errors import EmailTaken, InsufficientScope
+from quart_app.errors import EmailTaken, InsufficientScope, InvalidInput
 from quart_app.services.accounts import DEFAULT_SCOPES, create_key
 from quart_app.services.users import create_user, get_user, list_users
 from quart_app.state import app_state, request_session
@@ -63,9 +63,14 @@ async def post_user() -> Response:
     access = optional_access()
     admin = access is not None and access.admin
     if not admin and not app_state().settings.OPEN_SIGNUP:
-        raise InsufficientScope(
-            "Creating users needs a key with the 'admin' scope.",
-            headers={"WWW-Authenticate": 'Bearer realm="quart_app", error="insufficient_scope"'},
+        raise InsufficientScope("Creating users needs a key with the 'admin' scope.")
+    if not admin and g.get("idempotency_claim") is not None:
+        # The record would keep the sign-up's answer, and so its new key's
+        # secret, in clear (api/keys.py refuses the header for the same reason).
+        raise InvalidInput(
+            "A sign-up takes no Idempotency-Key: its answer holds the new user's API key, "
+            "which is never stored. Retry without one.",
+            errors=[{"field": "Idempotency-Key", "message": "not accepted for a sign-up"}],
         )
     data = await read_model(UserCreate)
     try:

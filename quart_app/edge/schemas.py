@@ -72,7 +72,8 @@ def _default_scopes() -> list[Scope]:
 class KeyCreate(BaseModel):
     """A new API key. ``scopes`` defaults to read and write; a key cannot
     grant a scope it does not have itself. ``expires_in``: seconds, or none
-    for a key that lives until it is revoked."""
+    for a key that lives until it is revoked; a key that expires cannot
+    create one that outlives it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -250,7 +250,7 @@ async def delete_file(
     async with blob_transaction(database, store) as (session, changes):
         file = await session.scalar(_reachable(access, file_id))
         if file is None:
-            raise NotFound(f"There is no file {file_id}.")
+            raise NotFound("There is no such file.")
         if not precondition(file.sha256):
             raise PreconditionFailed("The file's current state does not match If-Match.")
         await session.delete(file)
@@ -261,7 +261,7 @@ async def delete_file(
 async def get_file(session: AsyncSession, access: Access, file_id: str) -> File:
     file = await session.scalar(_reachable(access, file_id))
     if file is None:
-        raise NotFound(f"There is no file {file_id}.")
+        raise NotFound("There is no such file.")
     return file
 
 
@@ -279,6 +279,6 @@ async def get_batch(
 ) -> tuple[Batch, list[File]]:
     batch = await session.get(Batch, batch_id)
     if batch is None or not access.owns(batch.owner_id):
-        raise NotFound(f"There is no batch {batch_id}.")
+        raise NotFound("There is no such batch.")
     files = await session.scalars(select(File).where(File.batch_id == batch_id).order_by(File.seq))
     return batch, list(files)

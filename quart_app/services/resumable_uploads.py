@@ -90,7 +90,7 @@ def _check_live(
 ) -> Upload:
     # Another owner's upload is absent, expired or not (no existence leak).
     if upload is None or (access is not None and not access.owns(upload.owner_id)):
-        raise NotFound(f"There is no upload {upload_id}.")
+        raise NotFound("There is no such upload.")
     if upload.expires_at <= now:
         raise Gone(f"The upload {upload_id} expired at {upload.expires_at.isoformat()}.")
     return upload
