@@ -149,6 +149,12 @@ class Settings:
     # per worker; past it, keys it sends that the worker does not already
     # know get a 429 problem with Retry-After until the minute ends.
     AUTH_FAILURES_PER_MINUTE: int = 20
+    # Bytes: what one account may store, counted by the files' sizes (a
+    # file sharing another's bytes counts in full). 0: unlimited. An admin
+    # sets another limit per user (PATCH /users/{id}).
+    DEFAULT_QUOTA_BYTES: int = 0
+    # Count: files one account may have. 0: unlimited; per user as above.
+    DEFAULT_QUOTA_FILES: int = 0
 
     @property
     def database_url(self) -> str:
