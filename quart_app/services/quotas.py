@@ -87,15 +87,20 @@ def _exceeded(limits: Limits, held: Usage, bytes: int, files: int) -> QuotaExcee
             remaining=left,
         )
     if limits.bytes and held.bytes + bytes > limits.bytes:
-        left = max(0, limits.bytes - held.bytes)
-        return QuotaExceeded(
-            f"The account may store {limits.bytes} bytes; {left} more may be stored now, "
-            f"and this upload needs {bytes}.",
-            quota="bytes",
-            limit=limits.bytes,
-            remaining=left,
-        )
+        return bytes_exceeded(limits.bytes, limits.bytes - held.bytes, bytes)
     return None
+
+
+def bytes_exceeded(limit: int, left: int, needed: int) -> QuotaExceeded:
+    """The problem for an upload needing ``needed`` bytes where ``left`` remain."""
+    left = max(0, left)
+    return QuotaExceeded(
+        f"The account may store {limit} bytes; {left} more may be stored now, "
+        f"and this upload needs {needed}.",
+        quota="bytes",
+        limit=limit,
+        remaining=left,
+    )
 
 
 class Quotas:

@@ -44,7 +44,7 @@ from quart_app.errors import (
 )
 from quart_app.services.accounts import Access
 from quart_app.services.files import BlobChanges, blob_transaction, new_id
-from quart_app.services.quotas import Quotas
+from quart_app.services.quotas import Quotas, bytes_exceeded
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
 # The checksums a PATCH may carry (tus checksum extension), by name.
@@ -334,10 +334,10 @@ async def append(
                 if writer.offset + len(chunk) > limit:
                     raise TooLarge(f"The body goes past the upload's length of {limit} bytes.")
                 if room is not None and writer.offset + len(chunk) > room:
-                    raise QuotaExceeded(
-                        f"The account's quota leaves room for {room} bytes in this upload.",
-                        quota="bytes",
-                        remaining=max(0, room - upload.offset),
+                    raise bytes_exceeded(
+                        limits.bytes,
+                        room - upload.offset,
+                        writer.offset + len(chunk) - upload.offset,
                     )
                 await writer.write(chunk)
         except (TooLarge, QuotaExceeded):

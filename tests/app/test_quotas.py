@@ -10,9 +10,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from quart import Quart, Response
 from quart import typing as quart_typing
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql
 
 from devtools.auth import TEST_ADMIN_KEY, KeyedClient
 from devtools.form_data import multipart, multipart_headers, part
@@ -20,8 +22,10 @@ from devtools.quart_client import as_http_connection
 from devtools.stored import blob_files, count_rows, temp_files
 from quart_app import create_app
 from quart_app.db.models import File, QuotaReservation, Upload, utc_now
+from quart_app.errors import QuotaExceeded
 from quart_app.ops.sweeps import sweep_once
 from quart_app.state import app_state
+from quart_app.storage import StorageUnwritable
 
 PROBLEM = "urn:quart-app:problem:quota-exceeded"
 
@@ -470,7 +474,8 @@ async def test_tus_deferred_length_is_checked_when_a_patch_sets_it_or_bytes_pass
 
     assert (await patch(0, b"a" * 300)).status_code == 204
     # bytes past the room, length still deferred: refused, none of them kept
-    await assert_refused(await patch(300, b"b" * 701), "bytes")
+    problem = await assert_refused(await patch(300, b"b" * 701), "bytes")
+    assert "1000 bytes" in problem["detail"] and problem["remaining"] == 700
     head = await client.head(location, headers=TUS)
     assert head.headers["Upload-Offset"] == "300"
     # a length that would pass the quota: refused before the body is read
@@ -485,3 +490,144 @@ async def test_tus_deferred_length_is_checked_when_a_patch_sets_it_or_bytes_pass
     assert (await patch(400, b"e" * 500)).status_code == 204
     assert await usage(client, user_id) == {"bytes": 900, "files": 1}
     assert await count_rows(app, File) == 1
+
+
+# -- room given back, and checked again where it may have changed --------------
+
+
+async def test_uploads_that_fail_give_their_room_back(
+    overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app({**overrides, "MAX_UPLOAD_BYTES": 50_000})
+    async with app.test_app() as test_app:
+        client = keyed(test_app.test_client())
+        _, key = await new_user(client, quota_bytes=10**6, quota_files=5)
+        client.key = key
+        connection = as_http_connection(client.request("/files/big", method="PUT"))
+        async with connection:
+            for _ in range(6):
+                await connection.send(b"x" * 10_000)
+            await connection.send_complete()
+            await connection.receive()
+        assert connection.status_code == 413
+        malformed = await client.post(
+            "/files", data=b"--nope\r\n", headers={**multipart_headers(), "Content-Length": "8"}
+        )
+        assert malformed.status_code == 400
+        await assert_nothing_left(app, overrides["STORAGE_DIR"])
+
+        # the group commit fails: the batch gives its files' room back
+        async def unwritable(sha256s: object) -> set[str]:
+            raise StorageUnwritable("read-only")
+
+        monkeypatch.setattr(app_state(app).store, "stored", unwritable)
+        failed = await post_raw(client, "a", b"a" * 100)
+        assert failed.status_code == 503
+        with_key = await client.post(
+            "/files",
+            data=b"b",
+            headers={
+                "Content-Disposition": 'attachment; filename="b"',
+                "Content-Length": "1",
+                "Idempotency-Key": "k-1",
+            },
+        )
+        assert with_key.status_code == 503
+        await assert_nothing_left(app, overrides["STORAGE_DIR"])
+
+
+async def test_every_commit_path_turns_the_reservation_into_files(
+    app: Quart, client: KeyedClient, overrides: dict[str, Any]
+) -> None:
+    user_id, key = await new_user(client, quota_bytes=1000, quota_files=4)
+    client.key = key
+    idempotent = await client.post(
+        "/files",
+        data=b"x" * 100,
+        headers={
+            "Content-Disposition": 'attachment; filename="once"',
+            "Content-Length": "100",
+            "Idempotency-Key": "once",
+        },
+    )
+    assert idempotent.status_code == 201
+    batch = await client.post(
+        "/files",
+        data=multipart(part("file", b"y" * 200, "one"), part("file", b"z" * 300, "two")),
+        headers=multipart_headers(),
+    )
+    assert batch.status_code == 201
+    assert (await put(client, "three", b"w" * 400)).status_code == 201
+    assert await usage(client, user_id) == {"bytes": 1000, "files": 4}
+    await assert_nothing_left(app, overrides["STORAGE_DIR"], files=4)
+    await assert_refused(await put(client, "four", b""), "files")
+
+
+async def test_a_replace_is_checked_again_when_its_file_went_meanwhile(
+    app: Quart, client: KeyedClient, overrides: dict[str, Any]
+) -> None:
+    _, key = await new_user(client, quota_bytes=1000)
+    client.key = key
+    assert (await put(client, "doc", b"a" * 800)).status_code == 201
+    # A chunked replace of 900 reserves against freeing the 800...
+    connection = as_http_connection(
+        client.request("/files/doc", method="PUT", headers={"Content-Type": "text/plain"})
+    )
+    async with connection:
+        await connection.send(b"b" * 450)
+        await asyncio.sleep(0.2)
+        # ...but the file is deleted and its room used before the replace commits
+        assert (await client.delete("/files/doc")).status_code == 204
+        assert (await put(client, "other", b"c" * 700)).status_code == 201
+        await connection.send(b"b" * 450)
+        await connection.send_complete()
+        await connection.receive()
+    assert connection.status_code == 507
+    assert (await client.get("/files/doc")).status_code == 404
+    await assert_nothing_left(app, overrides["STORAGE_DIR"], files=1)
+
+
+async def test_an_admin_replacing_a_users_file_counts_against_that_user(
+    client: KeyedClient,
+) -> None:
+    user_id, key = await new_user(client, quota_bytes=1000)
+    client.key = key
+    assert (await put(client, "doc", b"a" * 800)).status_code == 201
+    client.key = TEST_ADMIN_KEY
+    await assert_refused(await put(client, "doc", b"b" * 1001), "bytes")
+    assert (await put(client, "doc", b"b" * 1000)).status_code == 200
+    assert await usage(client, user_id) == {"bytes": 1000, "files": 1}
+
+
+async def test_a_reservation_swept_under_a_running_upload_refuses_it(
+    app: Quart, client: KeyedClient
+) -> None:
+    user_id, _ = await new_user(client, quota_bytes=10 * 1024**2)
+    reservation = app_state(app).quotas.reservation(user_id)
+    await reservation.open(None)
+    await reservation.take(bytes=100)
+    database = app_state(app).database
+    async with database.sessionmaker() as session, database.writing(session):
+        await session.execute(delete(QuotaReservation))
+    with pytest.raises(QuotaExceeded):
+        await reservation.take(bytes=2 * 1024**2)
+
+
+async def test_taking_room_locks_the_users_row_on_postgresql(
+    app: Quart, client: KeyedClient
+) -> None:
+    user_id, _ = await new_user(client)
+    seen: list[str] = []
+
+    class Recording:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        async def execute(self, statement: Any) -> Any:
+            dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+            seen.append(str(statement.compile(dialect=dialect)))
+            return await self.session.execute(statement)
+
+    async with app_state(app).database.sessionmaker() as session:
+        await app_state(app).quotas.limits(Recording(session), user_id, lock=True)  # type: ignore[arg-type]
+    assert seen and seen[0].rstrip().endswith("FOR UPDATE")
