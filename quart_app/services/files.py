@@ -205,11 +205,6 @@ async def find_file(session: AsyncSession, access: Access, file_id: str) -> File
     return file
 
 
-async def current_sha256(session: AsyncSession, access: Access, file_id: str) -> str | None:
-    file = await find_file(session, access, file_id)
-    return None if file is None else file.sha256
-
-
 async def put_file(
     database: Database,
     store: BlobStore,
