@@ -170,16 +170,60 @@ def differences(shown: str, got: str, mapping: dict[str, str]) -> list[str]:
     return problems
 
 
-def learn(shown: str, got: str, mapping: dict[str, str]) -> None:
-    """Pair the made-up values of the printed output with the real ones, in order."""
-    for old, new in zip(VOLATILE.findall(shown), VOLATILE.findall(got), strict=False):
-        if old != new and old not in mapping:
-            mapping[old] = new
-    for old, new in zip(
-        re.findall(r"/users/(\d+)", shown), re.findall(r"/users/(\d+)", got), strict=False
+def _headers(output: str) -> dict[str, str]:
+    if not output.startswith("HTTP/"):
+        return {}
+    head = output.split("\n\n")
+    while len(head) > 1 and head[1].startswith("HTTP/"):
+        head = head[1:]
+    return {
+        line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip()
+        for line in head[0].splitlines()[1:]
+        if ":" in line
+    }
+
+
+def _pair(old: str, new: str, mapping: dict[str, str]) -> None:
+    olds, news = VOLATILE.findall(old), VOLATILE.findall(new)
+    if len(olds) != len(news):
+        return
+    for a, b in zip(olds, news, strict=True):
+        if a != b and a not in mapping:
+            mapping[a] = b
+    for a, b in zip(
+        re.findall(r"/users/(\d+)", old), re.findall(r"/users/(\d+)", new), strict=False
     ):
-        if old != new:
-            mapping[f"/users/{old}"] = f"/users/{new}"
+        if a != b:
+            mapping[f"/users/{a}"] = f"/users/{b}"
+
+
+def _walk(old: Any, new: Any, mapping: dict[str, str]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old.keys() & new.keys():
+            if key == "id" and isinstance(old[key], int) and old[key] != new[key]:
+                mapping[f"/users/{old[key]}"] = f"/users/{new[key]}"
+            _walk(old[key], new[key], mapping)
+    elif isinstance(old, list) and isinstance(new, list):
+        for a, b in zip(old, new, strict=False):
+            _walk(a, b, mapping)
+    elif isinstance(old, str) and isinstance(new, str):
+        _pair(old, new, mapping)
+
+
+def learn(shown: str, got: str, mapping: dict[str, str]) -> None:
+    """Pair the made-up values of the printed output with the real ones:
+    header by header, JSON member by member, else token by token when the
+    two have as many."""
+    old_headers, new_headers = _headers(shown), _headers(got)
+    for name in old_headers.keys() & new_headers.keys():
+        if name not in ("date", "x-request-id"):
+            _pair(old_headers[name], new_headers[name], mapping)
+    old_body, new_body = split_output(shown)[2], split_output(got)[2]
+    old_json, new_json = json_body(old_body), json_body(new_body)
+    if old_json is not None and new_json is not None:
+        _walk(old_json, new_json, mapping)
+    elif old_json is None and new_json is None:
+        _pair(old_body, new_body, mapping)
 
 
 def substitute(text: str, mapping: dict[str, str]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from quart import Quart
 from sqlalchemy import func, select
 
-from quart_app.db.models import Base, Blob, File, User
+from quart_app.db.models import Base, Blob, File, QuotaReservation, User
 from quart_app.services.accounts import OPERATOR_EMAIL
 from quart_app.state import app_state
 
@@ -64,6 +64,7 @@ def temp_files(storage: Path) -> list[Path]:
 async def assert_nothing_stored(app: Quart, storage: Path) -> None:
     assert await count_rows(app, File) == 0
     assert await count_rows(app, Blob) == 0
+    assert await count_rows(app, QuotaReservation) == 0
     assert blob_files(storage) == []
     assert temp_files(storage) == []
 
@@ -75,7 +76,15 @@ def rows(server: RunningServer, table: str) -> int:
         return count
 
 
-TABLES = ("users", "files", "blobs", "batches", "uploads", "idempotency_records")
+TABLES = (
+    "users",
+    "files",
+    "blobs",
+    "batches",
+    "uploads",
+    "idempotency_records",
+    "quota_reservations",
+)
 
 
 def server_holds(server: RunningServer) -> dict[str, object]:

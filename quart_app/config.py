@@ -166,6 +166,12 @@ class Settings:
     # Seconds an import job is kept after it ended (or, queued, before it
     # is dropped with its archive if no worker took it).
     IMPORT_EXPIRES_SECONDS: float = 24 * 3600.0
+    # Bytes: what one account may store, counted by the files' sizes (a
+    # file sharing another's bytes counts in full). 0: unlimited. An admin
+    # sets another limit per user (PATCH /users/{id}).
+    DEFAULT_QUOTA_BYTES: int = 0
+    # Count: files one account may have. 0: unlimited; per user as above.
+    DEFAULT_QUOTA_FILES: int = 0
 
     @property
     def database_url(self) -> str:

@@ -49,12 +49,13 @@ from quart_app.errors import InvalidInput, PreconditionFailed, RangeNotSatisfiab
 from quart_app.services.downloads import open_content
 from quart_app.services.files import (
     create_files,
-    current_sha256,
     delete_file,
+    find_file,
     get_file,
     list_files,
     put_file,
 )
+from quart_app.services.quotas import Usage
 from quart_app.state import app_state, request_session
 from quart_app.storage import BlobReader
 
@@ -93,7 +94,7 @@ async def post_files() -> Response:
     """Upload: multipart (one or several `file` parts) or a raw body named by
     Content-Disposition. Several parts make a batch: all stored or none."""
     access = current_access()
-    incoming = await receive_upload()
+    incoming = await receive_upload(access.user_id)
     for item in incoming:
         item.owner_id = access.user_id
     if len(incoming) == 1 and g.get("idempotency_claim") is None:
@@ -156,10 +157,13 @@ async def put_one(file_id: str) -> Response:
     # A short session of its own: a read transaction held open for the whole
     # upload would keep SQLite from checkpointing its WAL.
     async with app_state().database.sessionmaker() as session:
-        sha256 = await current_sha256(session, access, file_id)
-    if not _put_precondition(sha256):
+        current = await find_file(session, access, file_id)
+    if not _put_precondition(None if current is None else current.sha256):
         raise PreconditionFailed("The file's current state does not match the precondition.")
-    incoming = await receive_raw(default_filename=file_id)
+    # A replace counts against its file's owner, for what it adds to the old size.
+    owner_id = access.user_id if current is None else current.owner_id
+    credit = None if current is None else Usage(current.size, 1)
+    incoming = await receive_raw(file_id, app_state().quotas.reservation(owner_id), credit)
     file, is_new = await commit_or_discard(
         [incoming],
         put_file(

@@ -61,7 +61,9 @@ async def post_import() -> Response:
     """Import an archive (zip, tar, tar.gz, tar.bz2, tar.xz; raw body or one
     multipart file part): stored, then 202 with the Location of its job."""
     access = current_access()
-    [archive] = await receive_upload("archive", wrap=_sniffing, max_parts=1)
+    [archive] = await receive_upload(
+        access.user_id, wrap=_sniffing, max_parts=1, default_filename="archive"
+    )
     assert isinstance(archive.writer, SniffingWriter) and archive.writer.format is not None
     archive_format = archive.writer.format
     responses: list[Response] = []

@@ -65,6 +65,10 @@ class User(Base):
     # Stored lowercase; the unique constraint is what makes "taken" race-free.
     email: Mapped[str] = mapped_column(String(254), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # Limits an admin set for this user (0: unlimited); None: the configured
+    # default (services/quotas.py).
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    quota_files: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ApiKey(Base):
@@ -83,6 +87,20 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class QuotaReservation(Base):
+    """Room in an owner's quota held for an upload in flight: counted as
+    used until the transaction that stores its files deletes it, the upload
+    fails and removes it, or it expires (services/quotas.py)."""
+
+    __tablename__ = "quota_reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Blob(Base):

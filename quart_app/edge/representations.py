@@ -11,7 +11,7 @@ from quart_app.db.models import Batch, File, ImportJob
 from quart_app.edge.conditional import strong_etag
 from quart_app.edge.problem_details import problem_document
 from quart_app.edge.schemas import FileLinks, FileOut, ImportOut
-from quart_app.errors import ImportFailed
+from quart_app.errors import DomainError, ImportFailed, QuotaExceeded
 
 
 def rfc3339(moment: Any) -> str:
@@ -72,7 +72,15 @@ def job_body(job: ImportJob) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
+# The problem types an import job may end with.
+JOB_PROBLEMS: dict[str, type[DomainError]] = {
+    ImportFailed.code: ImportFailed,
+    QuotaExceeded.code: QuotaExceeded,
+}
+
+
 def _problem(kept: dict[str, Any]) -> dict[str, Any]:
     entry = kept.get("entry")
     members = {} if entry is None else {"entry": entry}
-    return problem_document(ImportFailed(kept["detail"], **members))
+    kind = JOB_PROBLEMS.get(kept.get("code", ImportFailed.code), ImportFailed)
+    return problem_document(kind(kept["detail"], **members))

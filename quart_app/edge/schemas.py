@@ -48,11 +48,35 @@ class UserCreate(BaseModel):
         return value.lower()
 
 
+# A quota limit: bytes or files, 0 for none (the largest a column holds).
+QuotaLimit = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class UsageOut(BaseModel):
+    """What the user's files use now: bytes by the files' sizes, and files."""
+
+    bytes: int
+    files: int
+
+
 class UserOut(BaseModel):
     id: int
     name: str
     email: str
     created_at: datetime
+    quota_bytes: int = Field(description="Bytes the user may store; 0: unlimited.")
+    quota_files: int = Field(description="Files the user may have; 0: unlimited.")
+    usage: UsageOut
+
+
+class QuotaUpdate(BaseModel):
+    """An admin sets a user's limits: a number (0: unlimited), or null for
+    the configured default. A member left out is left as it is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    quota_bytes: QuotaLimit | None = None
+    quota_files: QuotaLimit | None = None
 
 
 class UserPage(BaseModel):

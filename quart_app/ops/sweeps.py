@@ -1,6 +1,6 @@
 """Background work of a serving process: removing expired resumable uploads
-and purging Idempotency-Key records past their time to live, while the app
-serves; ``python -m quart_app`` runs the same work on demand."""
+and quota reservations, and purging Idempotency-Key records past their
+time to live, while the app serves; ``python -m quart_app`` runs the same work on demand."""
 
 from __future__ import annotations
 
@@ -29,11 +29,17 @@ async def sweep_once(state: AppState) -> None:
         database, now - timedelta(seconds=state.settings.IDEMPOTENCY_TTL_SECONDS)
     )
     jobs = await sweep_expired_jobs(database, state.store, now)
+    reservations = await state.quotas.sweep_expired(now)
     keys = await state.keys.flush_used()
-    if removed or purged or jobs:
+    if removed or purged or jobs or reservations:
         log.info(
             "swept",
-            extra={"expired_uploads": removed, "idempotency_records": purged, "import_jobs": jobs},
+            extra={
+                "expired_uploads": removed,
+                "idempotency_records": purged,
+                "import_jobs": jobs,
+                "quota_reservations": reservations,
+            },
         )
     if keys:
         log.debug("noted key use", extra={"keys": keys})

@@ -154,6 +154,7 @@ ROUTES = [
     Route("POST", "/users", "admin", 201, False, 403, fields(JSON), NEW_USER),
     *reads("/users", owned=False, other=200),
     *reads("/users/{alice}"),
+    Route("PATCH", "/users/{alice}", "admin", 200, headers=fields(JSON), body=b'{"quota_files": 50}'),
     Route("POST", "/users/{alice}/keys", "write", 201, headers=fields(JSON), body=b'{"scopes": ["write"]}'),
     *reads("/users/{alice}/keys"),
     *reads("/users/{alice}/keys/{spare_key}"),
