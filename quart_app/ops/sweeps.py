@@ -1,6 +1,6 @@
 """Background work of a serving process: removing expired resumable uploads
-and purging Idempotency-Key records past their time to live, while the app
-serves; ``python -m quart_app`` runs the same work on demand."""
+and download links, and purging Idempotency-Key records past their time to
+live, while the app serves; ``python -m quart_app`` runs the same work on demand."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from quart_app.db.models import utc_now
+from quart_app.services.download_links import sweep_expired_links
 from quart_app.services.idempotency import purge_expired
 from quart_app.services.resumable_uploads import sweep_expired
 
@@ -24,12 +25,20 @@ async def sweep_once(state: AppState) -> None:
     database = state.database
     now = utc_now()
     removed = await sweep_expired(database, state.store, now)
+    links = await sweep_expired_links(database, now)
     purged = await purge_expired(
         database, now - timedelta(seconds=state.settings.IDEMPOTENCY_TTL_SECONDS)
     )
     keys = await state.keys.flush_used()
-    if removed or purged:
-        log.info("swept", extra={"expired_uploads": removed, "idempotency_records": purged})
+    if removed or links or purged:
+        log.info(
+            "swept",
+            extra={
+                "expired_uploads": removed,
+                "expired_links": links,
+                "idempotency_records": purged,
+            },
+        )
     if keys:
         log.debug("noted key use", extra={"keys": keys})
 
