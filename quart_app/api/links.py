@@ -12,6 +12,7 @@ from quart_schema import document_request, document_response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.models import DownloadLink, File, utc_now
+from quart_app.edge.access_log import note
 from quart_app.edge.authentication import current_access, public
 from quart_app.edge.content import content_response
 from quart_app.edge.json_body import read_model
@@ -125,10 +126,13 @@ async def download(token: str) -> Response:
     answers them. A link that is malformed, unknown, expired or revoked, or
     whose file is gone, gets the same 403 `link-refused`."""
     now = utc_now()
+    links: list[DownloadLink] = []
 
     async def find(session: AsyncSession) -> File:
-        _, file = await linked_file(session, token, now)
+        link, file = await linked_file(session, token, now)
+        links.append(link)
         return file
 
     file, blob = await open_content(app_state().database, app_state().store, find, "this link")
+    note(request.scope, link_id=links[-1].id)
     return content_response(file, blob, LINK_HEADERS)

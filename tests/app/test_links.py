@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from werkzeug.datastructures import Headers
 
 from devtools.auth import TEST_ADMIN_KEY, bearer
 from devtools.quart_client import as_http_connection
+from quart_app.edge.access_log import JSONFormatter
 from quart_app.ops.sweeps import sweep_once
 from quart_app.state import app_state
 
@@ -463,3 +465,53 @@ async def test_deleting_the_file_kills_its_links_for_good(app: Quart, client: Qu
     # A new file under the same id is not what the link was made for.
     assert (await client.put("/files/doc.txt", data=b"hello")).status_code == 201
     await refused(client, link["url"])
+
+
+async def test_the_access_log_shows_the_link_not_its_token(
+    client: QuartClient, owner: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = await upload(client, owner)
+    link = await make_link(client, file["id"], owner)
+    token = LINK_URL.fullmatch(link["url"]).group(1)  # type: ignore[union-attr]
+    caplog.set_level(logging.INFO, logger="quart_app.access")
+    caplog.clear()
+    await fetch(client, link["url"])
+    await fetch(client, link["url"] + "x")  # refused: not logged in full either
+    lines = [
+        json.loads(JSONFormatter().format(r))
+        for r in caplog.records
+        if r.name == "quart_app.access"
+    ]
+    assert [line["status"] for line in lines] == [200, 403]
+    assert lines[0]["path"] == f"/links/{link['prefix']}..."
+    assert lines[0]["link_id"] == link["id"]
+    assert lines[0]["key_id"] is None
+    assert lines[1]["link_id"] is None
+    for line in lines:
+        assert token not in json.dumps(line)
+        assert token[:11] not in json.dumps(line)
+
+
+async def test_the_error_log_shows_the_link_not_its_token(
+    app: Quart,
+    client: QuartClient,
+    owner: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    file = await upload(client, owner)
+    link = await make_link(client, file["id"], owner)
+    token = LINK_URL.fullmatch(link["url"]).group(1)  # type: ignore[union-attr]
+
+    async def broken(sha256: str) -> Any:
+        raise RuntimeError("the disk caught fire")
+
+    monkeypatch.setattr(app_state(app).store, "open", broken)
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    answer = await fetch(client, link["url"])
+    assert answer.status_code == 500
+    [error] = [r for r in caplog.records if r.name == "quart_app.errors"]
+    assert error.path == f"/links/{link['prefix']}..."  # type: ignore[attr-defined]
+    for record in caplog.records:
+        assert token not in JSONFormatter().format(record)

@@ -1,5 +1,5 @@
-"""Download links without an app: the migration both ways and the
-settings' bounds."""
+"""Download links without an app: the migration both ways, the settings'
+bounds, and the log's view of a link's path."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from quart_app.config import ConfigError, load_settings
 from quart_app.db.migrate import alembic_config, upgrade_to_head
 from quart_app.db.schema_version import MIGRATIONS_DIR
+from quart_app.edge.access_log import logged_path
+from quart_app.services.download_links import new_token
 
 REVISION = "0006_download_links"
 
@@ -46,3 +48,12 @@ def test_the_default_lifetime_may_not_pass_the_longest() -> None:
         load_settings({"LINK_EXPIRES_SECONDS": 601, "LINK_MAX_EXPIRES_SECONDS": 600}, environ={})
     settings = load_settings({"LINK_EXPIRES_SECONDS": 600, "LINK_MAX_EXPIRES_SECONDS": 600})
     assert settings.LINK_EXPIRES_SECONDS == 600
+
+
+def test_the_log_shows_a_links_prefix_and_every_other_path_as_it_is() -> None:
+    token = new_token()
+    assert len(token) == 46 and token.startswith("dl_")
+    assert logged_path(f"/links/{token}") == f"/links/{token[:10]}..."
+    assert logged_path("/links/" + "x" * 5000) == "/links/xxxxxxxxxx..."
+    for path in ("/files/a/links/lnk_abc", "/files/links", "/links/", "/users/1/keys"):
+        assert logged_path(path) == path
