@@ -74,7 +74,7 @@ async def _lifetime() -> timedelta:
 @blueprint.post("/files/<file_id>/links")
 @document_request(LinkCreate)
 @document_response(LinkOut, 201, LocationHeader)
-@problems(400, 401, 403, 404, 413, 415)
+@problems(400, 401, 403, 404, 409, 413, 415)
 async def post_link(file_id: str) -> Response:
     """A link that downloads the file's content without a key until it
     expires; Location and `url` are that link, shown this once. The body is

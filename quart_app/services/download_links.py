@@ -35,18 +35,21 @@ import re
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
 from quart_app.db.models import DownloadLink, File, utc_now
-from quart_app.errors import LinkRefused, NotFound
+from quart_app.errors import Conflict, LinkRefused, NotFound
 from quart_app.services.accounts import Access
 from quart_app.services.files import get_file
 
 TOKEN_PREFIX = "dl_"
 TOKEN_PATTERN = re.compile(r"dl_[A-Za-z0-9_-]{43}")
 SHOWN_PREFIX_CHARS = 10  # "dl_" and 7 more: enough to tell links apart
+# Live (unexpired, unrevoked) links one file may have: rows stay until they
+# expire, so this bounds what a key can make the database hold.
+MAX_LIVE_LINKS_PER_FILE = 100
 REFUSAL = "This download link is not valid: it may have expired or been revoked."
 
 
@@ -69,8 +72,21 @@ async def create_link(
     """A new link to the file ``access`` reaches as ``file_id`` (NotFound as
     for any other request); the token is returned once, never stored."""
     file = await get_file(session, access, file_id)
-    token = new_token()
     now = utc_now()
+    live = await session.scalar(
+        select(func.count())
+        .select_from(DownloadLink)
+        .where(
+            DownloadLink.file_seq == file.seq,
+            DownloadLink.revoked_at.is_(None),
+            DownloadLink.expires_at > now,
+        )
+    )
+    if (live or 0) >= MAX_LIVE_LINKS_PER_FILE:
+        raise Conflict(
+            f"A file has at most {MAX_LIVE_LINKS_PER_FILE} live links; revoke one first."
+        )
+    token = new_token()
     link = DownloadLink(
         id="lnk_" + secrets.token_urlsafe(12),
         file_seq=file.seq,

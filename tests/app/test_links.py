@@ -6,19 +6,21 @@ import json
 import logging
 import os
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from quart import Quart
 from quart.testing import QuartClient
-from sqlalchemy import text
+from sqlalchemy import text, update
 from werkzeug.datastructures import Headers
 
 from devtools.auth import TEST_ADMIN_KEY, bearer
 from devtools.quart_client import as_http_connection
+from quart_app.db.models import DownloadLink, utc_now
 from quart_app.edge.access_log import JSONFormatter
 from quart_app.ops.sweeps import sweep_once
+from quart_app.services import download_links
 from quart_app.state import app_state
 
 DATA = os.urandom(1000)
@@ -109,6 +111,15 @@ async def refused(client: QuartClient, url: str) -> bytes:
 async def link_rows(app: Quart) -> list[Any]:
     async with app_state(app).database.engine.connect() as conn:
         return list(await conn.execute(text("SELECT * FROM download_links")))
+
+
+async def expire(app: Quart, link_id: str, when: datetime) -> None:
+    """Move the link's expiry (no waiting for the clock)."""
+    async with app_state(app).database.sessionmaker() as session:
+        await session.execute(
+            update(DownloadLink).where(DownloadLink.id == link_id).values(expires_at=when)
+        )
+        await session.commit()
 
 
 @pytest.fixture
@@ -314,11 +325,7 @@ async def test_every_refusal_is_the_same_answer_and_says_nothing_of_the_file(
     expired, revoked, deleted, kept = [await make_link(client, file["id"], owner) for _ in "1234"]
     other = await upload(client, owner, b"other bytes")
     on_deleted = await make_link(client, other["id"], owner)
-    async with app_state(app).database.engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE download_links SET expires_at = :t WHERE id = :i"),
-            {"t": datetime(2020, 1, 1), "i": expired["id"]},
-        )
+    await expire(app, expired["id"], datetime(2020, 1, 1, tzinfo=UTC))
     answer = await client.delete(
         f"/files/{file['id']}/links/{revoked['id']}", headers=bearer(owner)
     )
@@ -354,11 +361,7 @@ async def test_an_expired_link_is_refused_and_swept(
     file = await upload(client, owner)
     expired = await make_link(client, file["id"], owner, expires_in=1)
     live = await make_link(client, file["id"], owner)
-    async with app_state(app).database.engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE download_links SET expires_at = :t WHERE id = :i"),
-            {"t": datetime.now() - timedelta(seconds=1), "i": expired["id"]},
-        )
+    await expire(app, expired["id"], utc_now() - timedelta(seconds=1))
     await refused(client, expired["url"])
     await sweep_once(app_state(app))
     assert [row.id for row in await link_rows(app)] == [live["id"]]
@@ -515,3 +518,23 @@ async def test_the_error_log_shows_the_link_not_its_token(
     assert error.path == f"/links/{link['prefix']}..."  # type: ignore[attr-defined]
     for record in caplog.records:
         assert token not in JSONFormatter().format(record)
+
+
+async def test_a_file_has_a_bounded_number_of_live_links(
+    app: Quart, client: QuartClient, owner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download_links, "MAX_LIVE_LINKS_PER_FILE", 2)
+    file = await upload(client, owner)
+    first, second = [await make_link(client, file["id"], owner) for _ in "12"]
+    url = f"/files/{file['id']}/links"
+    answer = await client.post(url, headers=bearer(owner))
+    assert answer.status_code == 409
+    assert (await answer.get_json())["type"] == "urn:quart-app:problem:conflict"
+    assert len(await link_rows(app)) == 2
+    # Revoked and expired links leave room.
+    assert (await client.delete(f"{url}/{first['id']}", headers=bearer(owner))).status_code == 204
+    third = await make_link(client, file["id"], owner)
+    await expire(app, second["id"], datetime(2020, 1, 1, tzinfo=UTC))
+    await make_link(client, file["id"], owner)
+    assert (await client.post(url, headers=bearer(owner))).status_code == 409
+    assert (await fetch(client, third["url"])).status_code == 200
