@@ -49,7 +49,6 @@ def link_body(link: DownloadLink, file: File, token: str | None = None) -> dict[
     return LinkOut(
         id=link.id,
         url=None if token is None else url_for("links.download", token=token, _external=True),
-        prefix=link.prefix,
         file=url_for("files.get_one", file_id=file.id, _external=True),
         created_at=link.created_at,
         expires_at=link.expires_at,

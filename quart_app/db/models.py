@@ -175,20 +175,18 @@ class DownloadLink(Base):
     """A signed download link: a URL that serves a file's content without an
     API key until ``expires_at`` or until it is revoked.
 
-    The URL's token is 256 random bits, never stored: ``token_hash`` is its
-    sha256 (as for API keys) and ``prefix`` its first characters, to tell
-    links apart in a list and in the access log. The link names the file's
-    row (``seq``, never reused), not its id: it serves whatever that row
-    holds now (a PUT replacing the file changes what it serves, and its
-    ETag), and dies with the row (ON DELETE CASCADE; a later file made under
-    the same id is a new row the link does not reach)."""
+    The URL carries ``<id>.<secret>``. The secret (256 random bits) is never
+    stored: ``secret_hash`` is its sha256, as for API keys. The link names
+    the file's row (``seq``, never reused), not its id: it serves whatever
+    that row holds now (a PUT replacing the file changes what it serves, and
+    its ETag), and dies with the row (ON DELETE CASCADE; a later file made
+    under the same id is a new row the link does not reach)."""
 
     __tablename__ = "download_links"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     file_seq: Mapped[int] = mapped_column(ForeignKey("files.seq", ondelete="CASCADE"), index=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
     # Indexed: the sweep deletes rows past it.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -19,16 +19,16 @@ from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCall
 from quart import Quart
 
 from quart_app.config import Settings
-from quart_app.services.download_links import SHOWN_PREFIX_CHARS
+from quart_app.services.download_links import LINK_ID_CHARS
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_MAX_CHARS = 128
 SCOPE_KEY = "quart_app.request_id"
 NOTES_KEY = "quart_app.log_notes"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
-# A download link's token is a credential in the path: only its prefix (what
-# the link list shows) is logged, whatever the answer was.
-_LINK_TOKEN = re.compile(rf"^(/links/[^/]{{0,{SHOWN_PREFIX_CHARS}}})[^/]+")
+# A download link's token is a credential in the path: only the link's id, at
+# its start, is logged, whatever the answer was.
+_LINK_TOKEN = re.compile(rf"^(/links/[^/.]{{0,{LINK_ID_CHARS}}})[^/]+")
 
 access_log = logging.getLogger("quart_app.access")
 
@@ -42,7 +42,7 @@ def sanitise_request_id(raw: bytes | None) -> str | None:
 
 
 def logged_path(path: str) -> str:
-    """The path as the access log shows it: link tokens cut to their prefix."""
+    """The path as the logs show it: a link's token cut to the link's id."""
     return _LINK_TOKEN.sub(r"\1...", path)
 
 

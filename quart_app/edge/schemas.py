@@ -112,11 +112,10 @@ class LinkCreate(BaseModel):
 
 class LinkOut(BaseModel):
     """A download link. ``url`` (what downloads without a key) is shown only
-    in the answer that creates the link; ``prefix`` is its first characters."""
+    in the answer that creates the link; it starts with the link's ``id``."""
 
     id: str
     url: str | None
-    prefix: str
     file: str
     created_at: datetime
     expires_at: datetime

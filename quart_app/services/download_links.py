@@ -1,20 +1,27 @@
 """Signed download links: a URL that serves one file's content without an
 API key, until it expires or its owner revokes it.
 
-The token: ``dl_`` and 43 URL-safe characters, 256 bits from ``secrets``,
-stored only as its sha256 (the way API keys are), rather than an HMAC of
-the link's id under the server's secret:
+The token is ``<link id>.<secret>``: the link's id (``dl_`` and 16 URL-safe
+characters, 96 random bits; public, it names the link in lists, logs and
+``DELETE``) and a secret of 43 URL-safe characters, 256 bits from
+``secrets``, stored only as its sha256 (as API keys are). A download reads
+the row by its id and compares the secret's hash with ``secrets.compare_digest``,
+so the secret is never what a query searches for, and its check takes the
+same time however much of it is right.
 
-- a revocable link needs a row looked up on every download anyway, so a
+Random and hashed rather than an HMAC of the link's id under the server's
+secret:
+
+- a revocable link needs its row read on every download anyway, so a
   signature would save no query; the row's hash is the whole check;
 - nothing to leak or rotate: a copy of the database gives no usable URL
   (only hashes), and neither ``SECRET_KEY`` nor its rotation (or workers
   that do not share ``instance/``) has any effect on links;
-- 256 random bits cannot be guessed or forged, so a fast hash is enough, and
-  a flipped character is simply an unknown token.
+- 256 random bits cannot be guessed or forged, so a fast hash is enough.
 
 The cost: the URL is shown once, in the answer that creates the link; the
-list shows each link's prefix, not its URL (make a new link instead).
+list shows each link's id, which is the start of its URL (make a new link
+if the URL is lost).
 
 A link names the file's row, not its id, and serves what the row holds now
 (like an S3 presigned URL serves the object's current version): after a PUT
@@ -44,26 +51,26 @@ from quart_app.errors import Conflict, LinkRefused, NotFound
 from quart_app.services.accounts import Access
 from quart_app.services.files import get_file
 
-TOKEN_PREFIX = "dl_"
-TOKEN_PATTERN = re.compile(r"dl_[A-Za-z0-9_-]{43}")
-SHOWN_PREFIX_CHARS = 10  # "dl_" and 7 more: enough to tell links apart
+LINK_ID_PREFIX = "dl_"  # recognisable, for people and secret scanners
+LINK_ID_CHARS = len(LINK_ID_PREFIX) + 16
+TOKEN_PATTERN = re.compile(r"(dl_[A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43})")
 # Live (unexpired, unrevoked) links one file may have: rows stay until they
 # expire, so this bounds what a key can make the database hold.
 MAX_LIVE_LINKS_PER_FILE = 100
 REFUSAL = "This download link is not valid: it may have expired or been revoked."
 
 
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+def new_link_id() -> str:
+    return LINK_ID_PREFIX + secrets.token_urlsafe(12)
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def shown_prefix(text: str) -> str:
-    """The part of a token (or of anything in its place) that may be shown."""
-    return text[:SHOWN_PREFIX_CHARS]
+def link_token(link_id: str, secret: str) -> str:
+    """What the link's URL carries."""
+    return f"{link_id}.{secret}"
 
 
 async def create_link(
@@ -86,18 +93,17 @@ async def create_link(
         raise Conflict(
             f"A file has at most {MAX_LIVE_LINKS_PER_FILE} live links; revoke one first."
         )
-    token = new_token()
+    secret = secrets.token_urlsafe(32)
     link = DownloadLink(
-        id="lnk_" + secrets.token_urlsafe(12),
+        id=new_link_id(),
         file_seq=file.seq,
-        token_hash=token_hash(token),
-        prefix=shown_prefix(token),
+        secret_hash=secret_hash(secret),
         created_at=now,
         expires_at=now + lifetime,
     )
     session.add(link)
     await session.flush()
-    return link, file, token
+    return link, file, link_token(link.id, secret)
 
 
 async def list_links(
@@ -132,22 +138,21 @@ async def linked_file(
 ) -> tuple[DownloadLink, File]:
     """The link with this token and its file, if the link is live; else
     LinkRefused, the same for every reason."""
-    if TOKEN_PATTERN.fullmatch(token) is None:
+    parts = TOKEN_PATTERN.fullmatch(token)
+    if parts is None:
         raise LinkRefused(REFUSAL)
-    digest = token_hash(token)
+    link_id, secret = parts.groups()
     found = (
         await session.execute(
             select(DownloadLink, File)
             .join(File, File.seq == DownloadLink.file_seq)
-            .where(DownloadLink.token_hash == digest)
+            .where(DownloadLink.id == link_id)
         )
     ).one_or_none()
     if found is None:
         raise LinkRefused(REFUSAL)
     link, file = found
-    # The index found the row by equality; the comparison that decides is
-    # constant-time, as for API keys.
-    if not secrets.compare_digest(link.token_hash, digest):
+    if not secrets.compare_digest(link.secret_hash, secret_hash(secret)):
         raise LinkRefused(REFUSAL)
     if link.revoked_at is not None or link.expires_at <= now:
         raise LinkRefused(REFUSAL)

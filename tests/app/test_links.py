@@ -24,7 +24,8 @@ from quart_app.services import download_links
 from quart_app.state import app_state
 
 DATA = os.urandom(1000)
-LINK_URL = re.compile(r"^http://localhost/links/(dl_[A-Za-z0-9_-]{43})$")
+# /links/<link id>.<secret>
+LINK_URL = re.compile(r"^http://localhost/links/((dl_[A-Za-z0-9_-]{16})\.([A-Za-z0-9_-]{43}))$")
 REFUSED = "urn:quart-app:problem:link-refused"
 # What a link's answer may not carry: whose file it is, or what else they have.
 OWNER_NAME = "Alice Owner"
@@ -134,12 +135,12 @@ async def test_a_link_is_made_with_its_url_shown_once(
     answer = await client.post(f"/files/{file['id']}/links", headers=bearer(owner))
     assert answer.status_code == 201
     link = await answer.get_json()
-    assert set(link) == {"id", "url", "prefix", "file", "created_at", "expires_at", "revoked_at"}
+    assert set(link) == {"id", "url", "file", "created_at", "expires_at", "revoked_at"}
     # The URL names the link alone: no user, no file id.
     match = LINK_URL.fullmatch(answer.headers["Location"])
     assert match is not None
     assert link["url"] == answer.headers["Location"]
-    assert link["prefix"] == match.group(1)[:10]
+    assert match.group(2) == link["id"]
     assert link["file"] == file["links"]["self"]
     assert link["revoked_at"] is None
     created = datetime.fromisoformat(link["created_at"])
@@ -147,7 +148,7 @@ async def test_a_link_is_made_with_its_url_shown_once(
     assert answer.headers["Cache-Control"] == "no-store"
     # Only the token's hash is kept.
     [row] = await link_rows(app)
-    assert match.group(1) not in str(tuple(row))
+    assert match.group(3) not in str(tuple(row))
     listed = await (
         await client.get(f"/files/{file['id']}/links", headers=bearer(owner))
     ).get_json()
@@ -293,29 +294,37 @@ async def test_a_link_serves_the_file_as_it_is_now(client: QuartClient) -> None:
     assert answer.status_code == 200
 
 
-async def refusals(client: QuartClient, url: str) -> None:
-    token = LINK_URL.fullmatch(url).group(1)  # type: ignore[union-attr]
-    flipped = token[:20] + ("A" if token[20] != "A" else "B") + token[21:]
-    for forged in (
-        flipped,
-        token[:-1],
-        token + "A",
-        token.upper(),
-        "qa_" + token[3:],
-        "x",
-        "dl_" + "A" * 43,
-        token + "%00",
-        "🔑" * 10,
-    ):
-        await refused(client, f"http://localhost/links/{forged}")
+def flip(text: str, at: int) -> str:
+    return text[:at] + ("A" if text[at] != "A" else "B") + text[at + 1 :]
 
 
 async def test_a_tampered_token_is_refused(client: QuartClient, owner: str) -> None:
     file = await upload(client, owner)
-    link = await make_link(client, file["id"], owner)
-    await refusals(client, link["url"])
-    answer = await fetch(client, link["url"])
-    assert answer.status_code == 200  # the real one still works
+    link, other = [await make_link(client, file["id"], owner) for _ in "12"]
+    token, link_id, secret = LINK_URL.fullmatch(link["url"]).groups()  # type: ignore[union-attr]
+    other_secret = LINK_URL.fullmatch(other["url"]).group(3)  # type: ignore[union-attr]
+    for forged in (
+        f"{link_id}.{flip(secret, 20)}",
+        f"{link_id}.{flip(secret, 0)}",
+        f"{link_id}.{flip(secret, 42)}",
+        f"{flip(link_id, 10)}.{secret}",
+        f"{link_id}.{other_secret}",  # a real secret, of another link
+        f"{link_id}.{secret[::-1]}",
+        token[:-1],
+        token + "A",
+        token.upper(),
+        token.replace(".", "_"),
+        "qa_" + token[3:],
+        f"{link_id}.",
+        link_id,
+        "x",
+        "dl_" + "A" * 16 + "." + "A" * 43,
+        token + "%00",
+        "🔑" * 10,
+    ):
+        await refused(client, f"http://localhost/links/{forged}")
+    for real in (link, other):
+        assert (await fetch(client, real["url"])).status_code == 200
 
 
 async def test_every_refusal_is_the_same_answer_and_says_nothing_of_the_file(
@@ -475,7 +484,7 @@ async def test_the_access_log_shows_the_link_not_its_token(
 ) -> None:
     file = await upload(client, owner)
     link = await make_link(client, file["id"], owner)
-    token = LINK_URL.fullmatch(link["url"]).group(1)  # type: ignore[union-attr]
+    secret = LINK_URL.fullmatch(link["url"]).group(3)  # type: ignore[union-attr]
     caplog.set_level(logging.INFO, logger="quart_app.access")
     caplog.clear()
     await fetch(client, link["url"])
@@ -486,13 +495,12 @@ async def test_the_access_log_shows_the_link_not_its_token(
         if r.name == "quart_app.access"
     ]
     assert [line["status"] for line in lines] == [200, 403]
-    assert lines[0]["path"] == f"/links/{link['prefix']}..."
+    assert lines[0]["path"] == f"/links/{link['id']}..."
     assert lines[0]["link_id"] == link["id"]
     assert lines[0]["key_id"] is None
     assert lines[1]["link_id"] is None
     for line in lines:
-        assert token not in json.dumps(line)
-        assert token[:11] not in json.dumps(line)
+        assert secret[:8] not in json.dumps(line)
 
 
 async def test_the_error_log_shows_the_link_not_its_token(
@@ -504,7 +512,7 @@ async def test_the_error_log_shows_the_link_not_its_token(
 ) -> None:
     file = await upload(client, owner)
     link = await make_link(client, file["id"], owner)
-    token = LINK_URL.fullmatch(link["url"]).group(1)  # type: ignore[union-attr]
+    secret = LINK_URL.fullmatch(link["url"]).group(3)  # type: ignore[union-attr]
 
     async def broken(sha256: str) -> Any:
         raise RuntimeError("the disk caught fire")
@@ -515,9 +523,9 @@ async def test_the_error_log_shows_the_link_not_its_token(
     answer = await fetch(client, link["url"])
     assert answer.status_code == 500
     [error] = [r for r in caplog.records if r.name == "quart_app.errors"]
-    assert error.path == f"/links/{link['prefix']}..."  # type: ignore[attr-defined]
+    assert error.path == f"/links/{link['id']}..."  # type: ignore[attr-defined]
     for record in caplog.records:
-        assert token not in JSONFormatter().format(record)
+        assert secret[:8] not in JSONFormatter().format(record)
 
 
 async def test_a_file_has_a_bounded_number_of_live_links(

@@ -31,8 +31,9 @@ def test_a_link_downloads_with_curl_and_no_key_until_revoked(server: RunningServ
         assert answer.status_code == 201
         link = answer.json()
     location = answer.headers["location"]
-    assert re.fullmatch(rf"{server.url}/links/dl_[A-Za-z0-9_-]{{43}}", location)
+    assert re.fullmatch(rf"{server.url}/links/{link['id']}\.[A-Za-z0-9_-]{{43}}", location)
     token = location.rsplit("/", 1)[1]
+    secret = token.partition(".")[2]
 
     # curl sends no Authorization header unless told to.
     status, headers, _ = curl("-o", os.devnull, "-D", "-", location)
@@ -67,8 +68,8 @@ def test_a_link_downloads_with_curl_and_no_key_until_revoked(server: RunningServ
     assert file["id"] not in body and "ada@example.com" not in body
 
     # Neither the server's logs nor its database hold the token.
-    assert token not in server.log()
-    assert f"/links/{token[:10]}..." in server.log()
+    assert secret not in server.log()
+    assert f"/links/{link['id']}..." in server.log()
     with sqlite3.connect(server.database_path) as db:
         dump = "\n".join(db.iterdump())
-    assert token not in dump
+    assert secret not in dump

@@ -3,6 +3,7 @@ bounds, and the log's view of a link's path."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from quart_app.config import ConfigError, load_settings
 from quart_app.db.migrate import alembic_config, upgrade_to_head
 from quart_app.db.schema_version import MIGRATIONS_DIR
 from quart_app.edge.access_log import logged_path
-from quart_app.services.download_links import new_token
+from quart_app.services.download_links import link_token, new_link_id
 
 REVISION = "0006_download_links"
 
@@ -50,10 +51,12 @@ def test_the_default_lifetime_may_not_pass_the_longest() -> None:
     assert settings.LINK_EXPIRES_SECONDS == 600
 
 
-def test_the_log_shows_a_links_prefix_and_every_other_path_as_it_is() -> None:
-    token = new_token()
-    assert len(token) == 46 and token.startswith("dl_")
-    assert logged_path(f"/links/{token}") == f"/links/{token[:10]}..."
-    assert logged_path("/links/" + "x" * 5000) == "/links/xxxxxxxxxx..."
-    for path in ("/files/a/links/lnk_abc", "/files/links", "/links/", "/users/1/keys"):
+def test_the_log_shows_a_links_id_and_every_other_path_as_it_is() -> None:
+    link_id = new_link_id()
+    token = link_token(link_id, secrets.token_urlsafe(32))
+    assert len(link_id) == 19 and link_id.startswith("dl_")
+    assert logged_path(f"/links/{token}") == f"/links/{link_id}..."
+    assert logged_path("/links/" + "x" * 5000) == "/links/" + "x" * 19 + "..."
+    assert logged_path("/links/abc.secret") == "/links/abc..."
+    for path in ("/files/a/links/dl_abc", "/files/links", "/links/", "/users/1/keys"):
         assert logged_path(path) == path

@@ -23,8 +23,7 @@ def upgrade() -> None:
         "download_links",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("file_seq", sa.Integer(), nullable=False),
-        sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("prefix", sa.String(length=16), nullable=False),
+        sa.Column("secret_hash", sa.String(length=64), nullable=False),
         sa.Column("created_at", quart_app.db.models.UTCDateTime(), nullable=False),
         sa.Column("expires_at", quart_app.db.models.UTCDateTime(), nullable=False),
         sa.Column("revoked_at", quart_app.db.models.UTCDateTime(), nullable=True),
@@ -35,7 +34,6 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_download_links")),
-        sa.UniqueConstraint("token_hash", name=op.f("uq_download_links_token_hash")),
     )
     with op.batch_alter_table("download_links", schema=None) as batch_op:
         batch_op.create_index(
