@@ -182,6 +182,11 @@ class DownloadLink(Base):
     its ETag), and dies with the row (ON DELETE CASCADE; a later file made
     under the same id is a new row the link does not reach)."""
 
+    # The cascade also fires when a migration rebuilds ``files`` on SQLite
+    # (Alembic's batch mode copies it, DROPs it, renames the copy; foreign
+    # keys are on): every link would be deleted, i.e. revoked. Safe, but a
+    # migration that rebuilds ``files`` should copy ``download_links`` aside
+    # and back if links are to survive it.
     __tablename__ = "download_links"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -17,6 +17,7 @@ from werkzeug.datastructures import Headers
 
 from devtools.auth import TEST_ADMIN_KEY, bearer
 from devtools.quart_client import as_http_connection
+from quart_app import create_app
 from quart_app.db.models import DownloadLink, utc_now
 from quart_app.edge.access_log import JSONFormatter
 from quart_app.ops.sweeps import sweep_once
@@ -179,8 +180,6 @@ async def test_expires_in_is_honoured_and_bounded_by_the_settings(
 async def test_the_default_and_the_longest_lifetime_are_settings(
     overrides: dict[str, Any],
 ) -> None:
-    from quart_app import create_app
-
     app = create_app({**overrides, "LINK_EXPIRES_SECONDS": 90, "LINK_MAX_EXPIRES_SECONDS": 120})
     async with app.test_app():
         client = app.test_client()
@@ -546,3 +545,19 @@ async def test_a_file_has_a_bounded_number_of_live_links(
     await make_link(client, file["id"], owner)
     assert (await client.post(url, headers=bearer(owner))).status_code == 409
     assert (await fetch(client, third["url"])).status_code == 200
+
+
+async def test_a_links_url_carries_the_public_url(overrides: dict[str, Any]) -> None:
+    app = create_app({**overrides, "PUBLIC_URL": "https://example.com/storage/v1/"})
+    async with app.test_app():
+        client = app.test_client()
+        assert (await client.put("/files/a.bin", data=DATA)).status_code == 201
+        link = await (await client.post("/files/a.bin/links")).get_json()
+        prefix = "https://example.com/storage/v1/links/"
+        assert link["url"].startswith(prefix + link["id"] + ".")
+        assert link["file"] == "https://example.com/storage/v1/files/a.bin"
+        # The proxy strips the prefix; what reaches the app still downloads.
+        client.key = None  # type: ignore[attr-defined]
+        answer = await client.get("/links/" + link["url"].removeprefix(prefix))
+        assert answer.status_code == 200
+        assert await answer.get_data() == DATA
