@@ -14,7 +14,7 @@ from typing import Any
 from quart import Quart
 
 from quart_app import state
-from quart_app.api import batches, files, health, imports, keys, resumable_uploads, users
+from quart_app.api import batches, files, health, imports, keys, links, resumable_uploads, users
 from quart_app.config import load_settings
 from quart_app.edge import (
     access_log,
@@ -55,6 +55,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(users.blueprint)
     app.register_blueprint(keys.blueprint)
     app.register_blueprint(files.blueprint)
+    app.register_blueprint(links.blueprint)
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(resumable_uploads.blueprint)
     app.register_blueprint(imports.blueprint)

@@ -126,6 +126,32 @@ class KeyList(BaseModel):
     next: str | None
 
 
+class LinkCreate(BaseModel):
+    """A new download link. ``expires_in``: seconds, at most
+    LINK_MAX_EXPIRES_SECONDS; default LINK_EXPIRES_SECONDS."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    expires_in: Annotated[int, Field(ge=1)] | None = None
+
+
+class LinkOut(BaseModel):
+    """A download link. ``url`` (what downloads without a key) is shown only
+    in the answer that creates the link; it starts with the link's ``id``."""
+
+    id: str
+    url: str | None
+    file: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+class LinkList(BaseModel):
+    items: list[LinkOut]
+    next: str | None
+
+
 class SignedUpUser(UserOut):
     """Open sign-up: the new user and its first key (read and write)."""
 
