@@ -13,10 +13,12 @@ have.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from quart_app.config import Settings
 from quart_app.db.commits import CommitsInFlight
 from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStorage
 
@@ -69,6 +72,24 @@ _UNAVAILABLE_MESSAGES = (
     "the database system is starting up",
     "the database system is shutting down",
 )
+# PostgreSQL SQLSTATEs (asyncpg's ``sqlstate``) for a database that cannot be
+# used now, by class (two characters) or in full: retrying later may succeed.
+_PG_DISK_FULL = "53100"
+_PG_UNAVAILABLE = {
+    "08",  # connection exception
+    "40",  # transaction rollback: serialization failure, deadlock detected
+    "53",  # insufficient resources: too many connections, out of memory
+    "57",  # operator intervention: statement timeout, shutdown, cannot connect now
+    "58",  # system error: I/O error
+    "55P03",  # lock_not_available: lock_timeout passed
+    "25006",  # read_only_sql_transaction: a standby, or the primary turned read-only
+}
+# One advisory lock (PostgreSQL) whose shared side every write transaction
+# holds and whose exclusive side crash recovery and repair take: the
+# equivalent of SQLite's single writer for the few that need it (``writing``).
+_WRITERS_KEY = 0x71756172745F6170  # "quart_ap"
+# The advisory lock `migrate` and startup migrations hold (db/migrate.py).
+MIGRATION_LOCK_KEY = 0x71756172745F6D67  # "quart_mg"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -91,17 +112,32 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (signed 64 bits) for a name such as
+    ``blob:<sha256>`` or ``file:<id>``. Two names sharing a key (odds 2**-64)
+    only wait for each other."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def database_fault(error: DBAPIError) -> DomainError | None:
     """The domain error a DBAPI error stands for when the database, not the
     request, is at fault; None for anything else (a bug: 500)."""
     original = error.orig
     code = getattr(original, "sqlite_errorcode", None)
     primary = None if code is None else code & 0xFF
+    sqlstate = str(getattr(original, "sqlstate", None) or "")
     message = str(original).lower()
-    if primary == _SQLITE_FULL or "database or disk is full" in message:
+    if (
+        primary == _SQLITE_FULL
+        or sqlstate == _PG_DISK_FULL
+        or "database or disk is full" in message
+    ):
         return InsufficientStorage("There is no room left in the database.")
     if (
         primary in _SQLITE_UNAVAILABLE
+        or sqlstate[:2] in _PG_UNAVAILABLE
+        or sqlstate in _PG_UNAVAILABLE
         or error.connection_invalidated
         or isinstance(original, OSError)
         or any(text in message for text in _UNAVAILABLE_MESSAGES)
@@ -110,20 +146,44 @@ def database_fault(error: DBAPIError) -> DomainError | None:
     return None
 
 
+@dataclass(frozen=True)
+class PoolOptions:
+    """PostgreSQL's connection pool and timeouts (config.Settings says what
+    each is); SQLite opens a file and has no use for them."""
+
+    size: int
+    max_overflow: int
+    timeout: float  # seconds waiting for a pooled connection
+    connect_timeout: float  # seconds opening a new connection
+    command_timeout: float  # seconds one statement may run (statement_timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PoolOptions:
+        return cls(
+            size=settings.DATABASE_POOL_SIZE,
+            max_overflow=settings.DATABASE_MAX_OVERFLOW,
+            timeout=settings.DATABASE_POOL_TIMEOUT,
+            connect_timeout=settings.DATABASE_CONNECT_TIMEOUT,
+            command_timeout=settings.DATABASE_COMMAND_TIMEOUT,
+        )
+
+
 class Database:
     """What the app keeps for the database: engine, session factory, and the
     lock that queues this process's write transactions.
 
     ``timeout`` (seconds) bounds every wait for the database: SQLite's busy
-    timeout, the wait for this process's write lock, a PostgreSQL connection.
+    timeout, the wait for this process's write lock, PostgreSQL's row and
+    advisory locks (lock_timeout). ``pool``: PostgreSQL's pool and its
+    timeouts (None: SQLAlchemy's and asyncpg's own, for tests).
     """
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, pool: PoolOptions | None = None) -> None:
         self.url = url
         self.timeout = timeout
         self.is_sqlite = url.startswith("sqlite")
         self.path = sqlite_path(url)
-        self.engine: AsyncEngine = _create_engine(url, timeout, self.path)
+        self.engine: AsyncEngine = _create_engine(url, timeout, self.path, pool)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Writers that wait on SQLite's busy
         # handler sleep with back-off (tens of ms each); queueing them on an
@@ -132,6 +192,12 @@ class Database:
         # Commits that run to their end whoever hangs up; they end before
         # the engine is disposed.
         self.commits = CommitsInFlight()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(
+            settings.database_url, settings.DATABASE_TIMEOUT, PoolOptions.from_settings(settings)
+        )
 
     def create_file(self) -> bool:
         """Create the SQLite file if there is none (True if it was made). The
@@ -157,23 +223,36 @@ class Database:
 
     @asynccontextmanager
     async def writing(
-        self, session: AsyncSession, since: float | None = None
+        self, session: AsyncSession, since: float | None = None, exclusive: bool = False
     ) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if
         it raises. On SQLite it holds this process's write lock and starts
         with BEGIN IMMEDIATE, so it never fails half-way with "database is
-        locked" because another process wrote in between.
+        locked" because another process wrote in between; no other write
+        transaction, in any process, runs meanwhile.
 
-        The wait for both locks together ends ``timeout`` seconds after
-        ``since`` (a loop time; default now): a group commit passes the time
-        its oldest request queued, so no request waits longer than that.
+        On PostgreSQL write transactions run side by side, in every server;
+        what must not interleave takes row locks or :meth:`lock`. Each holds
+        the shared side of one advisory lock, whose exclusive side
+        ``exclusive=True`` takes (crash recovery, repair): then, as on
+        SQLite, no other write transaction is half-way through.
+
+        The wait for SQLite's locks ends ``timeout`` seconds after ``since``
+        (a loop time; default now): a group commit passes the time its
+        oldest request queued, so no request waits longer than that.
         After the commit, the file must still be the one the path names:
         a write into a deleted or replaced file is not acknowledged."""
         if session.in_transaction():
             await session.commit()  # end any read snapshot first
         if not self.is_sqlite:
-            async with session.begin():
+            lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            await session.execute(text(f"SELECT {lock}({_WRITERS_KEY})"))
+            try:
                 yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
             return
         loop = asyncio.get_running_loop()
         deadline = (loop.time() if since is None else since) + self.timeout
@@ -197,26 +276,41 @@ class Database:
                 "The database file was removed or replaced; the change was not kept."
             )
 
+    async def lock(self, session: AsyncSession, names: Iterable[str]) -> None:
+        """Inside :meth:`writing`: wait until no other write transaction holds
+        any of ``names`` (``blob:<sha256>``, ``file:<id>``), and hold them
+        until this one ends, across servers. Taken in one statement in key
+        order, so two transactions locking overlapping names never deadlock.
+        On SQLite a write transaction already excludes every other."""
+        keys = sorted({advisory_key(name) for name in names})
+        if self.is_sqlite or not keys:
+            return
+        await session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k) FROM "
+                "(SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY 1) AS ordered"
+            ),
+            {"keys": keys},
+        )
+
     async def probe(self) -> None:
         """Raises unless this process could write now (readiness): on SQLite
         a write transaction begun and ended within the timeout, on the file
-        the path still names; elsewhere a query."""
+        the path still names; on PostgreSQL a query on a server that takes
+        writes (not a standby)."""
         async with self.sessionmaker() as session:
             if self.is_sqlite:
                 async with self.writing(session):
                     pass
-            else:
-                await session.execute(text("SELECT 1"))
+            elif await session.scalar(text("SELECT pg_is_in_recovery()")):
+                raise DatabaseUnavailable("The database is a read-only standby.")
 
 
-def _create_engine(url: str, timeout: float, path: Path | None) -> AsyncEngine:
+def _create_engine(
+    url: str, timeout: float, path: Path | None, pool: PoolOptions | None
+) -> AsyncEngine:
     if not url.startswith("sqlite"):
-        connect_args: dict[str, Any] = {}
-        if make_url(url).get_driver_name() == "asyncpg":
-            connect_args["timeout"] = timeout
-        return create_async_engine(
-            url, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args
-        )
+        return _create_server_engine(url, timeout, pool)
     # isolation_level=None: the driver does no implicit BEGIN; the "begin"
     # listener below emits it, so SQLAlchemy's transactions are real ones and
     # a writer can ask for BEGIN IMMEDIATE.
@@ -271,3 +365,23 @@ def _create_engine(url: str, timeout: float, path: Path | None) -> AsyncEngine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _create_server_engine(url: str, timeout: float, pool: PoolOptions | None) -> AsyncEngine:
+    """PostgreSQL (or another server database): a pool of connections, each
+    checked before use (a server restart must not cost requests a 500), and
+    every wait bounded: for a pooled connection, a new one, a lock, a
+    statement."""
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": timeout}
+    connect_args: dict[str, Any] = {}
+    if pool is not None:
+        options.update(
+            pool_size=pool.size, max_overflow=pool.max_overflow, pool_timeout=pool.timeout
+        )
+    if make_url(url).get_driver_name() == "asyncpg":
+        connect_args["timeout"] = timeout if pool is None else pool.connect_timeout
+        settings = {"lock_timeout": str(round(timeout * 1000))}
+        if pool is not None:
+            settings["statement_timeout"] = str(round(pool.command_timeout * 1000))
+        connect_args["server_settings"] = settings
+    return create_async_engine(url, connect_args=connect_args, **options)
