@@ -32,13 +32,17 @@ async def create_user(session: AsyncSession, name: str, email: str) -> User:
     return user
 
 
-# SQLite (and PostgreSQL's bigint) hold ids up to this; a larger one in a URL
-# names no user rather than overflowing the driver.
+# SQLite's rowid holds ids up to this, PostgreSQL's integer (a serial) up to
+# MAX_ID_POSTGRESQL; a larger one in a URL names no user rather than
+# overflowing the driver.
 MAX_ID = 2**63 - 1
+MAX_ID_POSTGRESQL = 2**31 - 1
 
 
 async def get_user(session: AsyncSession, user_id: int) -> User:
-    user = await session.get(User, user_id) if 0 < user_id <= MAX_ID else None
+    bind = session.bind
+    largest = MAX_ID if bind is None or bind.dialect.name == "sqlite" else MAX_ID_POSTGRESQL
+    user = await session.get(User, user_id) if 0 < user_id <= largest else None
     if user is None:
         raise NotFound(f"There is no user {user_id}.")
     return user
