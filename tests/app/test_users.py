@@ -4,12 +4,16 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from quart import Quart, Response
 from quart.testing import QuartClient
 from sqlalchemy import func, select
 
 from quart_app.db.models import User
 from quart_app.state import app_state
+
+# Also on PostgreSQL by default (tests/conftest.py).
+pytestmark = pytest.mark.postgresql
 
 
 async def count_users(app: Quart) -> int:
