@@ -58,7 +58,9 @@ def database_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """The PostgreSQL server of this run (devtools/postgres.py), or a skip
-    saying why there is none."""
+    saying why there is none (or that the run asked for SQLite only)."""
+    if os.environ.get("QUART_APP_TEST_DATABASE", "").strip().lower() == "sqlite":
+        pytest.skip("QUART_APP_TEST_DATABASE=sqlite")
     try:
         with postgres_server() as server:
             yield server
