@@ -3,8 +3,10 @@ one runs there (the development and CI machines), else a throwaway cluster
 started from Debian's binaries (initdb and pg_ctl, run as the ``postgres``
 user: the server refuses root), else a reason to skip.
 
-Every test database gets a name of its own (``quart_app_test_<pid>_<hex>``)
-and is dropped afterwards, so several test runs share one server. A run
+Every test database gets a name of its own
+(``quart_app_test_<unix time>_<pid>_<hex>``) and is dropped afterwards, so
+several test runs share one server; one left by a killed run is dropped by
+a run six hours later. A run
 migrates one template database once; each test's database is a copy of it
 (``CREATE DATABASE ... TEMPLATE``), which is much cheaper than migrating.
 
@@ -22,6 +24,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,6 +39,9 @@ from .ports import free_port
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432"
 NAME_PREFIX = "quart_app_test_"
+# A test run never takes this long: an older test database was left by a
+# run that was killed, and the next run drops it.
+STALE_SECONDS = 6 * 3600.0
 T = TypeVar("T")
 
 
@@ -67,7 +73,7 @@ class PostgresServer:
     def create_database(self, template: str | None = None) -> str:
         """A new, uniquely named database (a copy of ``template``, else
         empty); returns its name."""
-        name = f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        name = f"{NAME_PREFIX}{int(time.time())}_{os.getpid()}_{secrets.token_hex(4)}"
         self.run(f'CREATE DATABASE "{name}" TEMPLATE "{template or "template0"}"')
         return name
 
@@ -89,9 +95,38 @@ class PostgresServer:
 
         run_in_thread(empty())
 
+    def drop_stale_databases(self, older_than: float = STALE_SECONDS) -> list[str]:
+        """Drop test databases created more than ``older_than`` seconds ago
+        (their run was killed before it could); returns their names."""
+
+        async def stale() -> list[str]:
+            connection = await asyncpg.connect(
+                host=self.host, port=self.port, user=self.user, database="postgres", timeout=10
+            )
+            try:
+                rows = await connection.fetch(
+                    "SELECT datname FROM pg_database WHERE datname LIKE $1", NAME_PREFIX + "%"
+                )
+            finally:
+                await connection.close()
+            names = [str(row[0]) for row in rows]
+            cutoff = time.time() - older_than
+            return [n for n in names if _created(n) < cutoff]
+
+        names = run_in_thread(stale())
+        for name in names:
+            self.drop_database(name)
+        return names
+
     def drop_database(self, name: str) -> None:
         """Drop it, ending any connection still open to it."""
         self.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _created(name: str) -> float:
+    """When a test database was created, from its name (inf if unknown)."""
+    stamp = name.removeprefix(NAME_PREFIX).split("_", 1)[0]
+    return float(stamp) if stamp.isdigit() and len(stamp) == 10 else float("inf")
 
 
 def run_in_thread(work: Coroutine[Any, Any, T]) -> T:

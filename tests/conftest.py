@@ -63,6 +63,7 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip("QUART_APP_TEST_DATABASE=sqlite")
     try:
         with postgres_server() as server:
+            server.drop_stale_databases()
             yield server
     except RuntimeError as error:
         pytest.skip(f"no PostgreSQL: {error}")

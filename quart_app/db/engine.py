@@ -13,12 +13,10 @@ have.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,14 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from quart_app.config import Settings
 from quart_app.db.commits import CommitsInFlight
+from quart_app.db.postgresql import (
+    PG_DISK_FULL,
+    WRITERS_KEY,
+    PoolOptions,
+    advisory_key,
+    create_server_engine,
+    sqlstate_unavailable,
+)
 from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStorage
 
 # A write's budget is only re-set on its connection (one more statement) when
@@ -72,24 +78,6 @@ _UNAVAILABLE_MESSAGES = (
     "the database system is starting up",
     "the database system is shutting down",
 )
-# PostgreSQL SQLSTATEs (asyncpg's ``sqlstate``) for a database that cannot be
-# used now, by class (two characters) or in full: retrying later may succeed.
-_PG_DISK_FULL = "53100"
-_PG_UNAVAILABLE = {
-    "08",  # connection exception
-    "40",  # transaction rollback: serialization failure, deadlock detected
-    "53",  # insufficient resources: too many connections, out of memory
-    "57",  # operator intervention: statement timeout, shutdown, cannot connect now
-    "58",  # system error: I/O error
-    "55P03",  # lock_not_available: lock_timeout passed
-    "25006",  # read_only_sql_transaction: a standby, or the primary turned read-only
-}
-# One advisory lock (PostgreSQL) whose shared side every write transaction
-# holds and whose exclusive side crash recovery and repair take: the
-# equivalent of SQLite's single writer for the few that need it (``writing``).
-_WRITERS_KEY = 0x71756172745F6170  # "quart_ap"
-# The advisory lock `migrate` and startup migrations hold (db/migrate.py).
-MIGRATION_LOCK_KEY = 0x71756172745F6D67  # "quart_mg"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -112,14 +100,6 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
-def advisory_key(name: str) -> int:
-    """A PostgreSQL advisory lock key (signed 64 bits) for a name such as
-    ``blob:<sha256>`` or ``file:<id>``. Two names sharing a key (odds 2**-64)
-    only wait for each other."""
-    digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
 def database_fault(error: DBAPIError) -> DomainError | None:
     """The domain error a DBAPI error stands for when the database, not the
     request, is at fault; None for anything else (a bug: 500)."""
@@ -128,44 +108,17 @@ def database_fault(error: DBAPIError) -> DomainError | None:
     primary = None if code is None else code & 0xFF
     sqlstate = str(getattr(original, "sqlstate", None) or "")
     message = str(original).lower()
-    if (
-        primary == _SQLITE_FULL
-        or sqlstate == _PG_DISK_FULL
-        or "database or disk is full" in message
-    ):
+    if primary == _SQLITE_FULL or sqlstate == PG_DISK_FULL or "database or disk is full" in message:
         return InsufficientStorage("There is no room left in the database.")
     if (
         primary in _SQLITE_UNAVAILABLE
-        or sqlstate[:2] in _PG_UNAVAILABLE
-        or sqlstate in _PG_UNAVAILABLE
+        or sqlstate_unavailable(sqlstate)
         or error.connection_invalidated
         or isinstance(original, OSError)
         or any(text in message for text in _UNAVAILABLE_MESSAGES)
     ):
         return DatabaseUnavailable("The database is not available right now; retry later.")
     return None
-
-
-@dataclass(frozen=True)
-class PoolOptions:
-    """PostgreSQL's connection pool and timeouts (config.Settings says what
-    each is); SQLite opens a file and has no use for them."""
-
-    size: int
-    max_overflow: int
-    timeout: float  # seconds waiting for a pooled connection
-    connect_timeout: float  # seconds opening a new connection
-    command_timeout: float  # seconds one statement may run (statement_timeout)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PoolOptions:
-        return cls(
-            size=settings.DATABASE_POOL_SIZE,
-            max_overflow=settings.DATABASE_MAX_OVERFLOW,
-            timeout=settings.DATABASE_POOL_TIMEOUT,
-            connect_timeout=settings.DATABASE_CONNECT_TIMEOUT,
-            command_timeout=settings.DATABASE_COMMAND_TIMEOUT,
-        )
 
 
 class Database:
@@ -246,7 +199,7 @@ class Database:
             await session.commit()  # end any read snapshot first
         if not self.is_sqlite:
             lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-            await session.execute(text(f"SELECT {lock}({_WRITERS_KEY})"))
+            await session.execute(text(f"SELECT {lock}({WRITERS_KEY})"))
             try:
                 yield session
             except BaseException:
@@ -310,7 +263,7 @@ def _create_engine(
     url: str, timeout: float, path: Path | None, pool: PoolOptions | None
 ) -> AsyncEngine:
     if not url.startswith("sqlite"):
-        return _create_server_engine(url, timeout, pool)
+        return create_server_engine(url, timeout, pool)
     # isolation_level=None: the driver does no implicit BEGIN; the "begin"
     # listener below emits it, so SQLAlchemy's transactions are real ones and
     # a writer can ask for BEGIN IMMEDIATE.
@@ -365,23 +318,3 @@ def _create_engine(
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
-
-
-def _create_server_engine(url: str, timeout: float, pool: PoolOptions | None) -> AsyncEngine:
-    """PostgreSQL (or another server database): a pool of connections, each
-    checked before use (a server restart must not cost requests a 500), and
-    every wait bounded: for a pooled connection, a new one, a lock, a
-    statement."""
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": timeout}
-    connect_args: dict[str, Any] = {}
-    if pool is not None:
-        options.update(
-            pool_size=pool.size, max_overflow=pool.max_overflow, pool_timeout=pool.timeout
-        )
-    if make_url(url).get_driver_name() == "asyncpg":
-        connect_args["timeout"] = timeout if pool is None else pool.connect_timeout
-        settings = {"lock_timeout": str(round(timeout * 1000))}
-        if pool is not None:
-            settings["statement_timeout"] = str(round(pool.command_timeout * 1000))
-        connect_args["server_settings"] = settings
-    return create_async_engine(url, connect_args=connect_args, **options)

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quart_app.config import Settings
-from quart_app.db.engine import MIGRATION_LOCK_KEY
+from quart_app.db.postgresql import MIGRATION_LOCK_KEY
 from quart_app.db.schema_version import MIGRATIONS_DIR
 
 # Alembic's ``context`` is a process-wide proxy: two upgrades interleaved in

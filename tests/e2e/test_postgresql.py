@@ -19,7 +19,7 @@ import pytest
 from devtools import PROJECT_ROOT
 from devtools.postgres import PostgresServer
 from devtools.server import RunningServer, start_servers
-from quart_app.db.engine import MIGRATION_LOCK_KEY
+from quart_app.db.postgresql import MIGRATION_LOCK_KEY
 from quart_app.db.schema_version import head_revision
 
 
