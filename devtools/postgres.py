@@ -26,9 +26,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,13 +43,18 @@ NAME_PREFIX = "quart_app_test_"
 # run that was killed, and the next run drops it.
 STALE_SECONDS = 6 * 3600.0
 T = TypeVar("T")
+# One thread drops databases in the background, in order.
+_DROPS = ThreadPoolExecutor(1, thread_name_prefix="drop-database")
 
 
-@dataclass(frozen=True)
+@dataclass
 class PostgresServer:
     host: str
     port: int
     user: str
+    # Drops still running (drop_later): a DROP DATABASE waits for the
+    # checkpointer, so test teardowns do not wait for it.
+    dropping: list[Future[None]] = field(default_factory=list)
 
     def url(self, database: str, driver: str = "asyncpg") -> str:
         """The SQLAlchemy URL of one database on this server."""
@@ -121,6 +126,15 @@ class PostgresServer:
     def drop_database(self, name: str) -> None:
         """Drop it, ending any connection still open to it."""
         self.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def drop_later(self, name: str) -> None:
+        """Drop it in the background; ``wait_for_drops`` waits for them all."""
+        self.dropping.append(_DROPS.submit(self.drop_database, name))
+
+    def wait_for_drops(self) -> None:
+        dropping, self.dropping = self.dropping, []
+        for drop in dropping:
+            drop.result()
 
 
 def _created(name: str) -> float:

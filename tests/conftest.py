@@ -64,7 +64,10 @@ def postgres() -> Iterator[PostgresServer]:
     try:
         with postgres_server() as server:
             server.drop_stale_databases()
-            yield server
+            try:
+                yield server
+            finally:
+                server.wait_for_drops()
     except RuntimeError as error:
         pytest.skip(f"no PostgreSQL: {error}")
 
@@ -87,7 +90,7 @@ def postgres_module_database(postgres: PostgresServer, postgres_template: str) -
     try:
         yield name
     finally:
-        postgres.drop_database(name)
+        postgres.drop_later(name)
 
 
 @pytest.fixture
@@ -109,7 +112,7 @@ def postgres_url(request: pytest.FixtureRequest, postgres: PostgresServer) -> It
     try:
         yield postgres.url(name)
     finally:
-        postgres.drop_database(name)
+        postgres.drop_later(name)
 
 
 @pytest.fixture
