@@ -65,9 +65,13 @@ class RunningServer:
         return Path(self.env["QUART_APP_DATABASE_URL"].partition(":///")[2])
 
     def start(self, timeout: float = 20.0) -> None:
+        self.spawn()
+        self.wait_until_serving(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to serve."""
         with self.log_path.open("ab") as log:
             self.process = self._spawn(log)
-        self._wait_until_serving(timeout)
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         binds = ["--bind", f"127.0.0.1:{self.port}"]
@@ -96,7 +100,7 @@ class RunningServer:
             preexec_fn=die_with_parent,
         )
 
-    def _wait_until_serving(self, timeout: float) -> None:
+    def wait_until_serving(self, timeout: float = 20.0) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -172,12 +176,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def start_server(
+def prepare_server(
     root: Path,
     extra_env: dict[str, str] | None = None,
     args: list[str] | None = None,
     tls: tuple[Path, Path] | None = None,
 ) -> RunningServer:
+    """A server over its own database and storage under ``root`` (unless
+    ``extra_env`` says otherwise), not started yet."""
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
     env.update(
@@ -193,5 +199,33 @@ def start_server(
     running = RunningServer(root=root, port=free_port(), env=env, args=list(args or []))
     if tls is not None:
         running.tls, running.tls_port = tls, free_port()
+    return running
+
+
+def start_server(
+    root: Path,
+    extra_env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> RunningServer:
+    running = prepare_server(root, extra_env, args, tls)
     running.start()
     return running
+
+
+def start_servers(roots: list[Path], shared_env: dict[str, str]) -> list[RunningServer]:
+    """Servers started at the same moment (they migrate, recover... at
+    once), then waited for; each with its own root, and ``shared_env`` (one
+    database, one storage, one secret) in common. From the calling thread:
+    a child is sent SIGTERM when the thread that started it ends."""
+    servers = [prepare_server(root, shared_env) for root in roots]
+    try:
+        for server in servers:
+            server.spawn()
+        for server in servers:
+            server.wait_until_serving()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers

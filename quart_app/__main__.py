@@ -101,7 +101,7 @@ async def _existing_schema(database: Database) -> None:
 async def _run(name: str, settings: Settings, args: argparse.Namespace) -> tuple[str, bool]:
     step = f"database {describe_database(settings.database_url)}"
     with startup_step(step):
-        database = Database(settings.database_url, settings.DATABASE_TIMEOUT)
+        database = Database.from_settings(settings)
     try:
         with startup_step(step):
             if name == "migrate":

@@ -176,6 +176,21 @@ class Settings:
     DEFAULT_QUOTA_BYTES: int = 0
     # Count: files one account may have. 0: unlimited; per user as above.
     DEFAULT_QUOTA_FILES: int = 0
+    # PostgreSQL only (SQLite opens a file per connection and pools nothing):
+    # count of connections each worker process keeps open, and how many more
+    # it may open under load (closed again when returned). Each server's
+    # workers * (POOL_SIZE + MAX_OVERFLOW) must fit PostgreSQL's
+    # max_connections, with room for the operator commands.
+    DATABASE_POOL_SIZE: int = 5
+    DATABASE_MAX_OVERFLOW: int = 10
+    # Seconds a request waits for a pooled connection when all are in use
+    # (then 503 with Retry-After).
+    DATABASE_POOL_TIMEOUT: float = 5.0
+    # Seconds to open a new connection to PostgreSQL (then 503).
+    DATABASE_CONNECT_TIMEOUT: float = 5.0
+    # Seconds one statement may run on PostgreSQL (its statement_timeout;
+    # then 503). Migrations are exempt.
+    DATABASE_COMMAND_TIMEOUT: float = 30.0
 
     @property
     def database_url(self) -> str:

@@ -1,9 +1,19 @@
 """Fixtures every tier may use. Tiers: tests/unit (no app), tests/app (the
 app in-process, fixtures in tests/app/conftest.py) and tests/e2e (real
-processes, marked e2e; fixtures in tests/e2e/conftest.py)."""
+processes, marked e2e; fixtures in tests/e2e/conftest.py).
+
+The database a test's ``overrides`` name: SQLite, and PostgreSQL as well for
+tests marked ``postgresql`` (README "Running the tests").
+``QUART_APP_TEST_DATABASE`` changes that: ``sqlite`` (SQLite only),
+``postgresql`` (every test on PostgreSQL instead of SQLite), ``both``
+(every test on both). A test that is about SQLite itself is marked
+``sqlite_only`` and skipped on PostgreSQL.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +22,113 @@ from quart import Quart
 
 from devtools.app_settings import temp_app_settings
 from devtools.auth import KeyedClient
+from devtools.postgres import PostgresServer, migrated_template, postgres_server
+from quart_app.db.models import Base
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _backends(definition: pytest.Function) -> list[str]:
+    chosen = os.environ.get("QUART_APP_TEST_DATABASE", "").strip().lower()
+    if chosen == "sqlite":
+        return ["sqlite"]
+    if chosen == "postgresql":
+        return ["postgresql"]
+    if chosen == "both" or definition.get_closest_marker("postgresql") is not None:
+        return list(BACKENDS)
+    if chosen:
+        raise pytest.UsageError(f"QUART_APP_TEST_DATABASE={chosen!r}: sqlite, postgresql or both")
+    return ["sqlite"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_backend" not in metafunc.fixturenames:
+        return
+    backends = _backends(metafunc.definition)
+    if backends != ["sqlite"]:
+        metafunc.parametrize("database_backend", backends, indirect=True)
 
 
 @pytest.fixture
-def overrides(tmp_path: Path) -> dict[str, Any]:
-    """Settings overrides for a fresh app: a temp SQLite file and temp storage."""
-    return temp_app_settings(tmp_path)
+def database_backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgresql``: what ``overrides`` points the app at."""
+    backend: str = getattr(request, "param", "sqlite")
+    if backend == "postgresql" and request.node.get_closest_marker("sqlite_only") is not None:
+        pytest.skip("about SQLite itself")
+    return backend
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The PostgreSQL server of this run (devtools/postgres.py), or a skip
+    saying why there is none (or that the run asked for SQLite only)."""
+    if os.environ.get("QUART_APP_TEST_DATABASE", "").strip().lower() == "sqlite":
+        pytest.skip("QUART_APP_TEST_DATABASE=sqlite")
+    try:
+        with postgres_server() as server:
+            server.drop_stale_databases()
+            try:
+                yield server
+            finally:
+                server.wait_for_drops()
+    except RuntimeError as error:
+        pytest.skip(f"no PostgreSQL: {error}")
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres: PostgresServer) -> Iterator[str]:
+    """A database migrated to head once per run, copied for each test."""
+    name = migrated_template(postgres)
+    try:
+        yield name
+    finally:
+        postgres.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def postgres_module_database(postgres: PostgresServer, postgres_template: str) -> Iterator[str]:
+    """One database per test module, a copy of the template; each test
+    empties it first (``postgres_url``), cheaper than a database each."""
+    name = postgres.create_database(postgres_template)
+    try:
+        yield name
+    finally:
+        postgres.drop_later(name)
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest, postgres: PostgresServer) -> Iterator[str]:
+    """A database for this test alone: its module's, at head with every
+    table emptied and every id sequence restarted, as a new SQLite file
+    would be. One of its own, dropped afterwards, for a test marked
+    ``own_database`` (it changes the schema: a copy of the template) or
+    ``empty_database`` (no schema at all)."""
+    if request.node.get_closest_marker("empty_database") is not None:
+        name = postgres.create_database()
+    elif request.node.get_closest_marker("own_database") is not None:
+        name = postgres.create_database(request.getfixturevalue("postgres_template"))
+    else:
+        name = request.getfixturevalue("postgres_module_database")
+        postgres.empty_tables(name, [table.name for table in Base.metadata.sorted_tables])
+        yield postgres.url(name)
+        return
+    try:
+        yield postgres.url(name)
+    finally:
+        postgres.drop_later(name)
+
+
+@pytest.fixture
+def overrides(
+    tmp_path: Path, database_backend: str, request: pytest.FixtureRequest
+) -> dict[str, Any]:
+    """Settings overrides for a fresh app: a temp database (an SQLite file,
+    or a PostgreSQL database of its own) and temp storage."""
+    if database_backend == "postgresql":
+        database_url: str = request.getfixturevalue("postgres_url")
+    else:
+        database_url = f"sqlite+aiosqlite:///{tmp_path / 'instance' / 'test.sqlite3'}"
+    return {**temp_app_settings(tmp_path), "DATABASE_URL": database_url}
 
 
 @pytest.fixture(autouse=True)

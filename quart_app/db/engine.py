@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,16 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from quart_app.config import Settings
 from quart_app.db.commits import CommitsInFlight
+from quart_app.db.postgresql import (
+    PG_DISK_FULL,
+    WRITERS_KEY,
+    PoolOptions,
+    advisory_key,
+    create_server_engine,
+    sqlstate_unavailable,
+)
 from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStorage
 
 # A write's budget is only re-set on its connection (one more statement) when
@@ -97,11 +106,13 @@ def database_fault(error: DBAPIError) -> DomainError | None:
     original = error.orig
     code = getattr(original, "sqlite_errorcode", None)
     primary = None if code is None else code & 0xFF
+    sqlstate = str(getattr(original, "sqlstate", None) or "")
     message = str(original).lower()
-    if primary == _SQLITE_FULL or "database or disk is full" in message:
+    if primary == _SQLITE_FULL or sqlstate == PG_DISK_FULL or "database or disk is full" in message:
         return InsufficientStorage("There is no room left in the database.")
     if (
         primary in _SQLITE_UNAVAILABLE
+        or sqlstate_unavailable(sqlstate)
         or error.connection_invalidated
         or isinstance(original, OSError)
         or any(text in message for text in _UNAVAILABLE_MESSAGES)
@@ -115,15 +126,17 @@ class Database:
     lock that queues this process's write transactions.
 
     ``timeout`` (seconds) bounds every wait for the database: SQLite's busy
-    timeout, the wait for this process's write lock, a PostgreSQL connection.
+    timeout, the wait for this process's write lock, PostgreSQL's row and
+    advisory locks (lock_timeout). ``pool``: PostgreSQL's pool and its
+    timeouts (None: SQLAlchemy's and asyncpg's own, for tests).
     """
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, pool: PoolOptions | None = None) -> None:
         self.url = url
         self.timeout = timeout
         self.is_sqlite = url.startswith("sqlite")
         self.path = sqlite_path(url)
-        self.engine: AsyncEngine = _create_engine(url, timeout, self.path)
+        self.engine: AsyncEngine = _create_engine(url, timeout, self.path, pool)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Writers that wait on SQLite's busy
         # handler sleep with back-off (tens of ms each); queueing them on an
@@ -132,6 +145,12 @@ class Database:
         # Commits that run to their end whoever hangs up; they end before
         # the engine is disposed.
         self.commits = CommitsInFlight()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(
+            settings.database_url, settings.DATABASE_TIMEOUT, PoolOptions.from_settings(settings)
+        )
 
     def create_file(self) -> bool:
         """Create the SQLite file if there is none (True if it was made). The
@@ -157,23 +176,36 @@ class Database:
 
     @asynccontextmanager
     async def writing(
-        self, session: AsyncSession, since: float | None = None
+        self, session: AsyncSession, since: float | None = None, exclusive: bool = False
     ) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if
         it raises. On SQLite it holds this process's write lock and starts
         with BEGIN IMMEDIATE, so it never fails half-way with "database is
-        locked" because another process wrote in between.
+        locked" because another process wrote in between; no other write
+        transaction, in any process, runs meanwhile.
 
-        The wait for both locks together ends ``timeout`` seconds after
-        ``since`` (a loop time; default now): a group commit passes the time
-        its oldest request queued, so no request waits longer than that.
+        On PostgreSQL write transactions run side by side, in every server;
+        what must not interleave takes row locks or :meth:`lock`. Each holds
+        the shared side of one advisory lock, whose exclusive side
+        ``exclusive=True`` takes (crash recovery, repair): then, as on
+        SQLite, no other write transaction is half-way through.
+
+        The wait for SQLite's locks ends ``timeout`` seconds after ``since``
+        (a loop time; default now): a group commit passes the time its
+        oldest request queued, so no request waits longer than that.
         After the commit, the file must still be the one the path names:
         a write into a deleted or replaced file is not acknowledged."""
         if session.in_transaction():
             await session.commit()  # end any read snapshot first
         if not self.is_sqlite:
-            async with session.begin():
+            lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            await session.execute(text(f"SELECT {lock}({WRITERS_KEY})"))
+            try:
                 yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            await session.commit()
             return
         loop = asyncio.get_running_loop()
         deadline = (loop.time() if since is None else since) + self.timeout
@@ -197,26 +229,41 @@ class Database:
                 "The database file was removed or replaced; the change was not kept."
             )
 
+    async def lock(self, session: AsyncSession, names: Iterable[str]) -> None:
+        """Inside :meth:`writing`: wait until no other write transaction holds
+        any of ``names`` (``blob:<sha256>``, ``file:<id>``), and hold them
+        until this one ends, across servers. Taken in one statement in key
+        order, so two transactions locking overlapping names never deadlock.
+        On SQLite a write transaction already excludes every other."""
+        keys = sorted({advisory_key(name) for name in names})
+        if self.is_sqlite or not keys:
+            return
+        await session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k) FROM "
+                "(SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY 1) AS ordered"
+            ),
+            {"keys": keys},
+        )
+
     async def probe(self) -> None:
         """Raises unless this process could write now (readiness): on SQLite
         a write transaction begun and ended within the timeout, on the file
-        the path still names; elsewhere a query."""
+        the path still names; on PostgreSQL a query on a server that takes
+        writes (not a standby)."""
         async with self.sessionmaker() as session:
             if self.is_sqlite:
                 async with self.writing(session):
                     pass
-            else:
-                await session.execute(text("SELECT 1"))
+            elif await session.scalar(text("SELECT pg_is_in_recovery()")):
+                raise DatabaseUnavailable("The database is a read-only standby.")
 
 
-def _create_engine(url: str, timeout: float, path: Path | None) -> AsyncEngine:
+def _create_engine(
+    url: str, timeout: float, path: Path | None, pool: PoolOptions | None
+) -> AsyncEngine:
     if not url.startswith("sqlite"):
-        connect_args: dict[str, Any] = {}
-        if make_url(url).get_driver_name() == "asyncpg":
-            connect_args["timeout"] = timeout
-        return create_async_engine(
-            url, pool_pre_ping=True, pool_timeout=timeout, connect_args=connect_args
-        )
+        return create_server_engine(url, timeout, pool)
     # isolation_level=None: the driver does no implicit BEGIN; the "begin"
     # listener below emits it, so SQLAlchemy's transactions are real ones and
     # a writer can ask for BEGIN IMMEDIATE.

@@ -9,17 +9,20 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quart_app.config import Settings
+from quart_app.db.postgresql import MIGRATION_LOCK_KEY
 from quart_app.db.schema_version import MIGRATIONS_DIR
 
 # Alembic's ``context`` is a process-wide proxy: two upgrades interleaved in
 # one process would run one's migration on the other's connection (and
-# deadlock on SQLite's write lock). Across processes BEGIN IMMEDIATE orders
-# them; within one, this lock does. A threading lock, polled, because apps in
-# one process may run on different event loops.
+# deadlock on SQLite's write lock). Across processes BEGIN IMMEDIATE (or
+# PostgreSQL's advisory lock) orders them; within one, this lock does. A
+# threading lock, polled, because apps in one process may run on different
+# event loops.
 _UPGRADE_LOCK = threading.Lock()
 
 
@@ -32,9 +35,13 @@ def alembic_config(settings: Settings) -> Config:
 
 
 async def upgrade_to_head(engine: AsyncEngine, settings: Settings) -> None:
-    """Bring the schema to head on the app's own engine. On SQLite the
-    transaction starts IMMEDIATE, so several workers starting at once take
-    turns and the later ones find the schema already at head."""
+    """Bring the schema to head on the app's own engine. Servers (and
+    workers, and ``python -m quart_app migrate``) starting at once take
+    turns, and the later ones find the schema already at head: on SQLite the
+    transaction starts IMMEDIATE; on PostgreSQL, whose DDL is transactional,
+    the whole upgrade is one transaction holding an advisory lock, without
+    the lock and statement timeouts requests have (a migration may wait
+    for a long one, and take long itself)."""
     await migrate_to(engine, settings, "head")
 
 
@@ -56,12 +63,17 @@ async def migrate_to(engine: AsyncEngine, settings: Settings, revision: str) -> 
         else:
             command.upgrade(config, revision)
 
-    options = {"sqlite_begin": "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
+    is_sqlite = engine.dialect.name == "sqlite"
+    options = {"sqlite_begin": "IMMEDIATE"} if is_sqlite else {}
     while not _UPGRADE_LOCK.acquire(blocking=False):  # noqa: ASYNC110 (see _UPGRADE_LOCK)
         await asyncio.sleep(0.01)
     try:
         async with engine.connect() as conn:
             conn = await conn.execution_options(**options)
+            if engine.dialect.name == "postgresql":
+                await conn.execute(text("SET LOCAL lock_timeout = 0"))
+                await conn.execute(text("SET LOCAL statement_timeout = 0"))
+                await conn.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
             await conn.run_sync(_upgrade)
             await conn.commit()
     finally:

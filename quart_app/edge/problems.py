@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 from quart import Quart, Response, request
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from quart_app import errors
@@ -33,7 +34,12 @@ from quart_app.edge.problem_details import (
     problem_headers,
     status_phrase,
 )
-from quart_app.errors import DomainError, InsufficientStorage, StorageUnavailable
+from quart_app.errors import (
+    DatabaseUnavailable,
+    DomainError,
+    InsufficientStorage,
+    StorageUnavailable,
+)
 from quart_app.storage import StorageFull, StorageUnwritable
 
 log = logging.getLogger("quart_app.errors")
@@ -139,6 +145,16 @@ def init_app(app: Quart) -> None:
             extra={"request_id": request_id(), "path": logged_path(request.path)},
         )
         return domain_problem(fault)
+
+    @app.errorhandler(PoolTimeout)
+    async def _pool_exhausted(error: PoolTimeout) -> Response:
+        # Every pooled PostgreSQL connection stayed in use past the pool timeout.
+        log.error(
+            "database pool exhausted: %s",
+            error,
+            extra={"request_id": request_id(), "path": request.path},
+        )
+        return domain_problem(DatabaseUnavailable("The database is busy; retry later."))
 
     @app.errorhandler(ClientDisconnected)
     async def _disconnected(error: ClientDisconnected) -> Response:

@@ -62,9 +62,10 @@ async def recover(database: Database, store: LocalBlobStore, temp_max_age: float
     """The cheap part, run at startup: settle trash and publishing markers,
     drop abandoned temp files (storage/local/recovery.py).
 
-    Trash is settled inside a write transaction: no writer, in any process,
-    is half-way through one then, so what is in trash is a crash's leftover."""
-    async with database.sessionmaker() as session, database.writing(session):
+    Trash is settled inside an exclusive write transaction: no writer, in
+    any process or server, is half-way through one then, so what is in
+    trash is a crash's leftover."""
+    async with database.sessionmaker() as session, database.writing(session, exclusive=True):
 
         async def has_row(sha256: str) -> bool:
             return await session.get(Blob, sha256) is not None
@@ -132,10 +133,11 @@ async def check(
 
 
 async def _repair(database: Database, store: LocalBlobStore, report: Report) -> None:
-    """Inside one write transaction: no upload is between publishing its
-    blob and committing its row, so a blob without a row is truly orphaned.
-    Rows are re-read here; bytes under a row are never removed."""
-    async with database.sessionmaker() as session, database.writing(session):
+    """Inside one exclusive write transaction: no upload, in any server, is
+    between publishing its blob and committing its row, so a blob without a
+    row is truly orphaned. Rows are re-read here; bytes under a row are
+    never removed."""
+    async with database.sessionmaker() as session, database.writing(session, exclusive=True):
         for sha256 in report.orphan_blobs:
             if await session.get(Blob, sha256) is None:
                 await asyncio.to_thread(store.path_for(sha256).unlink, True)

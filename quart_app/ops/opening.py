@@ -20,7 +20,7 @@ async def open_database(settings: Settings) -> tuple[Database, str | None]:
     StartupError naming the database (password hidden) and the cause."""
     url = settings.database_url
     with startup_step(f"database {describe_database(url)}"):
-        database = Database(url, settings.DATABASE_TIMEOUT)
+        database = Database.from_settings(settings)
         try:
             if database.path is not None and not database.path.exists():
                 if not settings.AUTO_MIGRATE:

@@ -2,7 +2,9 @@
 
 Rows and bytes change together. Every change runs in one write transaction
 (BEGIN IMMEDIATE on SQLite: no other writer, in any process, runs until it
-ends) and moves bytes only inside it:
+ends; on PostgreSQL advisory locks on each sha256 and file id it touches, so
+no other transaction, in any server, touches them until it ends) and moves
+bytes only inside it:
 
 - a new blob is published (renamed to its content address) after its row is
   known to be absent, and unpublished again if the transaction fails;
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import Select, delete, func, select
@@ -43,23 +45,41 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def blob_lock(sha256: str) -> str:
+    """The name Database.lock takes for a blob's row and bytes."""
+    return f"blob:{sha256}"
+
+
+def file_lock(file_id: str) -> str:
+    """The name Database.lock takes for a file id (its row, or its absence)."""
+    return f"file:{file_id}"
+
+
 class BlobChanges:
     """Byte moves made inside one transaction: steps to undo them if it
     fails, and steps to finish them once it has committed."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, database: Database, store: BlobStore) -> None:
+        self.database = database
         self.store = store
-        self._undo: list[Callable[[], Awaitable[None]]] = []
+        self._undo: list[tuple[Callable[[], Awaitable[None]], bool]] = []
         self._finish: list[Callable[[], Awaitable[None]]] = []
 
-    def on_undo(self, step: Callable[[], Awaitable[None]]) -> None:
-        self._undo.append(step)
+    def on_undo(self, step: Callable[[], Awaitable[None]], publish: bool = False) -> None:
+        """``publish``: the step takes back a publish, which is skipped when
+        the commit itself failed on PostgreSQL (see ``undo``)."""
+        self._undo.append((step, publish))
+
+    async def lock(self, session: AsyncSession, sha256s: Iterable[str]) -> None:
+        """Hold these blobs until the transaction ends (see Database.lock)."""
+        await self.database.lock(session, (blob_lock(sha) for sha in sha256s))
 
     def after_commit(self, step: Callable[[], Awaitable[None]]) -> None:
         self._finish.append(step)
 
     async def blob_is_stored(self, session: AsyncSession, sha256: str) -> tuple[bool, bool]:
         """(row exists, row exists and its bytes are there)."""
+        await self.lock(session, [sha256])
         blob = await session.get(Blob, sha256)
         return blob is not None, blob is not None and bool(await self.store.stored([sha256]))
 
@@ -78,6 +98,9 @@ class BlobChanges:
             assert item.sealed is not None, "keep() needs sealed uploads"
             sealed.append((item, item.sealed))
         sizes = {blob.sha256: blob.size for _, blob in sealed}
+        # Two uploads of the same bytes in two servers: the second waits for
+        # the first's commit, then finds its row and drops its own copy.
+        await self.lock(session, sizes)
         rows = set(await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(sizes))))
         stored = await self.store.stored(rows)
         first: dict[str, IncomingFile] = {}
@@ -92,7 +115,7 @@ class BlobChanges:
         )
         for item, outcome in zip(first.values(), outcomes, strict=True):
             if outcome is True:
-                self.on_undo(item.writer.unpublish)
+                self.on_undo(item.writer.unpublish, publish=True)
                 self.after_commit(item.writer.settle)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -104,6 +127,7 @@ class BlobChanges:
 
     async def release(self, session: AsyncSession, sha256: str) -> None:
         """Drop a blob that no file (nor import job's archive) refers to any more."""
+        await self.lock(session, [sha256])
         refs = await session.scalar(
             select(func.count()).select_from(File).where(File.sha256 == sha256)
         )
@@ -121,9 +145,16 @@ class BlobChanges:
             self.on_undo(lambda: self.store.restore(retired))
             self.after_commit(lambda: self.store.purge(retired))
 
-    async def undo(self) -> None:
-        for step in reversed(self._undo):
-            await step()
+    async def undo(self, commit_failed: bool = False) -> None:
+        """Take back the byte moves. When PostgreSQL's commit itself failed
+        (the connection lost), the rows may have committed after all:
+        published bytes stay, with their publishing markers, for crash
+        recovery to decide by the rows (an orphan at worst, never a row
+        without its bytes); retired bytes still go back."""
+        in_doubt = commit_failed and not self.database.is_sqlite
+        for step, publish in reversed(self._undo):
+            if not (publish and in_doubt):
+                await step()
 
     async def finish(self) -> None:
         await asyncio.gather(*(step() for step in self._finish))
@@ -137,13 +168,17 @@ async def blob_transaction(
     is still held, if it fails. Its own session: it may outlive the request
     (it is shielded from a client's disconnect). ``since``: see
     Database.writing."""
-    changes = BlobChanges(store)
+    changes = BlobChanges(database, store)
     async with database.sessionmaker() as session, database.writing(session, since):
         try:
             yield session, changes
-            await session.commit()
         except BaseException:
             await changes.undo()
+            raise
+        try:
+            await session.commit()
+        except BaseException:
+            await changes.undo(commit_failed=True)
             raise
     await changes.finish()
 
@@ -224,9 +259,15 @@ async def put_file(
     A new file belongs to ``access``'s account."""
     assert incoming.sealed is not None
     async with blob_transaction(database, store) as (session, changes):
+        # Two PUTs (or a PUT and a DELETE) of one id in two servers: the
+        # second sees what the first left, preconditions included.
+        await database.lock(session, [file_lock(file_id)])
         file = await session.scalar(_reachable(access, file_id))
         if not precondition(None if file is None else file.sha256):
             raise PreconditionFailed("The file's current state does not match the precondition.")
+        # Both blobs at once, in key order: two replacements swapping
+        # contents must not lock them in opposite orders.
+        await changes.lock(session, [incoming.sealed.sha256, *([file.sha256] if file else [])])
         await changes.keep(session, [incoming])
         now = utc_now()
         created = file is None
@@ -261,6 +302,7 @@ async def delete_file(
     database: Database, store: BlobStore, access: Access, file_id: str, precondition: Precondition
 ) -> None:
     async with blob_transaction(database, store) as (session, changes):
+        await database.lock(session, [file_lock(file_id)])
         file = await session.scalar(_reachable(access, file_id))
         if file is None:
             raise NotFound("There is no such file.")

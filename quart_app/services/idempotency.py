@@ -69,7 +69,10 @@ async def claim(database: Database, owner: str, key: str, lease: timedelta) -> C
     token = secrets.token_hex(16)
     now = utc_now()
     async with database.sessionmaker() as session, database.writing(session):
-        record = await session.get(IdempotencyRecord, (owner, key))
+        # FOR UPDATE (PostgreSQL; SQLite's writer excludes all others): two
+        # servers taking over one lapsed claim would both think they hold it.
+        # A row not there yet is settled by the primary key instead.
+        record = await session.get(IdempotencyRecord, (owner, key), with_for_update=True)
         if record is None:
             session.add(
                 IdempotencyRecord(

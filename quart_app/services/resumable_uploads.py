@@ -43,7 +43,7 @@ from quart_app.errors import (
     UploadLocked,
 )
 from quart_app.services.accounts import Access
-from quart_app.services.files import BlobChanges, blob_transaction, new_id
+from quart_app.services.files import BlobChanges, blob_transaction, file_lock, new_id
 from quart_app.services.quotas import Quotas, bytes_exceeded
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
@@ -114,13 +114,14 @@ async def _complete(
     session: AsyncSession, changes: BlobChanges, store: ResumableStore, upload: Upload, sha: str
 ) -> None:
     """The partial becomes a blob, and the file with the upload's id appears."""
+    await changes.database.lock(session, [file_lock(upload.id)])  # a PUT of that id
     taken = select(File.id).where(File.id == upload.id, File.owner_id == upload.owner_id)
     if await session.scalar(taken) is not None:
         raise Conflict(f"A file {upload.id} already exists; the upload cannot complete.")
     upload_id = upload.id
     has_row, stored = await changes.blob_is_stored(session, sha)
     if not stored and await store.publish_partial(upload_id, sha):
-        changes.on_undo(lambda: store.unpublish_partial(upload_id, sha))
+        changes.on_undo(lambda: store.unpublish_partial(upload_id, sha), publish=True)
         changes.after_commit(lambda: store.settle_publish(sha))
     else:
         changes.after_commit(lambda: store.delete_partial(upload_id))
@@ -203,7 +204,9 @@ async def _record(
         offset = await writer.make_durable()
         try:
             async with blob_transaction(database, store) as (session, changes):
-                upload = await session.get(Upload, upload_id)
+                # FOR UPDATE: a DELETE or a sweep in another server waits for
+                # this offset (PostgreSQL; SQLite's writer excludes all others).
+                upload = await session.get(Upload, upload_id, with_for_update=True)
                 if upload is None:
                     raise NotFound(f"The upload {upload_id} was removed while it was written.")
                 upload.offset = offset

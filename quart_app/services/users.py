@@ -33,15 +33,19 @@ async def create_user(session: AsyncSession, name: str, email: str) -> User:
     return user
 
 
-# SQLite (and PostgreSQL's bigint) hold ids up to this; a larger one in a URL
-# names no user rather than overflowing the driver.
+# SQLite's rowid holds ids up to this, PostgreSQL's integer (a serial) up to
+# MAX_ID_POSTGRESQL; a larger one in a URL names no user rather than
+# overflowing the driver.
 MAX_ID = 2**63 - 1
+MAX_ID_POSTGRESQL = 2**31 - 1
 
 
 async def get_user(session: AsyncSession, access: Access, user_id: int) -> User:
     """The user, if ``access`` reaches it: an admin reaches every user, any
     other key only its own (another user looks like no user)."""
-    reachable = 0 <= user_id <= MAX_ID and access.owns(user_id)
+    bind = session.bind
+    largest = MAX_ID if bind is None or bind.dialect.name == "sqlite" else MAX_ID_POSTGRESQL
+    reachable = 0 <= user_id <= largest and access.owns(user_id)
     user = await session.get(User, user_id) if reachable else None
     if user is None:
         raise NotFound("There is no such user.")

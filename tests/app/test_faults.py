@@ -30,6 +30,7 @@ def overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {**overrides, "DATABASE_TIMEOUT": TIMEOUT}
 
 
+@pytest.mark.sqlite_only
 async def test_a_write_waits_at_most_the_timeout_for_this_process_write_lock(
     app: Quart, client: QuartClient
 ) -> None:
@@ -47,6 +48,7 @@ async def test_a_write_waits_at_most_the_timeout_for_this_process_write_lock(
     assert created.status_code == 201
 
 
+@pytest.mark.sqlite_only
 async def test_a_commit_into_a_file_deleted_meanwhile_is_not_acknowledged(app: Quart) -> None:
     """The file goes between BEGIN and COMMIT: the commit lands in the
     deleted file, so the write must fail rather than report success."""

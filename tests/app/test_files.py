@@ -32,6 +32,7 @@ async def upload(
     return await client.post("/files", data=body, headers=multipart_headers())
 
 
+@pytest.mark.postgresql
 async def test_one_file_part_is_201_with_location_and_representation(
     client: QuartClient,
 ) -> None:
@@ -56,6 +57,7 @@ async def test_one_file_part_is_201_with_location_and_representation(
     assert again.headers["ETag"] == body["etag"]
 
 
+@pytest.mark.postgresql
 async def test_several_file_parts_make_a_batch(app: Quart, client: QuartClient) -> None:
     parts = [part("file", f"content {i}".encode(), f"{i}.txt") for i in range(3)]
     response = await client.post("/files", data=multipart(*parts), headers=multipart_headers())
@@ -69,6 +71,7 @@ async def test_several_file_parts_make_a_batch(app: Quart, client: QuartClient) 
     assert await count_rows(app, Batch) == 1
 
 
+@pytest.mark.postgresql
 async def test_a_batch_is_all_or_nothing(overrides: dict[str, Any], storage: Path) -> None:
     from quart_app import create_app
 
@@ -149,6 +152,7 @@ async def test_raw_body_without_a_name_is_400(
     await assert_nothing_stored(app, storage)
 
 
+@pytest.mark.postgresql
 async def test_put_creates_then_replaces(app: Quart, client: QuartClient, storage: Path) -> None:
     created = await client.put("/files/report.txt", data=b"v1")
     assert created.status_code == 201
@@ -168,6 +172,7 @@ async def test_put_creates_then_replaces(app: Quart, client: QuartClient, storag
     assert await content.get_data() == b"v2"
 
 
+@pytest.mark.postgresql
 async def test_put_preconditions(app: Quart, client: QuartClient, storage: Path) -> None:
     assert (
         await client.put("/files/doc", data=b"v1", headers={"If-None-Match": "*"})
@@ -193,6 +198,7 @@ async def test_put_with_a_bad_id_is_400(client: QuartClient, bad_id: str) -> Non
     assert response.content_type == "application/problem+json"
 
 
+@pytest.mark.postgresql
 async def test_identical_content_shares_one_blob_until_the_last_file_goes(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:
@@ -208,6 +214,7 @@ async def test_identical_content_shares_one_blob_until_the_last_file_goes(
     await assert_nothing_stored(app, storage)
 
 
+@pytest.mark.postgresql
 async def test_delete_honours_if_match_and_404(client: QuartClient) -> None:
     body = await (await upload(client, b"x")).get_json()
     assert (
@@ -234,6 +241,7 @@ async def test_get_with_if_none_match_is_304(client: QuartClient) -> None:
     assert head.status_code == 200 and head.headers["ETag"] == body["etag"]
 
 
+@pytest.mark.postgresql
 async def test_list_files_pages_with_link(client: QuartClient) -> None:
     ids = [(await (await upload(client, f"{i}".encode())).get_json())["id"] for i in range(5)]
     seen: list[str] = []
@@ -304,16 +312,32 @@ async def test_disk_full_is_507_and_leaves_nothing(
     await assert_nothing_stored(app, storage)
 
 
+@pytest.mark.own_database  # its trigger must not outlive it
+@pytest.mark.postgresql
 async def test_database_error_leaves_no_row_no_blob_no_temp(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:
     async with app_state(app).database.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "CREATE TRIGGER refuse_files BEFORE INSERT ON files "
-                "BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END"
+        if conn.dialect.name == "sqlite":
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_files BEFORE INSERT ON files "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END"
+                )
             )
-        )
+        else:
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'refused by test trigger'; END $$"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_files BEFORE INSERT ON files "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse()"
+                )
+            )
     response = await upload(client, os.urandom(10_000))
     assert response.status_code == 500
     assert "trigger" not in (await response.get_data(as_text=True))
@@ -460,6 +484,7 @@ async def test_shutdown_lets_a_commit_whose_client_hung_up_finish(
     assert temp_files(storage) == []
 
 
+@pytest.mark.postgresql
 async def test_parallel_uploads_distinct_and_identical(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
@@ -17,6 +18,9 @@ from devtools.stored import blob_files, count_rows
 from quart_app.db.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
 from quart_app.services.idempotency import purge_expired
 from quart_app.state import app_state
+
+# Also on PostgreSQL by default (tests/conftest.py).
+pytestmark = pytest.mark.postgresql
 
 KEY = {"Idempotency-Key": '"order-42"'}
 

@@ -4,12 +4,17 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import inspect, text
 
 from quart_app import create_app
 from quart_app.state import app_state
 
+# Also on PostgreSQL by default (tests/conftest.py).
+pytestmark = pytest.mark.postgresql
 
+
+@pytest.mark.empty_database
 async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) -> None:
     app = create_app(overrides)
     async with app.test_app():
@@ -21,6 +26,7 @@ async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) ->
     assert version is not None
 
 
+@pytest.mark.sqlite_only
 async def test_auto_migrate_off_leaves_the_schema_alone(overrides: dict[str, Any]) -> None:
     # Without AUTO_MIGRATE the database must exist (tests/e2e/test_startup.py).
     database = Path(str(overrides["DATABASE_URL"]).partition(":///")[2])
@@ -34,6 +40,7 @@ async def test_auto_migrate_off_leaves_the_schema_alone(overrides: dict[str, Any
     assert tables == []
 
 
+@pytest.mark.sqlite_only
 async def test_every_connection_gets_wal_busy_timeout_and_foreign_keys(
     overrides: dict[str, Any],
 ) -> None:
@@ -47,6 +54,7 @@ async def test_every_connection_gets_wal_busy_timeout_and_foreign_keys(
             assert await conn.scalar(text("PRAGMA synchronous")) == 2  # FULL
 
 
+@pytest.mark.empty_database
 async def test_two_workers_starting_at_once_both_migrate_cleanly(
     overrides: dict[str, Any],
 ) -> None:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from quart import Quart, Response
 from quart.testing import QuartClient
 
@@ -17,6 +18,9 @@ from devtools.stored import count_rows
 from quart_app import create_app
 from quart_app.db.models import File, Upload
 from quart_app.state import app_state
+
+# Also on PostgreSQL by default (tests/conftest.py).
+pytestmark = pytest.mark.postgresql
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}

@@ -4,11 +4,15 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from quart import Quart, Response
 from quart.testing import QuartClient
 
 from devtools.stored import count_rows
 from quart_app.db.models import User
+
+# Also on PostgreSQL by default (tests/conftest.py).
+pytestmark = pytest.mark.postgresql
 
 
 async def count_users(app: Quart) -> int:

@@ -9,9 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devtools import PROJECT_ROOT
 from devtools.stored import blob_files
 from quart_app import create_app
+
+# Also on PostgreSQL by default (tests/conftest.py).
+pytestmark = pytest.mark.postgresql
 
 OLD = 10**9  # an mtime long before any deadline
 
