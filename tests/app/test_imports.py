@@ -169,9 +169,11 @@ def _bad_crc_zip() -> bytes:
 def _lying_zip64() -> bytes:
     """A zip64 entry whose directory says it holds 10 bytes: it holds 100,000."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("big.txt", "w", force_zip64=True) as entry:
-            entry.write(b"A" * 100_000)
+    with (
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("big.txt", "w", force_zip64=True) as entry,
+    ):
+        entry.write(b"A" * 100_000)
     data = bytearray(out.getvalue())
     central = data.rfind(b"PK\x01\x02")
     extra = data.find(b"\x01\x00", central + 46)  # the zip64 extra field

@@ -112,7 +112,7 @@ def test_the_server_keeps_answering_while_it_imports(tmp_path: Path) -> None:
     try:
         location = post(server, archive(40, 2 * 1024 * 1024))  # 80 MiB of entries
         wait(location, lambda j: j["status"] == "running")
-        answered = []
+        answered: list[tuple[int, int, str]] = []
         while job(location)["status"] == "running":
             health = httpx.get(f"{server.url}/healthz", timeout=5)
             put = httpx.put(
