@@ -387,6 +387,11 @@
     }
   }
 
+  /* The button opens the file picker (a <button>: mouse, Enter or Space). */
+  function opensPicker(button) {
+    button.addEventListener("click", () => $("file-input").click());
+  }
+
   function addFiles(fileList) {
     for (const file of Array.from(fileList)) {
       const entry = new Entry(file);
@@ -444,7 +449,7 @@
       about.append(el("div", { class: "meta" }, bytes(offset) + " of " + bytes(length) + " (" + percent + " %) on the server"));
       const actions = el("div", { class: "actions" });
       const resume = el("button", { type: "button", class: "resume-offer", "aria-label": "Resume " + name }, "Choose file to resume");
-      resume.addEventListener("click", () => $("file-input").click());
+      opensPicker(resume);
       const discard = el("button", { type: "button", class: "danger", "aria-label": "Discard " + name }, "Discard");
       discard.addEventListener("click", async () => {
         await api(item.uploadUrl, { method: "DELETE", headers: { "Tus-Resumable": "1.0.0" } });
@@ -479,7 +484,7 @@
 
     const zone = $("drop-zone");
     const input = $("file-input");
-    zone.addEventListener("click", () => input.click());
+    opensPicker(zone);
     input.addEventListener("change", () => {
       addFiles(input.files);
       input.value = "";
