@@ -48,6 +48,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk could not be installed: the load figures will be skipped"
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.imports $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -10,7 +10,7 @@ from pathlib import Path
 from quart import Quart
 from sqlalchemy import func, select
 
-from quart_app.db.models import Base, Blob, File, User
+from quart_app.db.models import Base, Blob, File, QuotaReservation, User
 from quart_app.services.accounts import OPERATOR_EMAIL
 from quart_app.state import app_state
 
@@ -27,6 +27,32 @@ async def count_rows(app: Quart, model: type[Base]) -> int:
         return int(await session.scalar(query) or 0)
 
 
+async def database_rows(app: Quart) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, in a stable order: compare two of these to
+    show that a request stored or changed nothing in the database."""
+    tables = {}
+    async with app_state(app).database.sessionmaker() as session:
+        for table in Base.metadata.sorted_tables:
+            result = await session.execute(select(table).order_by(*table.primary_key.columns))
+            tables[table.name] = [tuple(row) for row in result]
+    return tables
+
+
+def storage_files(storage: Path) -> dict[str, int]:
+    """Every file under the storage directory, with its size."""
+    return {
+        str(path.relative_to(storage)): path.stat().st_size
+        for path in sorted(storage.rglob("*"))
+        if path.is_file()
+    }
+
+
+async def everything_held(app: Quart, storage: Path) -> dict[str, object]:
+    """What the app holds: every row and every stored file. Equal before and
+    after a request: it stored, changed and removed nothing."""
+    return {"rows": await database_rows(app), "files": storage_files(storage)}
+
+
 def blob_files(storage: Path) -> list[Path]:
     return [p for p in (storage / "blobs").rglob("*") if p.is_file()]
 
@@ -38,6 +64,7 @@ def temp_files(storage: Path) -> list[Path]:
 async def assert_nothing_stored(app: Quart, storage: Path) -> None:
     assert await count_rows(app, File) == 0
     assert await count_rows(app, Blob) == 0
+    assert await count_rows(app, QuotaReservation) == 0
     assert blob_files(storage) == []
     assert temp_files(storage) == []
 
@@ -49,7 +76,15 @@ def rows(server: RunningServer, table: str) -> int:
         return count
 
 
-TABLES = ("users", "files", "blobs", "batches", "uploads", "idempotency_records")
+TABLES = (
+    "users",
+    "files",
+    "blobs",
+    "batches",
+    "uploads",
+    "idempotency_records",
+    "quota_reservations",
+)
 
 
 def server_holds(server: RunningServer) -> dict[str, object]:

@@ -21,6 +21,7 @@ from quart_app.api import (
     health,
     imports,
     keys,
+    links,
     page,
     resumable_uploads,
     users,
@@ -67,6 +68,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(users.blueprint)
     app.register_blueprint(keys.blueprint)
     app.register_blueprint(files.blueprint)
+    app.register_blueprint(links.blueprint)
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(resumable_uploads.blueprint)
     app.register_blueprint(imports.blueprint)

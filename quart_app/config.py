@@ -81,8 +81,12 @@ class Settings:
     # recently used go first); the next PATCH of one that was dropped, or
     # that another worker served, rebuilds it by reading the partial back.
     UPLOAD_HASH_STATES: int = 4096
-    # Seconds between sweeps that remove expired resumable uploads and
-    # Idempotency-Key records past their time to live.
+    # Seconds a signed download link lives when POST /files/{id}/links does
+    # not say (``expires_in``), and the longest it may ask for.
+    LINK_EXPIRES_SECONDS: float = 24 * 3600.0
+    LINK_MAX_EXPIRES_SECONDS: float = 7 * 24 * 3600.0
+    # Seconds between sweeps that remove expired resumable uploads, expired
+    # download links and Idempotency-Key records past their time to live.
     UPLOAD_SWEEP_SECONDS: float = 60.0
     # Seconds an Idempotency-Key and its stored response are kept.
     IDEMPOTENCY_TTL_SECONDS: float = 24 * 3600.0
@@ -169,6 +173,12 @@ class Settings:
     # Seconds an import job is kept after it ended (or, queued, before it
     # is dropped with its archive if no worker took it).
     IMPORT_EXPIRES_SECONDS: float = 24 * 3600.0
+    # Bytes: what one account may store, counted by the files' sizes (a
+    # file sharing another's bytes counts in full). 0: unlimited. An admin
+    # sets another limit per user (PATCH /users/{id}).
+    DEFAULT_QUOTA_BYTES: int = 0
+    # Count: files one account may have. 0: unlimited; per user as above.
+    DEFAULT_QUOTA_FILES: int = 0
 
     @property
     def database_url(self) -> str:
@@ -233,6 +243,11 @@ def load_settings(
     settings = Settings(**values)
     if settings.PAGE_SIZE_DEFAULT < 1 or settings.PAGE_SIZE_DEFAULT > settings.PAGE_SIZE_MAX:
         raise ConfigError(f"{ENV_PREFIX}PAGE_SIZE_DEFAULT must be 1..PAGE_SIZE_MAX")
+    if settings.LINK_EXPIRES_SECONDS > settings.LINK_MAX_EXPIRES_SECONDS:
+        raise ConfigError(
+            f"{ENV_PREFIX}LINK_EXPIRES_SECONDS must not be longer than "
+            f"{ENV_PREFIX}LINK_MAX_EXPIRES_SECONDS"
+        )
     if settings.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL has an invalid value {settings.LOG_LEVEL!r}")
     if settings.MIN_TRANSFER_RATE and settings.TRANSFER_RATE_WINDOW > settings.IDLE_TIMEOUT:

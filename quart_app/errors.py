@@ -337,6 +337,17 @@ class TooManyConnections(DomainError):
     retry_after = 1
 
 
+class QuotaExceeded(DomainError):
+    """The upload would take the account past its quota (bytes or files);
+    the detail names the limit and what is left. Room comes back when files
+    are deleted, uploads in flight end, or an admin raises the quota."""
+
+    code = "quota-exceeded"
+    status = 507
+    title = "The account's quota is exceeded"
+    retry_after = 60
+
+
 class InsufficientStorage(DomainError):
     code = "insufficient-storage"
     status = 507

@@ -26,12 +26,16 @@ if TYPE_CHECKING:
     from quart_app.edge.cursors import CursorCodec
     from quart_app.services.file_batches import FileBatcher
     from quart_app.services.key_cache import KeyCache
+    from quart_app.services.quotas import Quotas
     from quart_app.services.resumable_uploads import HashStates
     from quart_app.services.user_batches import UserBatcher
     from quart_app.storage.local import LocalBlobStore
 
 T = TypeVar("T")
 EXTENSION_KEY = "quart_app"
+# Seconds a quota reservation lives past the longest a body may take: the
+# commit that releases it waits at most DATABASE_TIMEOUT, far less.
+RESERVATION_GRACE_SECONDS = 300.0
 log = logging.getLogger("quart_app.integrity")
 
 
@@ -51,6 +55,7 @@ class AppState:
         self._keys: KeyCache | None = None
         self._import_workers: list[asyncio.Task[None]] = []
         self.import_wake = asyncio.Event()
+        self._quotas: Quotas | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
@@ -91,11 +96,18 @@ class AppState:
     def keys(self) -> KeyCache:
         return _serving(self._keys, "key cache")
 
+    @property
+    def quotas(self) -> Quotas:
+        return _serving(self._quotas, "quotas")
+
     # -- startup and shutdown -------------------------------------------------
     async def start(self) -> None:
         """Build what serving needs, in dependency order; each step that can
         fail names itself in the StartupError it raises."""
+        from sqlalchemy.exc import DBAPIError
+
         from quart_app.edge.cursors import CursorCodec
+        from quart_app.errors import DomainError
         from quart_app.ops.instance import load_secret_key, prepare_directories
         from quart_app.ops.integrity import TEMP_GRACE_SECONDS, recover
         from quart_app.ops.jobs import import_worker
@@ -104,6 +116,7 @@ class AppState:
         from quart_app.ops.sweeps import sweep_loop
         from quart_app.services.file_batches import FileBatcher
         from quart_app.services.key_cache import KeyCache
+        from quart_app.services.quotas import Limits, Quotas
         from quart_app.services.resumable_uploads import HashStates
         from quart_app.services.user_batches import UserBatcher
 
@@ -121,7 +134,17 @@ class AppState:
         self._user_batcher = UserBatcher(self._database)
         self._file_batcher = FileBatcher(self._database, self._store)
         self._keys = KeyCache(self._database, settings.KEY_CACHE_SECONDS, settings.ADMIN_KEY)
-        await self._keys.prepare()
+        try:
+            await self._keys.start()
+        except (DBAPIError, DomainError) as error:  # e.g. AUTO_MIGRATE off, no schema yet
+            log.warning("the operator account is made on first use instead: %s", error)
+        # A reservation outlives any request body (BODY_DEADLINE) and the
+        # wait for its commit.
+        self._quotas = Quotas(
+            self._database,
+            Limits(settings.DEFAULT_QUOTA_BYTES, settings.DEFAULT_QUOTA_FILES),
+            settings.BODY_DEADLINE + RESERVATION_GRACE_SECONDS,
+        )
         self._stop_sweeping.clear()
         self._sweeper = asyncio.ensure_future(sweep_loop(self, self._stop_sweeping))
         self.import_wake = asyncio.Event()

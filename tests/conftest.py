@@ -10,19 +10,14 @@ from typing import Any
 import pytest
 from quart import Quart
 
-from devtools.auth import TEST_ADMIN_KEY, KeyedClient
+from devtools.app_settings import temp_app_settings
+from devtools.auth import KeyedClient
 
 
 @pytest.fixture
 def overrides(tmp_path: Path) -> dict[str, Any]:
     """Settings overrides for a fresh app: a temp SQLite file and temp storage."""
-    return {
-        "STORAGE_DIR": tmp_path / "uploads",
-        "INSTANCE_DIR": tmp_path / "instance",
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'instance' / 'test.sqlite3'}",
-        "SECRET_KEY": "test-secret",
-        "ADMIN_KEY": TEST_ADMIN_KEY,
-    }
+    return temp_app_settings(tmp_path)
 
 
 @pytest.fixture(autouse=True)

@@ -13,20 +13,12 @@ from quart_schema import (
 )
 from quart_schema.validation import DataSource
 from sqlalchemy.ext.asyncio import AsyncSession
-from werkzeug.http import http_date
 
 from quart_app.db.models import Batch, File
 from quart_app.edge.authentication import current_access
 from quart_app.edge.bodies import body_limit, upload_body_limit
-from quart_app.edge.conditional import (
-    UnsatisfiableRange,
-    if_match_passes,
-    if_none_match_passes,
-    not_modified_since,
-    requested_range,
-    strong_etag,
-)
-from quart_app.edge.disposition import download_disposition
+from quart_app.edge.conditional import if_match_passes, if_none_match_passes, strong_etag
+from quart_app.edge.content import content_response
 from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
 from quart_app.edge.openapi import problems
 from quart_app.edge.paging_links import page_request, page_response
@@ -45,29 +37,24 @@ from quart_app.edge.schemas import (
     PageQuery,
 )
 from quart_app.edge.upload_body import commit_or_discard, receive_raw, receive_upload
-from quart_app.errors import InvalidInput, PreconditionFailed, RangeNotSatisfiable
+from quart_app.errors import InvalidInput, PreconditionFailed
 from quart_app.services.downloads import open_content
 from quart_app.services.files import (
     create_files,
-    current_sha256,
     delete_file,
+    find_file,
     get_file,
     list_files,
     put_file,
 )
+from quart_app.services.quotas import Usage
 from quart_app.state import app_state, request_session
-from quart_app.storage import BlobReader
 
 blueprint = Blueprint("files", __name__)
 
 
 CURSOR_RESOURCE = "files"
 CLIENT_ID = re.compile(FILE_ID_PATTERN)
-# Downloads may be opened by a browser: never let them run or fetch anything.
-DOWNLOAD_SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; sandbox",
-}
 
 
 def file_created(file: File) -> Response:
@@ -93,7 +80,7 @@ async def post_files() -> Response:
     """Upload: multipart (one or several `file` parts) or a raw body named by
     Content-Disposition. Several parts make a batch: all stored or none."""
     access = current_access()
-    incoming = await receive_upload()
+    incoming = await receive_upload(access.user_id)
     for item in incoming:
         item.owner_id = access.user_id
     if len(incoming) == 1 and g.get("idempotency_claim") is None:
@@ -156,10 +143,13 @@ async def put_one(file_id: str) -> Response:
     # A short session of its own: a read transaction held open for the whole
     # upload would keep SQLite from checkpointing its WAL.
     async with app_state().database.sessionmaker() as session:
-        sha256 = await current_sha256(session, access, file_id)
-    if not _put_precondition(sha256):
+        current = await find_file(session, access, file_id)
+    if not _put_precondition(None if current is None else current.sha256):
         raise PreconditionFailed("The file's current state does not match the precondition.")
-    incoming = await receive_raw(default_filename=file_id)
+    # A replace counts against its file's owner, for what it adds to the old size.
+    owner_id = access.user_id if current is None else current.owner_id
+    credit = None if current is None else Usage(current.size, 1)
+    incoming = await receive_raw(file_id, app_state().quotas.reservation(owner_id), credit)
     file, is_new = await commit_or_discard(
         [incoming],
         put_file(
@@ -219,58 +209,13 @@ async def get_page() -> Response:
 @problems(404, 412, 416, 503)
 async def get_content(file_id: str) -> Response:
     """The bytes, streamed: ETag, Last-Modified, ranges (206/416), 304."""
+    access = current_access()
     # Opened before any header is sent: a replace or delete from here on
     # cannot take the bytes away from a 200 that announced them.
     file, blob = await open_content(
-        app_state().database, app_state().store, current_access(), file_id
+        app_state().database,
+        app_state().store,
+        lambda session: get_file(session, access, file_id),
+        f"file {file_id}",
     )
-    try:
-        response = _content_response(file, blob)
-    except BaseException:
-        blob.close()
-        raise
-    if response.status_code not in (200, 206) or request.method == "HEAD":
-        blob.close()  # no body will read it
-    return response
-
-
-def _content_response(file: File, blob: BlobReader) -> Response:
-    """The answer for this version of the file; only a GET's 200/206 reads ``blob``."""
-    etag = strong_etag(file.sha256)
-    headers = {
-        "ETag": etag,
-        "Last-Modified": http_date(file.updated_at),
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": download_disposition(file.filename, file.content_type),
-        "Cache-Control": "no-cache",
-        **DOWNLOAD_SECURITY_HEADERS,
-    }
-    if not if_match_passes(request.headers.get("If-Match"), etag):
-        raise PreconditionFailed("If-Match does not match the file's ETag.")
-    if_none_match = request.headers.get("If-None-Match")
-    if not if_none_match_passes(if_none_match, etag) or (
-        if_none_match is None
-        and not_modified_since(request.headers.get("If-Modified-Since"), file.updated_at)
-    ):
-        return empty_response(304, headers)
-    try:
-        byte_range = requested_range(
-            request.headers.get("Range"),
-            file.size,
-            request.headers.get("If-Range"),
-            etag,
-            file.updated_at,
-        )
-    except UnsatisfiableRange as error:
-        raise RangeNotSatisfiable(
-            f"The range lies outside the file's {error.size} bytes.",
-            headers={"Content-Range": f"bytes */{error.size}"},
-        ) from None
-    start, end, status = 0, file.size, 200
-    if byte_range is not None:
-        start, end, status = byte_range.start, byte_range.end, 206
-        headers["Content-Range"] = byte_range.content_range(file.size)
-    body = blob.chunks(start, end) if request.method != "HEAD" else b""
-    response = Response(body, status=status, content_type=file.content_type, headers=headers)
-    response.headers["Content-Length"] = str(end - start)
-    return response
+    return content_response(file, blob)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
-from typing import Any
 
-from quart import Blueprint, Response, jsonify, url_for
+from quart import Blueprint, Response, jsonify
 from quart_schema import document_headers, document_querystring, document_request, document_response
 from quart_schema.validation import DataSource
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,7 +15,7 @@ from quart_app.edge.bodies import body_limit, upload_body_limit
 from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
 from quart_app.edge.openapi import problems
 from quart_app.edge.paging_links import page_request, page_response
-from quart_app.edge.problem_details import problem_document
+from quart_app.edge.representations import job_body, job_url
 from quart_app.edge.schemas import (
     AcceptedHeaders,
     FileUpload,
@@ -28,7 +26,6 @@ from quart_app.edge.schemas import (
     RetryAfterHeader,
 )
 from quart_app.edge.upload_body import commit_or_discard, receive_upload
-from quart_app.errors import ImportFailed
 from quart_app.services.archives import SniffingWriter
 from quart_app.services.imports import FINISHED, cancel_job, create_job, get_job, list_jobs
 from quart_app.state import app_state, request_session
@@ -39,40 +36,6 @@ blueprint = Blueprint("imports", __name__)
 CURSOR_RESOURCE = "imports"
 # Seconds a client should wait before asking about an unfinished job again.
 POLL_AFTER = 1
-
-
-def job_url(job: ImportJob) -> str:
-    return url_for("imports.get_one", job_id=job.id, _external=True)
-
-
-def job_body(job: ImportJob) -> dict[str, Any]:
-    result = None
-    if job.batch_id is not None:
-        result = {"batch": url_for("batches.get_one", batch_id=job.batch_id, _external=True)}
-    return ImportOut(
-        id=job.id,
-        status=job.status,
-        filename=job.filename,
-        archive_format=job.archive_format,
-        archive_size=job.archive_size,
-        progress={
-            "entries_done": job.entries_done,
-            "entries_total": job.entries_total,
-            "bytes_done": job.bytes_done,
-        },
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        result=result,
-        problem=None if job.problem is None else _problem(json.loads(job.problem)),
-        links={"self": job_url(job)},
-    ).model_dump(mode="json")
-
-
-def _problem(kept: dict[str, Any]) -> dict[str, Any]:
-    entry = kept.get("entry")
-    members = {} if entry is None else {"entry": entry}
-    return problem_document(ImportFailed(kept["detail"], **members))
 
 
 def job_response(job: ImportJob, status: int = 200) -> Response:
@@ -98,7 +61,9 @@ async def post_import() -> Response:
     """Import an archive (zip, tar, tar.gz, tar.bz2, tar.xz; raw body or one
     multipart file part): stored, then 202 with the Location of its job."""
     access = current_access()
-    [archive] = await receive_upload("archive", wrap=_sniffing, max_parts=1)
+    [archive] = await receive_upload(
+        access.user_id, wrap=_sniffing, max_parts=1, default_filename="archive"
+    )
     assert isinstance(archive.writer, SniffingWriter) and archive.writer.format is not None
     archive_format = archive.writer.format
     responses: list[Response] = []

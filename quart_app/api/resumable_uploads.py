@@ -166,7 +166,7 @@ def _has_offset_body() -> bool:
 @idempotent
 @document_headers(TusCreateHeaders)
 @document_response(UploadOut, 201, LocationHeader)
-@problems(400, 409, 412, 413, 415, 422)
+@problems(400, 409, 412, 413, 415, 422, 507)
 async def create() -> Response:
     """Create an upload (tus creation); a body of
     application/offset+octet-stream is its first chunk."""
@@ -194,6 +194,7 @@ async def create() -> Response:
         create_upload(
             app_state().database,
             app_state().store,
+            app_state().quotas,
             access.user_id,
             spec,
             _expires_in(),
@@ -205,6 +206,7 @@ async def create() -> Response:
             app_state().database,
             app_state().store,
             app_state().upload_hashes,
+            app_state().quotas,
             access,
             upload.id,
             request_chunks(),
@@ -230,7 +232,7 @@ async def get_one(upload_id: str) -> Response:
 @body_limit(upload_body_limit)
 @document_headers(TusPatchHeaders)
 @document_response(NoContent, 204)
-@problems(400, 404, 409, 410, 412, 413, 415, 423, 460)
+@problems(400, 404, 409, 410, 412, 413, 415, 423, 460, 507)
 async def patch_one(upload_id: str) -> Response:
     """Append bytes at Upload-Offset; 204 with the new offset."""
     if not _has_offset_body():
@@ -245,6 +247,7 @@ async def patch_one(upload_id: str) -> Response:
         app_state().database,
         app_state().store,
         app_state().upload_hashes,
+        app_state().quotas,
         current_access(),
         upload_id,
         request_chunks(),

@@ -11,11 +11,17 @@ from quart_schema import (
     document_request,
     document_response,
 )
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.api.keys import key_body
 from quart_app.config import Settings
 from quart_app.db.models import User
-from quart_app.edge.authentication import anonymous_when, current_access, optional_access
+from quart_app.edge.authentication import (
+    anonymous_when,
+    current_access,
+    optional_access,
+    requires,
+)
 from quart_app.edge.idempotency import IdempotencyHeaders, idempotent, record_response
 from quart_app.edge.json_body import read_model
 from quart_app.edge.openapi import problems
@@ -25,13 +31,16 @@ from quart_app.edge.schemas import (
     LinkHeader,
     LocationHeader,
     PageQuery,
+    QuotaUpdate,
     SignedUpUser,
+    UsageOut,
     UserCreate,
     UserOut,
     UserPage,
 )
-from quart_app.errors import EmailTaken, InsufficientScope
+from quart_app.errors import EmailTaken, InsufficientScope, InvalidInput
 from quart_app.services.accounts import DEFAULT_SCOPES, create_key
+from quart_app.services.quotas import Usage, usage_of, user_limits
 from quart_app.services.users import create_user, get_user, list_users
 from quart_app.state import app_state, request_session
 
@@ -41,8 +50,25 @@ blueprint = Blueprint("users", __name__)
 CURSOR_RESOURCE = "users"
 
 
-def user_body(user: User) -> dict[str, Any]:
-    return UserOut.model_validate(user, from_attributes=True).model_dump(mode="json")
+def user_body(user: User, usage: Usage | None = None) -> dict[str, Any]:
+    """The user with its limits and what its files use (``usage`` None: a
+    new user, which has none)."""
+    limits = user_limits(user, app_state().quotas.defaults)
+    used = usage or Usage()
+    return UserOut(
+        id=user.id,
+        name=user.name,
+        email=user.email,
+        created_at=user.created_at,
+        quota_bytes=limits.bytes,
+        quota_files=limits.files,
+        usage=UsageOut(bytes=used.bytes, files=used.files),
+    ).model_dump(mode="json")
+
+
+async def user_bodies(session: AsyncSession, users: list[User]) -> list[dict[str, Any]]:
+    usage = await usage_of(session, [user.id for user in users])
+    return [user_body(user, usage[user.id]) for user in users]
 
 
 def _open_signup(settings: Settings) -> bool:
@@ -63,9 +89,14 @@ async def post_user() -> Response:
     access = optional_access()
     admin = access is not None and access.admin
     if not admin and not app_state().settings.OPEN_SIGNUP:
-        raise InsufficientScope(
-            "Creating users needs a key with the 'admin' scope.",
-            headers={"WWW-Authenticate": 'Bearer realm="quart_app", error="insufficient_scope"'},
+        raise InsufficientScope("Creating users needs a key with the 'admin' scope.")
+    if not admin and g.get("idempotency_claim") is not None:
+        # The record would keep the sign-up's answer, and so its new key's
+        # secret, in clear (api/keys.py refuses the header for the same reason).
+        raise InvalidInput(
+            "A sign-up takes no Idempotency-Key: its answer holds the new user's API key, "
+            "which is never stored. Retry without one.",
+            errors=[{"field": "Idempotency-Key", "message": "not accepted for a sign-up"}],
         )
     data = await read_model(UserCreate)
     try:
@@ -98,8 +129,30 @@ def _user_url(user_id: int | None) -> str:
 @document_response(UserOut)
 @problems(401, 403, 404)
 async def get_one(user_id: int) -> Response:
-    """One user, as the 201 showed it (a non-admin key: its own user only)."""
-    return jsonify(user_body(await get_user(request_session(), current_access(), user_id)))
+    """One user, as the 201 showed it (a non-admin key: its own user only),
+    with its quota and what it uses."""
+    session = request_session()
+    user = await get_user(session, current_access(), user_id)
+    return jsonify((await user_bodies(session, [user]))[0])
+
+
+@blueprint.patch("/users/<int:user_id>")
+@requires("admin")
+@document_request(QuotaUpdate)
+@document_response(UserOut)
+@problems(400, 401, 403, 404, 413, 415)
+async def patch_one(user_id: int) -> Response:
+    """Set a user's quota (an admin key): `quota_bytes`, `quota_files`, each
+    a number (0: unlimited) or null (the configured default)."""
+    access = current_access()
+    data = await read_model(QuotaUpdate)
+    async with app_state().database.writing(request_session()) as session:
+        user = await get_user(session, access, user_id)
+        if "quota_bytes" in data.model_fields_set:
+            user.quota_bytes = data.quota_bytes
+        if "quota_files" in data.model_fields_set:
+            user.quota_files = data.quota_files
+    return jsonify((await user_bodies(request_session(), [user]))[0])
 
 
 @blueprint.get("/users")
@@ -110,7 +163,8 @@ async def get_page() -> Response:
     """Users in creation order, a page at a time; follow `next` or Link. A
     non-admin key sees its own user only."""
     after, limit = page_request(CURSOR_RESOURCE)
-    users, more = await list_users(request_session(), current_access(), after, limit)
-    items = [user_body(u) for u in users]
+    session = request_session()
+    users, more = await list_users(session, current_access(), after, limit)
+    items = await user_bodies(session, users)
     last = users[-1].id if more else None
     return page_response(CURSOR_RESOURCE, "users.get_page", items, last, limit)

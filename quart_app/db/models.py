@@ -65,6 +65,10 @@ class User(Base):
     # Stored lowercase; the unique constraint is what makes "taken" race-free.
     email: Mapped[str] = mapped_column(String(254), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # Limits an admin set for this user (0: unlimited); None: the configured
+    # default (services/quotas.py).
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    quota_files: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ApiKey(Base):
@@ -83,6 +87,20 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class QuotaReservation(Base):
+    """Room in an owner's quota held for an upload in flight: counted as
+    used until the transaction that stores its files deletes it, the upload
+    fails and removes it, or it expires (services/quotas.py)."""
+
+    __tablename__ = "quota_reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Blob(Base):
@@ -200,3 +218,30 @@ class ImportJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+
+
+class DownloadLink(Base):
+    """A signed download link: a URL that serves a file's content without an
+    API key until ``expires_at`` or until it is revoked.
+
+    The URL carries ``<id>.<secret>``. The secret (256 random bits) is never
+    stored: ``secret_hash`` is its sha256, as for API keys. The link names
+    the file's row (``seq``, never reused), not its id: it serves whatever
+    that row holds now (a PUT replacing the file changes what it serves, and
+    its ETag), and dies with the row (ON DELETE CASCADE; a later file made
+    under the same id is a new row the link does not reach)."""
+
+    # The cascade also fires when a migration rebuilds ``files`` on SQLite
+    # (Alembic's batch mode copies it, DROPs it, renames the copy; foreign
+    # keys are on): every link would be deleted, i.e. revoked. Safe, but a
+    # migration that rebuilds ``files`` should copy ``download_links`` aside
+    # and back if links are to survive it.
+    __tablename__ = "download_links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    file_seq: Mapped[int] = mapped_column(ForeignKey("files.seq", ondelete="CASCADE"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # Indexed: the sweep deletes rows past it.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

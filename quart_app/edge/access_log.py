@@ -19,12 +19,16 @@ from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCall
 from quart import Quart
 
 from quart_app.config import Settings
+from quart_app.services.download_links import LINK_ID_CHARS
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_MAX_CHARS = 128
 SCOPE_KEY = "quart_app.request_id"
 NOTES_KEY = "quart_app.log_notes"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
+# A download link's token is a credential in the path: only the link's id, at
+# its start, is logged, whatever the answer was.
+_LINK_TOKEN = re.compile(rf"^(/links/[^/.]{{0,{LINK_ID_CHARS}}})[^/]+")
 
 access_log = logging.getLogger("quart_app.access")
 
@@ -35,6 +39,11 @@ def sanitise_request_id(raw: bytes | None) -> str | None:
         return None
     text = _UNSAFE.sub("", raw.decode("latin-1"))[:REQUEST_ID_MAX_CHARS]
     return text or None
+
+
+def logged_path(path: str) -> str:
+    """The path as the logs show it: a link's token cut to the link's id."""
+    return _LINK_TOKEN.sub(r"\1...", path)
 
 
 def scope_request_id(scope: Any) -> str:
@@ -89,7 +98,7 @@ class RequestLogMiddleware:
                 "request",
                 extra={
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "path": logged_path(scope["path"]),
                     "status": counts["status"],
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                     "bytes_in": counts["in"],
@@ -98,6 +107,7 @@ class RequestLogMiddleware:
                     "client": _client(scope),
                     "user_agent": _printable(_raw_header(scope, b"user-agent")),
                     "key_id": notes.get("key_id"),
+                    "link_id": notes.get("link_id"),
                 },
             )
 

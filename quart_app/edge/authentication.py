@@ -30,10 +30,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from quart import Quart, g, request
+from quart import Quart, Response, g, request
 
 from quart_app.config import Settings
 from quart_app.edge.access_log import note
+from quart_app.edge.problems import domain_problem
 from quart_app.errors import InsufficientScope, TooManyFailedAuthentications, Unauthorized
 from quart_app.services.accounts import Access
 from quart_app.state import app_state
@@ -163,6 +164,14 @@ def init_app(app: Quart, settings: Settings) -> None:
             return _too_many(wait)
         return error
 
+    @app.errorhandler(InsufficientScope)
+    async def _insufficient_scope(error: InsufficientScope) -> Response:
+        # RFC 6750 section 3.1: a 403 for a missing scope carries the
+        # challenge, whichever layer refused (a view, or a service refusing
+        # to grant a scope the key lacks).
+        error.headers.setdefault("WWW-Authenticate", f'{REALM}, error="insufficient_scope"')
+        return domain_problem(error)
+
     @app.before_request
     async def _authenticate() -> None:
         if request.method == "OPTIONS":
@@ -194,6 +203,8 @@ def init_app(app: Quart, settings: Settings) -> None:
         keys.note_use(access)
         note(request.scope, key_id=access.key_id)
         g.access = access
+        if request.routing_exception is not None:
+            return  # no view takes it: the 404 or 405 (the same for every key) follows
         scope = required_scope(view, request.method)
         if not access.allows(scope):
             raise InsufficientScope(

@@ -25,7 +25,7 @@ from quart import Response, g, request
 from sqlalchemy.ext.asyncio import AsyncSession
 from werkzeug.datastructures import Headers
 
-from quart_app.edge.authentication import current_access
+from quart_app.edge.authentication import optional_access
 from quart_app.edge.schemas import IdempotencyKey
 from quart_app.errors import IdempotencyKeyBusy, IdempotencyKeyReused, InvalidInput
 from quart_app.services.idempotency import (
@@ -166,10 +166,14 @@ def idempotent(view: V) -> V:
         key = parse_key(request.headers.get(HEADER))
         if key is None:
             return await view(*args, **kwargs)
+        access = optional_access()
+        if access is None:
+            # Records belong to an account; an anonymous request has none.
+            raise _bad_key("needs an API key: a retry is recognised by the account that sent it")
         database = app_state().database
         fingerprint = Fingerprint()
         try:
-            held = await claim(database, current_access().idempotency_owner, key, _lease())
+            held = await claim(database, access.idempotency_owner, key, _lease())
         except KeyInUse:
             raise IdempotencyKeyBusy(
                 "A request with this Idempotency-Key is still running."

@@ -81,14 +81,22 @@ def validation_errors(error: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-async def read_model(model: type[M]) -> M:
+async def read_model(model: type[M], *, optional: bool = False) -> M:
+    """The body as ``model``. ``optional``: a request with no body and no
+    Content-Type gets the model's defaults."""
     mimetype = request.mimetype
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Send the body as application/json, not {mimetype or 'no Content-Type'}."
-        )
+    is_json = mimetype == "application/json" or mimetype.endswith("+json")
+    unsupported = UnsupportedMediaType(
+        f"Send the body as application/json, not {mimetype or 'no Content-Type'}."
+    )
+    if not is_json and not (optional and not mimetype):
+        raise unsupported
     raw = await request.get_data(False, False, False)
     observe_body(raw)
+    if not is_json:
+        if raw:
+            raise unsupported
+        return model()
     data = parse_json(raw)
     try:
         return model.model_validate(data)

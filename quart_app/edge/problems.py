@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from quart_app import errors
 from quart_app.db.engine import database_fault
+from quart_app.edge.access_log import logged_path
 from quart_app.edge.bodies import ClientDisconnected
 from quart_app.edge.problem_details import (
     BLANK_TYPE,
@@ -117,12 +118,13 @@ def init_app(app: Quart) -> None:
 
     @app.errorhandler(StorageFull)
     async def _storage_full(error: StorageFull) -> Response:
-        log.error("storage full", extra={"request_id": request_id(), "path": request.path})
+        extra = {"request_id": request_id(), "path": logged_path(request.path)}
+        log.error("storage full", extra=extra)
         return domain_problem(InsufficientStorage("There is no room left to store the file."))
 
     @app.errorhandler(StorageUnwritable)
     async def _storage_unwritable(error: StorageUnwritable) -> Response:
-        extra = {"request_id": request_id(), "path": request.path}
+        extra = {"request_id": request_id(), "path": logged_path(request.path)}
         log.error("storage unwritable: %s", error, extra=extra)
         return domain_problem(StorageUnavailable("The storage cannot take the file right now."))
 
@@ -134,7 +136,7 @@ def init_app(app: Quart) -> None:
         log.error(
             "database unavailable: %s",
             error.orig,
-            extra={"request_id": request_id(), "path": request.path},
+            extra={"request_id": request_id(), "path": logged_path(request.path)},
         )
         return domain_problem(fault)
 
@@ -152,6 +154,6 @@ def init_app(app: Quart) -> None:
         log.error(
             "unhandled exception",
             exc_info=error,
-            extra={"request_id": request_id(), "path": request.path},
+            extra={"request_id": request_id(), "path": logged_path(request.path)},
         )
         return blank_problem(500, "An unexpected error occurred. It has been logged.")

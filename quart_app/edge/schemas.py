@@ -48,11 +48,35 @@ class UserCreate(BaseModel):
         return value.lower()
 
 
+# A quota limit: bytes or files, 0 for none (the largest a column holds).
+QuotaLimit = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class UsageOut(BaseModel):
+    """What the user's files use now: bytes by the files' sizes, and files."""
+
+    bytes: int
+    files: int
+
+
 class UserOut(BaseModel):
     id: int
     name: str
     email: str
     created_at: datetime
+    quota_bytes: int = Field(description="Bytes the user may store; 0: unlimited.")
+    quota_files: int = Field(description="Files the user may have; 0: unlimited.")
+    usage: UsageOut
+
+
+class QuotaUpdate(BaseModel):
+    """An admin sets a user's limits: a number (0: unlimited), or null for
+    the configured default. A member left out is left as it is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    quota_bytes: QuotaLimit | None = None
+    quota_files: QuotaLimit | None = None
 
 
 class UserPage(BaseModel):
@@ -72,7 +96,8 @@ def _default_scopes() -> list[Scope]:
 class KeyCreate(BaseModel):
     """A new API key. ``scopes`` defaults to read and write; a key cannot
     grant a scope it does not have itself. ``expires_in``: seconds, or none
-    for a key that lives until it is revoked."""
+    for a key that lives until it is revoked; a key that expires cannot
+    create one that outlives it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -98,6 +123,32 @@ class KeyCreated(KeyOut):
 
 class KeyList(BaseModel):
     items: list[KeyOut]
+    next: str | None
+
+
+class LinkCreate(BaseModel):
+    """A new download link. ``expires_in``: seconds, at most
+    LINK_MAX_EXPIRES_SECONDS; default LINK_EXPIRES_SECONDS."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    expires_in: Annotated[int, Field(ge=1)] | None = None
+
+
+class LinkOut(BaseModel):
+    """A download link. ``url`` (what downloads without a key) is shown only
+    in the answer that creates the link; it starts with the link's ``id``."""
+
+    id: str
+    url: str | None
+    file: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+class LinkList(BaseModel):
+    items: list[LinkOut]
     next: str | None
 
 

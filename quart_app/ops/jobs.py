@@ -52,7 +52,7 @@ async def import_worker(state: AppState, wake: asyncio.Event) -> None:
             wake.clear()
             continue
         try:
-            outcome = await run_job(state.database, state.store, job, rules)
+            outcome = await run_job(state.database, state.store, state.quotas, job, rules)
             log.info("import ended", extra={"import_id": job.id, "outcome": outcome})
         except asyncio.CancelledError:
             raise

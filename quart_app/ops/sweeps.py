@@ -1,6 +1,7 @@
 """Background work of a serving process: removing expired resumable uploads
-and purging Idempotency-Key records past their time to live, while the app
-serves; ``python -m quart_app`` runs the same work on demand."""
+and download links and quota reservations, and purging Idempotency-Key records
+past their time to live, while the app serves; ``python -m quart_app`` runs
+the same work on demand."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from quart_app.db.models import utc_now
+from quart_app.services.download_links import sweep_expired_links
 from quart_app.services.idempotency import purge_expired
 from quart_app.services.imports import sweep_expired_jobs
 from quart_app.services.resumable_uploads import sweep_expired
@@ -25,15 +27,23 @@ async def sweep_once(state: AppState) -> None:
     database = state.database
     now = utc_now()
     removed = await sweep_expired(database, state.store, now)
+    links = await sweep_expired_links(database, now)
     purged = await purge_expired(
         database, now - timedelta(seconds=state.settings.IDEMPOTENCY_TTL_SECONDS)
     )
     jobs = await sweep_expired_jobs(database, state.store, now)
+    reservations = await state.quotas.sweep_expired(now)
     keys = await state.keys.flush_used()
-    if removed or purged or jobs:
+    if removed or links or purged or jobs or reservations:
         log.info(
             "swept",
-            extra={"expired_uploads": removed, "idempotency_records": purged, "import_jobs": jobs},
+            extra={
+                "expired_uploads": removed,
+                "idempotency_records": purged,
+                "import_jobs": jobs,
+                "quota_reservations": reservations,
+                "expired_links": links,
+            },
         )
     if keys:
         log.debug("noted key use", extra={"keys": keys})

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.models import ApiKey, User, utc_now
-from quart_app.errors import Conflict, InsufficientScope, NotFound
+from quart_app.errors import Conflict, InsufficientScope, InvalidInput, NotFound
 
 KEY_PREFIX = "qa_"
 KEY_PATTERN = re.compile(r"qa_[A-Za-z0-9_-]{43}")
@@ -43,12 +43,13 @@ ENVIRONMENT_KEY_ID = "environment"
 @dataclass(frozen=True)
 class Access:
     """Who is asking: the account whose resources they reach (and which owns
-    what they create), the key they used, and what it allows. ``admin``
-    reaches every account's resources."""
+    what they create), the key they used, what it allows and when it expires
+    (None: never). ``admin`` reaches every account's resources."""
 
     user_id: int
     key_id: str
     scopes: frozenset[str]
+    expires_at: datetime | None = None
 
     @property
     def admin(self) -> bool:
@@ -100,13 +101,22 @@ async def create_key(
     granted_by: Access | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key for ``user_id``; the secret is returned once, never stored.
-    ``granted_by`` (None: the operator's command line) may not give scopes it
-    does not hold itself."""
+    ``granted_by`` (None: the operator's command line, a sign-up) may not
+    give scopes it does not hold itself, nor outlive itself."""
     if granted_by is not None and not all(granted_by.allows(s) for s in scopes):
         raise InsufficientScope(
             "A key cannot create a key with scopes it does not have itself.",
             scope=" ".join(scopes),
         )
+    if granted_by is not None and granted_by.expires_at is not None:
+        # Else a key about to expire could make itself a successor that never does.
+        left = int((granted_by.expires_at - utc_now()).total_seconds())
+        if expires_at is None or expires_at > granted_by.expires_at:
+            raise InvalidInput(
+                "A key that expires cannot create a key that outlives it: "
+                f"give expires_in of at most {left} seconds.",
+                errors=[{"field": "expires_in", "message": "outlives the key creating it"}],
+            )
     live = await session.scalars(
         select(ApiKey.id).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
     )
@@ -150,7 +160,7 @@ async def list_keys(session: AsyncSession, user_id: int) -> list[ApiKey]:
 async def get_key(session: AsyncSession, user_id: int, key_id: str) -> ApiKey:
     key = await session.scalar(select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.id == key_id))
     if key is None:
-        raise NotFound(f"There is no key {key_id}.")
+        raise NotFound("There is no such key.")
     return key
 
 

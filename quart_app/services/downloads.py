@@ -10,12 +10,13 @@ either has every byte it will announce or answers an error before any header.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
 from quart_app.db.models import File
 from quart_app.errors import BlobUnavailable
-from quart_app.services.accounts import Access
-from quart_app.services.files import get_file
 from quart_app.storage import BlobMissing, BlobReader, BlobStore
 
 # Reads of the row, each in a fresh snapshot. More than one is needed only
@@ -24,17 +25,22 @@ from quart_app.storage import BlobMissing, BlobReader, BlobStore
 OPEN_ATTEMPTS = 3
 log = logging.getLogger("quart_app.storage")
 
+# Reads the file's row in the session it is given; raises when there is none
+# for the caller (NotFound for a key, LinkRefused for a download link).
+FileFinder = Callable[[AsyncSession], Awaitable[File]]
+
 
 async def open_content(
-    database: Database, store: BlobStore, access: Access, file_id: str
+    database: Database, store: BlobStore, find: FileFinder, named: str
 ) -> tuple[File, BlobReader]:
-    """The file's row and its blob, opened. Raises NotFound, or
-    BlobUnavailable when the committed row's bytes cannot be read."""
+    """The row ``find`` reads and its blob, opened. Raises what ``find``
+    raises, or BlobUnavailable when the committed row's bytes cannot be read
+    (its detail names the file as ``named``: what the client knows it by)."""
     for _ in range(OPEN_ATTEMPTS):
         # A short session of its own: no read snapshot held while the bytes
         # stream (it would keep SQLite from checkpointing its WAL).
         async with database.sessionmaker() as session:
-            file = await get_file(session, access, file_id)
+            file = await find(session)
         try:
             blob = await store.open(file.sha256)
         except BlobMissing:
@@ -44,8 +50,8 @@ async def open_content(
         blob.close()
         log.error(
             "blob has the wrong size",
-            extra={"file_id": file_id, "sha256": file.sha256, "size": blob.size},
+            extra={"file_id": file.id, "sha256": file.sha256, "size": blob.size},
         )
-        raise BlobUnavailable(f"The content of file {file_id} cannot be read now.")
-    log.error("blob missing", extra={"file_id": file_id, "sha256": file.sha256})
-    raise BlobUnavailable(f"The content of file {file_id} cannot be read now.")
+        raise BlobUnavailable(f"The content of {named} cannot be read now.")
+    log.error("blob missing", extra={"file_id": file.id, "sha256": file.sha256})
+    raise BlobUnavailable(f"The content of {named} cannot be read now.")

@@ -22,7 +22,7 @@ from quart_app.db.engine import Database
 from quart_app.db.models import File
 from quart_app.services.files import blob_transaction, new_file
 from quart_app.services.group_commit import GroupCommit
-from quart_app.services.incoming import IncomingFile
+from quart_app.services.incoming import IncomingFile, abandon, reservations_of
 from quart_app.storage import BlobStore
 
 
@@ -36,8 +36,9 @@ class FileBatcher(GroupCommit[IncomingFile, File]):
 
     async def create(self, incoming: IncomingFile) -> File:
         """Store one sealed upload as a file with the next batch. From here
-        on the batch owns its temp file: the caller must not discard it,
-        even when cancelled (the batch removes it if it fails)."""
+        on the batch owns its temp file and its quota reservation: the caller
+        must not discard them, even when cancelled (the batch gives them up
+        if it fails)."""
         assert incoming.sealed is not None, "create() needs a sealed upload"
         return await self.submit(incoming)
 
@@ -48,8 +49,9 @@ class FileBatcher(GroupCommit[IncomingFile, File]):
                 files = [new_file(item, None, item.owner_id) for item in items]
                 session.add_all(files)
                 await session.flush()
+                for reservation in reservations_of(items):
+                    await reservation.release(session)
         except BaseException:
-            for item in items:
-                await item.writer.discard()
+            await abandon(items)
             raise
         return [*files]

@@ -30,7 +30,7 @@ from quart_app.db.keyset import keyset_page
 from quart_app.db.models import Batch, Blob, File, ImportJob, utc_now
 from quart_app.errors import NotFound, PreconditionFailed
 from quart_app.services.accounts import Access
-from quart_app.services.incoming import IncomingFile
+from quart_app.services.incoming import IncomingFile, reservations_of
 from quart_app.storage import BlobStore, SealedBlob
 
 # Gets the sha256 of the file as it is now (None: no such file); the edge
@@ -187,6 +187,8 @@ async def create_files(
         files = [new_file(item, batch.id if batch else None, owner_id) for item in incoming]
         session.add_all(files)
         await session.flush()
+        for reservation in reservations_of(incoming):
+            await reservation.release(session)
         if before_commit is not None:
             await before_commit(session, files, batch)
     return files, batch
@@ -202,9 +204,10 @@ def _reachable(access: Access, file_id: str) -> Select[File]:
     return query
 
 
-async def current_sha256(session: AsyncSession, access: Access, file_id: str) -> str | None:
-    file = await session.scalar(_reachable(access, file_id))
-    return None if file is None else file.sha256
+async def find_file(session: AsyncSession, access: Access, file_id: str) -> File | None:
+    """The file ``file_id`` as ``access`` reaches it, or None."""
+    file: File | None = await session.scalar(_reachable(access, file_id))
+    return file
 
 
 async def put_file(
@@ -230,9 +233,9 @@ async def put_file(
         if file is None:
             file = File(id=file_id, owner_id=access.user_id, created_at=now, batch_id=None)
             session.add(file)
-            old_sha = None
+            old_sha, old_size = None, -1
         else:
-            old_sha = file.sha256
+            old_sha, old_size = file.sha256, file.size
         file.filename = incoming.filename
         file.content_type = incoming.content_type
         file.size = incoming.sealed.size
@@ -241,6 +244,16 @@ async def put_file(
         await session.flush()
         if old_sha is not None and old_sha != file.sha256:
             await changes.release(session, old_sha)
+        reservation = incoming.reservation
+        if reservation is not None:
+            if not reservation.limits.unlimited and file.size > old_size:
+                # The room was reserved against the file as it was then; a
+                # concurrent replace or delete may have changed what this
+                # one frees, so what the owner holds is checked again.
+                await reservation.quotas.check_room(
+                    session, file.owner_id, 0, 0, except_reservation=reservation.id
+                )
+            await reservation.release(session)
     return file, created
 
 
@@ -250,7 +263,7 @@ async def delete_file(
     async with blob_transaction(database, store) as (session, changes):
         file = await session.scalar(_reachable(access, file_id))
         if file is None:
-            raise NotFound(f"There is no file {file_id}.")
+            raise NotFound("There is no such file.")
         if not precondition(file.sha256):
             raise PreconditionFailed("The file's current state does not match If-Match.")
         await session.delete(file)
@@ -261,7 +274,7 @@ async def delete_file(
 async def get_file(session: AsyncSession, access: Access, file_id: str) -> File:
     file = await session.scalar(_reachable(access, file_id))
     if file is None:
-        raise NotFound(f"There is no file {file_id}.")
+        raise NotFound("There is no such file.")
     return file
 
 
@@ -279,6 +292,6 @@ async def get_batch(
 ) -> tuple[Batch, list[File]]:
     batch = await session.get(Batch, batch_id)
     if batch is None or not access.owns(batch.owner_id):
-        raise NotFound(f"There is no batch {batch_id}.")
+        raise NotFound("There is no such batch.")
     files = await session.scalars(select(File).where(File.batch_id == batch_id).order_by(File.seq))
     return batch, list(files)

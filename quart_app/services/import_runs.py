@@ -20,6 +20,7 @@ from typing import Any
 
 from quart_app.db.engine import Database
 from quart_app.db.models import ImportJob
+from quart_app.errors import QuotaExceeded
 from quart_app.services.archives import ArchiveLimits, ArchiveRefused, BlockReader, read_entries
 from quart_app.services.imports import (
     LeaseLost,
@@ -30,6 +31,7 @@ from quart_app.services.imports import (
     renew,
 )
 from quart_app.services.incoming import IncomingFile
+from quart_app.services.quotas import Quotas
 from quart_app.storage import BlobStore, BlobTooLarge
 
 WINDOW_BYTES = 4 * 1024 * 1024
@@ -116,7 +118,9 @@ def _extract(
         progress.entries_done += 1
 
 
-async def run_job(database: Database, store: BlobStore, job: ImportJob, rules: ImportRules) -> str:
+async def run_job(
+    database: Database, store: BlobStore, quotas: Quotas, job: ImportJob, rules: ImportRules
+) -> str:
     """Run a claimed job to its end; returns what became of it."""
     progress = _Progress()
     made: list[IncomingFile] = []
@@ -172,6 +176,7 @@ async def run_job(database: Database, store: BlobStore, job: ImportJob, rules: I
             await finish_succeeded(
                 database,
                 store,
+                quotas,
                 job.id,
                 fence,
                 job.owner_id,
@@ -182,6 +187,11 @@ async def run_job(database: Database, store: BlobStore, job: ImportJob, rules: I
         except LeaseLost:
             await _discard(made)
             return "stopped"
+        except QuotaExceeded as error:
+            await _discard(made)
+            problem = job_problem(error.detail, None, QuotaExceeded.code)
+            await finish_failed(database, store, job.id, fence, problem, rules.keep_for)
+            return "failed"
         except BaseException:
             await _discard(made)
             raise

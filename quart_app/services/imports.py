@@ -30,7 +30,8 @@ from quart_app.db.models import Batch, File, ImportJob, utc_now
 from quart_app.errors import Conflict, NotFound
 from quart_app.services.accounts import Access
 from quart_app.services.files import blob_transaction, new_id
-from quart_app.services.incoming import IncomingFile
+from quart_app.services.incoming import IncomingFile, reservations_of
+from quart_app.services.quotas import Quotas
 from quart_app.storage import BlobStore
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = (
@@ -60,6 +61,10 @@ async def create_job(
     assert archive.sealed is not None
     async with blob_transaction(database, store) as (session, changes):
         await changes.keep(session, [archive])
+        # The archive counted against the quota while it arrived; from here
+        # its files will, when the job commits them.
+        for reservation in reservations_of([archive]):
+            await reservation.release(session)
         now = utc_now()
         job = ImportJob(
             id=new_id(),
@@ -198,6 +203,7 @@ async def finish_failed(
 async def finish_succeeded(
     database: Database,
     store: BlobStore,
+    quotas: Quotas,
     job_id: str,
     fence: int,
     owner_id: int,
@@ -211,6 +217,8 @@ async def finish_succeeded(
         job = await session.scalar(select(ImportJob).where(_fenced(job_id, fence)))
         if job is None:
             raise LeaseLost(job_id)
+        sizes = [item.sealed.size for item in files if item.sealed is not None]
+        await quotas.check_room(session, owner_id, sum(sizes), len(sizes))
         batch = Batch(id=new_id(), owner_id=owner_id, created_at=utc_now())
         session.add(batch)
         await changes.keep(session, files)
@@ -265,7 +273,7 @@ async def sweep_expired_jobs(database: Database, store: BlobStore, now: datetime
     return len(expired)
 
 
-def job_problem(detail: str, entry: str | None) -> dict[str, Any]:
-    """What a failed import keeps of its problem: the detail and the entry
-    (the edge renders the RFC 9457 document, type ``import-failed``)."""
-    return {"detail": detail, "entry": entry}
+def job_problem(detail: str, entry: str | None, code: str = "import-failed") -> dict[str, Any]:
+    """What a failed import keeps of its problem: its type's code, the
+    detail and the entry (the edge renders the RFC 9457 document)."""
+    return {"code": code, "detail": detail, "entry": entry}

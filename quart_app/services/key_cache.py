@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 
 from quart_app.db.engine import Database
 from quart_app.db.models import User, utc_now
@@ -55,10 +54,21 @@ class KeyCache:
         self._entries: dict[str, _Entry] = {}
         self._used: dict[str, datetime] = {}
 
+    async def start(self) -> None:
+        """Make the operator account now, when the environment has an admin
+        key: made on its first use instead, it would need the write lock in
+        the middle of a request (which waits behind whatever holds it)."""
+        if self._admin_hash is not None:
+            await self._operator_id()
+
     def known(self, secret: str) -> Access | None:
-        """The access of a live key read from the database less than ``ttl``
-        seconds ago; None when it must be looked up (or is not live)."""
-        entry = self._entries.get(secret_hash(secret))
+        """The access of the environment's admin key, or of a live key read
+        from the database less than ``ttl`` seconds ago; None when it must be
+        looked up (or is not live)."""
+        hashed = secret_hash(secret)
+        if self._operator is not None and self._is_admin_key(hashed):
+            return Access(self._operator, ENVIRONMENT_KEY_ID, frozenset(SCOPES))
+        entry = self._entries.get(hashed)
         if entry is None or time.monotonic() - entry.checked >= self._ttl:
             return None
         if entry.expires_at is not None and entry.expires_at <= utc_now():
@@ -68,7 +78,7 @@ class KeyCache:
     async def lookup(self, secret: str) -> Access | None:
         """The access this secret grants, or None (unknown, revoked, expired)."""
         hashed = secret_hash(secret)
-        if self._admin_hash is not None and secrets.compare_digest(hashed, self._admin_hash):
+        if self._is_admin_key(hashed):
             return Access(await self._operator_id(), ENVIRONMENT_KEY_ID, frozenset(SCOPES))
         if not looks_like_key(secret):
             return None
@@ -80,11 +90,14 @@ class KeyCache:
         if key is None or not key_is_live(key, utc_now()):
             self._entries.pop(hashed, None)
             return None
-        access = Access(key.user_id, key.id, frozenset(key.scopes.split()))
+        access = Access(key.user_id, key.id, frozenset(key.scopes.split()), key.expires_at)
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
         self._entries[hashed] = _Entry(access, key.expires_at, time.monotonic())
         return access
+
+    def _is_admin_key(self, hashed: str) -> bool:
+        return self._admin_hash is not None and secrets.compare_digest(hashed, self._admin_hash)
 
     def note_use(self, access: Access) -> None:
         if access.key_id != ENVIRONMENT_KEY_ID:
@@ -103,17 +116,6 @@ class KeyCache:
                 self._used.setdefault(key_id, when)
             raise
         return len(used)
-
-    async def prepare(self) -> None:
-        """With an environment admin key, make the operator account it acts
-        as at startup, not on the time of the first request that needs it.
-        Left for that request when there is no schema yet (auto-migration off)."""
-        if self._admin_hash is None:
-            return
-        try:
-            await self._operator_id()
-        except DBAPIError:
-            return
 
     async def _operator_id(self) -> int:
         if self._operator is None:

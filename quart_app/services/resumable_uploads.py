@@ -9,6 +9,12 @@ The sha256 of the whole upload is computed as bytes stream in, across
 PATCHes: each process keeps the hash state of the uploads it served
 (HashStates); after a restart, or when another worker took the previous
 PATCH, the state is rebuilt by reading the partial file once.
+
+Quotas (services/quotas.py): an unfinished upload holds its Upload-Length
+and one file in its owner's quota, checked when it is created; while the
+length is deferred it holds the bytes it has received, checked when each
+PATCH commits its offset, and its length when a PATCH sets it, checked
+before that PATCH's body is read.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ from quart_app.errors import (
     InvalidInput,
     NotFound,
     OffsetMismatch,
+    QuotaExceeded,
     TooLarge,
     UploadLocked,
 )
 from quart_app.services.accounts import Access
 from quart_app.services.files import BlobChanges, blob_transaction, new_id
+from quart_app.services.quotas import Quotas, bytes_exceeded
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
 # The checksums a PATCH may carry (tus checksum extension), by name.
@@ -90,7 +98,7 @@ def _check_live(
 ) -> Upload:
     # Another owner's upload is absent, expired or not (no existence leak).
     if upload is None or (access is not None and not access.owns(upload.owner_id)):
-        raise NotFound(f"There is no upload {upload_id}.")
+        raise NotFound("There is no such upload.")
     if upload.expires_at <= now:
         raise Gone(f"The upload {upload_id} expired at {upload.expires_at.isoformat()}.")
     return upload
@@ -138,16 +146,19 @@ async def _complete(
 async def create_upload(
     database: Database,
     store: ResumableStore,
+    quotas: Quotas,
     owner_id: int,
     spec: UploadSpec,
     expires_in: timedelta,
     before_commit: UploadHook | None = None,
 ) -> Upload:
-    """``before_commit`` runs inside the creating transaction."""
+    """``before_commit`` runs inside the creating transaction, which also
+    takes the upload's room in the owner's quota (QuotaExceeded)."""
     upload_id = new_id()
     await store.create_partial(upload_id)
     try:
         async with blob_transaction(database, store) as (session, changes):
+            await quotas.check_room(session, owner_id, spec.length or 0, 1)
             now = utc_now()
             upload = Upload(
                 id=upload_id,
@@ -181,24 +192,35 @@ async def _record(
     state: Any,
     patch: Patch,
     before_commit: UploadHook | None,
+    quotas: Quotas | None = None,
 ) -> Upload:
     """fsync what arrived, then move the offset over it (and complete the
     upload when it is whole). Runs to the end even if the client has gone;
-    it owns the writer's lock until then."""
+    it owns the writer's lock until then. ``quotas``: the upload's length
+    is deferred and its owner has limits, so the new offset is checked
+    against them (refused: the bytes are cut off again)."""
     try:
         offset = await writer.make_durable()
-        async with blob_transaction(database, store) as (session, changes):
-            upload = await session.get(Upload, upload_id)
-            if upload is None:
-                raise NotFound(f"The upload {upload_id} was removed while it was written.")
-            upload.offset = offset
-            if patch.new_length is not None:
-                upload.length = patch.new_length
-            upload.expires_at = utc_now() + patch.expires_in
-            if upload.length is not None and offset == upload.length:
-                await _complete(session, changes, store, upload, state.hexdigest())
-            if before_commit is not None:
-                await before_commit(session, upload)
+        try:
+            async with blob_transaction(database, store) as (session, changes):
+                upload = await session.get(Upload, upload_id)
+                if upload is None:
+                    raise NotFound(f"The upload {upload_id} was removed while it was written.")
+                upload.offset = offset
+                if patch.new_length is not None:
+                    upload.length = patch.new_length
+                if quotas is not None and upload.length is None:
+                    await quotas.check_room(
+                        session, upload.owner_id, offset, 1, except_upload=upload_id
+                    )
+                upload.expires_at = utc_now() + patch.expires_in
+                if upload.length is not None and offset == upload.length:
+                    await _complete(session, changes, store, upload, state.hexdigest())
+                if before_commit is not None:
+                    await before_commit(session, upload)
+        except QuotaExceeded:
+            await writer.roll_back()
+            raise
         hashes.put(upload_id, offset, state)
         return upload
     finally:
@@ -222,10 +244,25 @@ async def _past_completion(upload: Upload, chunks: AsyncIterator[bytes], patch: 
     return upload
 
 
+async def _reserve_length(
+    database: Database, quotas: Quotas, upload_id: str, offset: int, length: int
+) -> None:
+    """A PATCH sets a deferred length: take its room in the owner's quota
+    before the body is read (the upload held only its bytes until now)."""
+    async with database.sessionmaker() as session, database.writing(session):
+        upload = await get_upload(session, upload_id)
+        if upload.offset != offset:
+            raise OffsetMismatch(f"The upload's offset is now {upload.offset}.")
+        if upload.length is None:
+            await quotas.check_room(session, upload.owner_id, length, 1, except_upload=upload_id)
+            upload.length = length
+
+
 async def append(
     database: Database,
     store: ResumableStore,
     hashes: HashStates,
+    quotas: Quotas,
     access: Access,
     upload_id: str,
     chunks: AsyncIterator[bytes],
@@ -237,6 +274,11 @@ async def append(
     be verified then): then nothing of it is kept."""
     async with database.sessionmaker() as session:
         upload = await get_upload(session, upload_id, access)
+        limits = await quotas.limits(session, upload.owner_id)
+        # Bytes a deferred-length upload may hold in all, as read now.
+        room = None
+        if upload.length is None and patch.new_length is None and not limits.unlimited:
+            room = await quotas.room(session, upload.owner_id, except_upload=upload_id)
     length = upload.length
     if patch.new_length is not None:
         if length is not None and length != patch.new_length:
@@ -256,7 +298,10 @@ async def append(
         raise OffsetMismatch(f"The upload's offset is {upload.offset}, not {patch.offset}.")
     if upload.completed_at is not None:
         return await _past_completion(upload, chunks, patch)
+    if upload.length is None and patch.new_length is not None and not limits.unlimited:
+        await _reserve_length(database, quotas, upload_id, upload.offset, patch.new_length)
     limit = patch.max_length if length is None else length
+    checked = quotas if upload.length is None and room is not None else None
 
     checker = CHECKSUM_ALGORITHMS[patch.checksum[0]]() if patch.checksum else None
     try:
@@ -288,8 +333,14 @@ async def append(
             async for chunk in chunks:
                 if writer.offset + len(chunk) > limit:
                     raise TooLarge(f"The body goes past the upload's length of {limit} bytes.")
+                if room is not None and writer.offset + len(chunk) > room:
+                    raise bytes_exceeded(
+                        limits.bytes,
+                        room - upload.offset,
+                        writer.offset + len(chunk) - upload.offset,
+                    )
                 await writer.write(chunk)
-        except TooLarge:
+        except (TooLarge, QuotaExceeded):
             await writer.roll_back()
             raise
         except BaseException:
@@ -299,7 +350,7 @@ async def append(
                 raise
             recording = True
             await database.commits.run_to_completion(
-                _record(database, store, hashes, writer, upload_id, state, patch, None)
+                _record(database, store, hashes, writer, upload_id, state, patch, None, checked)
             )
             raise
         await writer.flush()
@@ -308,7 +359,9 @@ async def append(
             raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
         recording = True
         return await database.commits.run_to_completion(
-            _record(database, store, hashes, writer, upload_id, state, patch, before_commit)
+            _record(
+                database, store, hashes, writer, upload_id, state, patch, before_commit, checked
+            )
         )
     finally:
         if not recording:

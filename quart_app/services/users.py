@@ -44,7 +44,7 @@ async def get_user(session: AsyncSession, access: Access, user_id: int) -> User:
     reachable = 0 <= user_id <= MAX_ID and access.owns(user_id)
     user = await session.get(User, user_id) if reachable else None
     if user is None:
-        raise NotFound(f"There is no user {user_id}.")
+        raise NotFound("There is no such user.")
     return user
 
 

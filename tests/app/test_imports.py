@@ -335,3 +335,22 @@ async def test_canceling_a_queued_job_leaves_nothing(overrides: dict[str, Any]) 
         assert await count_rows(app, Blob) == 0  # the archive is gone
         assert await count_rows(app, File) == 0
         assert (await client.delete(response.headers["Location"])).status_code == 409
+
+
+async def test_an_import_past_the_owners_quota_fails_and_stores_nothing(
+    app: Quart, client: QuartClient
+) -> None:
+    made = await client.post("/users", json={"name": "Bob", "email": "bob@example.com"})
+    bob_id = (await made.get_json())["id"]
+    patched = await client.patch(f"/users/{bob_id}", json={"quota_files": 2})
+    assert patched.status_code == 200, await patched.get_data()
+    key = await client.post(f"/users/{bob_id}/keys", json={})
+    bob = as_quart_client(app.test_client())
+    bob.key = (await key.get_json())["secret"]  # type: ignore[attr-defined]
+    response = await post_archive(bob, zip_bytes(ENTRIES))  # 3 files, room for 2
+    assert response.status_code == 202
+    done = await finished(bob, response.headers["Location"])
+    assert done["status"] == "failed"
+    assert done["problem"]["type"] == PROBLEM + "quota-exceeded"
+    assert await count_rows(app, File) == 0
+    assert await count_rows(app, Blob) == 0

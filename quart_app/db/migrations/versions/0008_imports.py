@@ -1,7 +1,7 @@
 """import jobs
 
 Revision ID: 0008_imports
-Revises: 0005_accounts
+Revises: 0007_download_links
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import quart_app.db.models
 
 revision: str = "0008_imports"
-down_revision: str | None = "0005_accounts"
+down_revision: str | None = "0007_download_links"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
