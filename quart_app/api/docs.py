@@ -28,4 +28,4 @@ DOCS_CSP = (
 @hide
 async def swagger_ui() -> Response:
     """Swagger UI over /openapi.json."""
-    return await render_page("docs/index.html", DOCS_CSP, openapi_url="/openapi.json")
+    return await render_page("docs/index.html", DOCS_CSP, openapi_url="openapi.json")

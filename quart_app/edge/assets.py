@@ -44,8 +44,10 @@ class AssetManifest:
     files: dict[str, Path]
 
     def url(self, name: str) -> str:
-        """The URL of the asset called ``name`` (KeyError if there is none)."""
-        return URL_PREFIX + self.hashed[name]
+        """The URL of the asset called ``name`` (KeyError if there is none),
+        relative to the pages that name it (``/``, ``/docs``: both at the
+        app's root), so that a proxy's path prefix carries over."""
+        return URL_PREFIX.lstrip("/") + self.hashed[name]
 
 
 def hashed_name(name: str, content: bytes) -> str:

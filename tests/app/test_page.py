@@ -18,7 +18,8 @@ from quart_app.api.docs import DOCS_CSP
 from quart_app.api.page import PAGE_CSP
 from quart_app.edge.assets import IMMUTABLE
 
-ASSET = re.compile(r'(?:src|href)="(/static/[^"]+)"')
+# Relative to the page (both pages are at the app's root).
+ASSET = re.compile(r'(?:src|href)="(static/[^"]+)"')
 
 
 def anonymous(app: Quart) -> QuartClient:
@@ -59,7 +60,7 @@ async def test_assets_have_content_hashed_names_and_are_cached_for_a_year(app: Q
     types = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
     for name in set(names):
         digest, suffix = re.fullmatch(r".+\.([0-9a-f]{12})\.(js|css|svg)", name).groups()  # type: ignore[union-attr]
-        response = await client.get(name)
+        response = await client.get("/" + name)
         assert response.status_code == 200, name
         assert response.headers["Cache-Control"] == IMMUTABLE
         assert response.mimetype == types[suffix]
@@ -73,7 +74,7 @@ async def test_a_name_that_is_not_a_current_asset_is_a_404(app: Quart) -> None:
     client = anonymous(app)
     html = await page_html(client, "/", PAGE_CSP)
     current = next(n for n in ASSET.findall(html) if n.endswith(".js") and "page/" in n)
-    stale = re.sub(r"\.[0-9a-f]{12}\.", ".000000000000.", current)
+    stale = "/" + re.sub(r"\.[0-9a-f]{12}\.", ".000000000000.", current)
     for name in (
         stale,
         "/static/page/page.js",
@@ -89,8 +90,8 @@ async def test_a_name_that_is_not_a_current_asset_is_a_404(app: Quart) -> None:
 
 async def test_docs_serve_swagger_ui_from_here(app: Quart) -> None:
     html = await page_html(anonymous(app), "/docs", DOCS_CSP)
-    assert re.search(r"/static/vendor/swagger-ui-dist-[\d.]+/swagger-ui-bundle\.\w{12}\.js", html)
-    assert re.search(r"/static/vendor/swagger-ui-dist-[\d.]+/swagger-ui\.\w{12}\.css", html)
+    assert re.search(r"static/vendor/swagger-ui-dist-[\d.]+/swagger-ui-bundle\.\w{12}\.js", html)
+    assert re.search(r"static/vendor/swagger-ui-dist-[\d.]+/swagger-ui\.\w{12}\.css", html)
     assert "http://" not in html and "https://" not in html
     assert len(re.findall(r"<script\b", html)) == len(re.findall(r"<script src=", html)) == 2
     assert "'unsafe-eval'" not in DOCS_CSP and "'unsafe-inline'" not in DOCS_CSP

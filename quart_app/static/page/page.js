@@ -12,7 +12,9 @@
 
 (function () {
   const KEY_ITEM = "quart_app.api-key";
-  const UPLOADS = new URL("/uploads", window.location.href).href;
+  // Relative to the page, which sits at the API's root: behind a proxy that
+  // serves the app under a path prefix, the page follows it.
+  const UPLOADS = new URL("uploads", window.location.href).href;
   // Pieces of this size per PATCH: a proxy's body limit is never met, and a
   // cut costs at most one piece (the server keeps the bytes that arrived anyway).
   const CHUNK_BYTES = 8 * 1024 * 1024;
@@ -21,7 +23,9 @@
   const RETRY_DELAYS = [0, 1000, 2000, 4000, 8000];
   const NETWORK_RETRY_MS = 3000;
   const SPEED_WINDOW_MS = 4000;
-  const PAGE_SIZE = 50;
+  const PAGE_SIZE = 100; // QUART_APP_PAGE_SIZE_MAX's default
+  const MAX_PAGES = 20; // the page lists at most this many pages of files
+  const LINK_SECONDS = 120; // a download link's life: enough to start the download
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, attrs, text) => {
@@ -32,7 +36,6 @@
   };
 
   let apiKey = null;
-  let nextFilesUrl = null;
   const entries = new Set();
   const listed = new Map(); // file id -> <li>
 
@@ -91,7 +94,7 @@
     apiKey = key;
     let response;
     try {
-      response = await api("/files?limit=" + PAGE_SIZE);
+      response = await api("files?limit=" + PAGE_SIZE);
     } catch (_e) {
       apiKey = null;
       return "The server cannot be reached.";
@@ -104,7 +107,7 @@
     $("sign-in-section").hidden = true;
     $("signed-in").hidden = false;
     $("who").hidden = false;
-    renderFiles(await response.json(), true);
+    listFiles(await response.json());
     offerResumes();
     return null;
   }
@@ -155,47 +158,64 @@
   }
 
   function updateFilesStatus() {
-    $("files-status").textContent = listed.size ? "" : "No files yet.";
+    const status = $("files-status");
+    if (!listed.size) status.textContent = "No files yet.";
+    else if (status.textContent === "No files yet.") status.textContent = "";
   }
 
-  function renderFiles(page, fresh) {
-    if (fresh) {
-      $("files").replaceChildren();
-      listed.clear();
-    }
-    // The API lists oldest first; the page shows the newest on top.
-    for (const file of page.items) showFile(file, true);
-    nextFilesUrl = page.next;
-    $("more-files").hidden = !nextFilesUrl;
+  /* Every page of the owner's files, up to MAX_PAGES. The API lists the
+   * oldest first; each is put on top, so the newest ends up first. */
+  async function listFiles(page) {
+    $("files").replaceChildren();
+    listed.clear();
     updateFilesStatus();
-  }
-
-  async function moreFiles() {
-    if (!nextFilesUrl) return;
-    const response = await api(nextFilesUrl);
-    if (!response.ok) {
-      $("files-status").textContent = await responseWords(response);
-      return;
+    for (let pages = 1; ; pages += 1) {
+      for (const file of page.items) showFile(file, true);
+      if (!page.next) return;
+      if (pages >= MAX_PAGES) {
+        $("files-status").textContent =
+          "Only the first " + listed.size + " files are listed here; GET /files lists them all.";
+        return;
+      }
+      const response = await api(page.next);
+      if (!response.ok) {
+        $("files-status").textContent = await responseWords(response);
+        return;
+      }
+      page = await response.json();
     }
-    renderFiles(await response.json(), false);
   }
 
-  /* Downloads go through fetch, so that the key stays in a header: the
-   * bytes become a blob: URL that the browser saves under the file's name. */
+  /* A download never puts the key in a URL. First choice: a signed link
+   * (POST /files/{id}/links) living LINK_SECONDS, which the browser follows
+   * and streams to disk. Where links are refused (none left for the file,
+   * an older server), the bytes are fetched with the key in a header and
+   * saved from a blob: URL (held in memory: fine for what a page uploads). */
   async function downloadFile(file, name) {
     announce("Downloading " + name + "…");
-    const response = await api(file.links.content);
-    if (!response.ok) {
-      announce(await responseWords(response));
-      return;
+    let url = null;
+    let blobUrl = null;
+    const link = await api(file.links.self + "/links", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ expires_in: LINK_SECONDS }),
+    }).catch(() => null);
+    if (link && link.status === 201) {
+      url = (await link.json()).url;
+    } else {
+      const response = await api(file.links.content);
+      if (!response.ok) {
+        announce(await responseWords(response));
+        return;
+      }
+      url = blobUrl = URL.createObjectURL(await response.blob());
     }
-    const url = URL.createObjectURL(await response.blob());
-    const link = el("a", { href: url, download: name });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60000);
-    announce("Downloaded " + name + ".");
+    const anchor = el("a", { href: url, download: name, hidden: "" });
+    document.body.append(anchor);
+    anchor.click();
+    anchor.remove();
+    if (blobUrl) setTimeout(() => URL.revokeObjectURL(blobUrl), 60000);
+    announce("Downloading " + name + ": see the browser's downloads.");
   }
 
   function confirmDelete(file, name, li) {
@@ -223,7 +243,7 @@
 
   async function showFinished(uploadUrl) {
     const id = uploadUrl.split("/").pop();
-    const response = await api("/files/" + id);
+    const response = await api("files/" + encodeURIComponent(id));
     if (response.ok) showFile(await response.json(), true);
   }
 
@@ -510,7 +530,6 @@
     $("pause-all").addEventListener("click", () => entries.forEach((e) => e.pause()));
     $("resume-all").addEventListener("click", () => entries.forEach((e) => e.resume()));
     $("cancel-all").addEventListener("click", () => Array.from(entries).forEach((e) => e.cancel()));
-    $("more-files").addEventListener("click", moreFiles);
   }
 
   async function boot() {
