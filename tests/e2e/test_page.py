@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import re
 import uuid
@@ -97,6 +96,7 @@ class Session:
     page: Page
     recorder: Recorder
     key: str
+    user_id: int
     cdp: CDPSession | None = None
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -161,7 +161,7 @@ class Session:
             self.page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
-def new_account(server: RunningServer) -> str:
+def new_account(server: RunningServer) -> tuple[int, str]:
     user = httpx.post(
         server.url + "/users",
         headers=bearer(),
@@ -171,7 +171,7 @@ def new_account(server: RunningServer) -> str:
     key = httpx.post(f"{server.url}/users/{user.json()['id']}/keys", headers=bearer(), json={})
     assert key.status_code == 201, key.text
     secret: str = key.json()["secret"]
-    return secret
+    return user.json()["id"], secret
 
 
 @pytest.fixture
@@ -189,7 +189,8 @@ def session(
     recorder = Recorder()
     recorder.attach(context, page)
     try:
-        yield Session(page_server, context, page, recorder, new_account(page_server))
+        user_id, key = new_account(page_server)
+        yield Session(page_server, context, page, recorder, key, user_id)
     finally:
         if failed(request.node):
             FAILURES.mkdir(exist_ok=True)
@@ -274,10 +275,20 @@ def test_sign_in_drop_many_files_see_progress_list_and_download(
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     session.screenshot("page-desktop.png")
 
-    # Download: fetched with the key in a header, saved from a blob: URL.
+    # Download through a short-lived signed link (no key in any URL)...
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download big.bin").click()
+    assert sha256(Path(download.value.path()).read_bytes()) == sha256(originals["big.bin"])
+    assert download.value.url.startswith(session.server.url + "/links/dl_")
+    assert session.key not in download.value.url
+    # ...or, where no link can be made, fetched with the key in a header
+    # and saved from a blob: URL.
+    page.route("**/links", lambda route: route.fulfill(status=409, body="{}"))
     with page.expect_download() as download:
         page.get_by_role("link", name="Download notes.txt").click()
     assert Path(download.value.path()).read_bytes() == originals["notes.txt"]
+    assert download.value.url.startswith("blob:")
+    page.unroute("**/links")
 
     # Every asset under a hashed name, cached for a year; nothing elsewhere.
     assets = [r for r in session.recorder.requests if "/static/" in r.url]
@@ -290,7 +301,7 @@ def test_sign_in_drop_many_files_see_progress_list_and_download(
     hosts = {urlsplit(url).netloc for url in session.recorder.urls if url.startswith("http")}
     assert hosts == {urlsplit(session.server.url).netloc}
     session.key_in_no_url()
-    assert session.recorder.unexpected_errors(401) == []
+    assert session.recorder.unexpected_errors(401, 409) == []
 
 
 def test_pause_resume_and_cancel_each_and_all(session: Session, tmp_path: Path) -> None:
@@ -453,31 +464,26 @@ def test_refusals_in_words_hostile_name_and_delete(session: Session, tmp_path: P
     expect(session.upload_item("too-big.iso").locator(".state")).to_have_text(
         "Refused: " + refusal.json()["detail"]
     )
+    expect(session.upload_item(XSS_NAME).locator(".state")).to_have_text("Uploaded")
 
-    # A quota refusal (507 quota-exceeded, DESIGN section 4), as the server
-    # words it: refused once, not retried.
-    quota: dict[str, Any] = {
-        "type": "urn:quart-app:problem:quota-exceeded",
-        "title": "The owner's quota would be exceeded",
-        "status": 507,
-        "detail": "This upload needs 1.0 MiB more than is left of your 10 MiB.",
-    }
-    asked: list[str] = []
-
-    def full(route: Route) -> None:
-        asked.append(route.request.method)
-        route.fulfill(status=507, content_type="application/problem+json", body=json.dumps(quota))
-
-    page.route("**/uploads", full)
-    write(tmp_path / "over-quota.bin", MIB)
+    # The owner's quota (507 quota-exceeded): refused in words, not retried.
+    quota = httpx.patch(
+        f"{session.server.url}/users/{session.user_id}", headers=bearer(), json={"quota_bytes": MIB}
+    )
+    assert quota.status_code == 200, quota.text
+    over = session.api(
+        "POST", "/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(2 * MIB)}
+    )
+    assert over.status_code == 507 and over.json()["type"].endswith("quota-exceeded")
+    write(tmp_path / "over-quota.bin", 2 * MIB)
     page.set_input_files("#file-input", str(tmp_path / "over-quota.bin"))
     expect(session.upload_item("over-quota.bin").locator(".state")).to_have_text(
-        "Refused: " + quota["detail"]
+        "Refused: " + over.json()["detail"]
     )
-    page.unroute("**/uploads")
-    assert asked == ["POST"]
+    assert "over-quota.bin" not in session.creations()
+    tries = [r for r in session.recorder.requests if r.method == "POST" and "/uploads" in r.url]
+    assert len(tries) == 3  # too-big.iso, the hostile name, over-quota.bin: once each
 
-    expect(session.upload_item(XSS_NAME).locator(".state")).to_have_text("Uploaded")
     listed = session.file_item(XSS_NAME)
     expect(listed.locator(".filename")).to_have_text(XSS_NAME)
     assert page.locator("main img").count() == 0
