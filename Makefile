@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint pytest bench check purge-idempotency clean
+.PHONY: run test lint pytest browser bench check purge-idempotency clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,15 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint pytest
+# The browser page's tests drive Debian's Chromium (tests/e2e/test_page.py;
+# never `playwright install`, which downloads a browser). Installed here when
+# missing and apt is usable (root); elsewhere those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser tests will be skipped"
+
+test: lint browser pytest
 
 # Verify every stored file; `make check REPAIR=1` also removes orphans.
 check: $(STAMP)

@@ -14,7 +14,18 @@ from typing import Any
 from quart import Quart
 
 from quart_app import state
-from quart_app.api import batches, files, health, imports, keys, links, resumable_uploads, users
+from quart_app.api import (
+    batches,
+    docs,
+    files,
+    health,
+    imports,
+    keys,
+    links,
+    page,
+    resumable_uploads,
+    users,
+)
 from quart_app.config import load_settings
 from quart_app.edge import (
     access_log,
@@ -40,7 +51,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     """Build the app from defaults, ``QUART_APP_*`` variables and ``overrides``
     (keyed by setting name, e.g. ``{"STORAGE_DIR": tmp_path}``)."""
     settings = load_settings(overrides)
-    app = Quart(__name__)
+    # The page's assets are served by api/page.py under hashed names, not by
+    # Quart's static route.
+    app = Quart(__name__, static_folder=None)
     state.init_app(app, state.AppState(settings))
     openapi.init_app(app)
     # Request checks and answers, in the order a request meets them.
@@ -59,6 +72,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(resumable_uploads.blueprint)
     app.register_blueprint(imports.blueprint)
+    app.register_blueprint(docs.blueprint)
+    if settings.UI:
+        app.register_blueprint(page.blueprint)
     memory.init_app(app)  # last: it freezes what the startup steps before it made
     # ASGI middlewares, innermost first.
     public_url.init_app(app, settings)

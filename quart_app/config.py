@@ -145,6 +145,9 @@ class Settings:
     # Anyone may create a user with POST /users, without a key; the answer
     # carries the new user's first key (read and write). Off: admin keys only.
     OPEN_SIGNUP: bool = False
+    # The browser upload page at / (and its assets). Off: / is not served;
+    # /docs, the API's own documentation, stays.
+    UI: bool = True
     # Seconds a worker trusts what it read about a key: a revoked key stops
     # working on every worker within this time. Also how often its last use
     # may be noted.

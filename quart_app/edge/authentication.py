@@ -45,9 +45,9 @@ TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 MAX_TOKEN_CHARS = 512
 READ_METHODS = frozenset({"GET", "HEAD"})
 MAX_TRACKED_CLIENTS = 10_000
-# Views registered by others (quart-schema's API description, Quart's static
-# files): public, as they hold nothing of anyone's.
-PUBLIC_ENDPOINTS = frozenset({"openapi", "swagger_ui", "static"})
+# Views registered by others (quart-schema's API description): public, as
+# they hold nothing of anyone's.
+PUBLIC_ENDPOINTS = frozenset({"openapi"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -110,12 +110,13 @@ class ApiDocs(OpenAPIProvider):
 
 
 def init_app(app: Quart) -> None:
-    """The OpenAPI document at /openapi.json and Swagger UI at /docs."""
+    """The OpenAPI document at /openapi.json (Swagger UI at /docs is api/docs.py:
+    quart-schema's page would load it from a CDN)."""
     QuartSchema(
         app,
         info={"title": "quart_app", "version": "0.1.0"},
         openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
         openapi_provider_class=ApiDocs,

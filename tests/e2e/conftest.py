@@ -5,7 +5,7 @@ operator commands, schemathesis, the benchmark). Every test here is marked
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(TIER):
             item.add_marker(pytest.mark.e2e)
+
+
+# Each phase's report, kept on the test item: a fixture's teardown reads it
+# to know whether the test failed (the browser tests then save a screenshot).
+PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
+    return report
+
+
+def failed(item: pytest.Item) -> bool:
+    return any(r.failed for r in item.stash.get(PHASE_REPORTS, {}).values())
 
 
 @pytest.fixture
