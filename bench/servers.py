@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,6 +22,9 @@ class Server:
     root: Path
     port: int
     process: subprocess.Popen[bytes]
+    # Sent with every request the bench makes (curl, wrk, tuspy, httpx): where
+    # an API key goes once requests need one.
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -124,11 +127,13 @@ def start_stock_quart(root: Path) -> Server:
 
 
 def start_fastapi(root: Path) -> Server:
+    # As uvicorn's docs advise deploying it: uvloop and httptools.
     argv = [
         sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}",
-        "--no-access-log", "bench.peers.fastapi_app:app",
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        "bench.peers.fastapi_app:app",
     ]  # fmt: skip
-    return _spawn("FastAPI", root, argv, {"PEER_DIR": str(root / "data")}, "/docs")
+    return _spawn("FastAPI", root, argv, {"PEER_DIR": str(root / "data")}, "/healthz")
 
 
 def start_nothing(root: Path) -> Server:
