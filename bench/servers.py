@@ -100,7 +100,7 @@ def hypercorn(*args: str) -> list[str]:
     return [sys.executable, "-m", "hypercorn", *args]
 
 
-def start_ours(root: Path) -> Server:
+def start_ours(root: Path, extra_args: tuple[str, ...] = ()) -> Server:
     env = {
         "QUART_APP_STORAGE_DIR": str(root / "uploads"),
         "QUART_APP_INSTANCE_DIR": str(root / "instance"),
@@ -116,7 +116,7 @@ def start_ours(root: Path) -> Server:
     )  # fmt: skip
     argv = hypercorn(
         "-c", str(PROJECT_ROOT / "hypercorn.toml"), "--bind", "127.0.0.1:{port}",
-        "quart_app:create_app()",
+        *extra_args, "quart_app:create_app()",
     )  # fmt: skip
     return _spawn("quart_app", root, argv, env, "/healthz")
 
