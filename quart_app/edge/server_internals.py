@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -400,7 +401,15 @@ class GuardedTCPServer(TCPServer):
                 loop = asyncio.get_running_loop()
                 self._read_timeout.reschedule(loop.time() + LINGER_POLL_SECONDS)
             return
-        await super()._close()
+        try:
+            await super()._close()
+        except OSError as error:
+            # Under uvloop (hypercorn.toml's worker_class) a peer already gone
+            # is ENOTCONN from wait_closed, which Hypercorn does not expect
+            # (asyncio's loop says ConnectionResetError, which it does): the
+            # connection is closed all the same, and its idle task stopped.
+            if error.errno != errno.ENOTCONN:
+                raise
 
     def _client_still_sending(self) -> bool:
         if self.reader.at_eof() or self.context.terminated.is_set():
