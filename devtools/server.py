@@ -185,6 +185,9 @@ def start_server(
             "QUART_APP_INSTANCE_DIR": str(root / "instance"),
             "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
             "PYTHONPATH": str(PROJECT_ROOT),
+            # Every blob in a file, as large ones are (tests check the disk);
+            # blobs kept in rows: tests/app/test_inline_blobs.py and the bench.
+            "QUART_APP_INLINE_BLOB_BYTES": "0",
         }
     )
     env.update(extra_env or {})

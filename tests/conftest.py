@@ -18,4 +18,7 @@ def overrides(tmp_path: Path) -> dict[str, Any]:
         "INSTANCE_DIR": tmp_path / "instance",
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'instance' / 'test.sqlite3'}",
         "SECRET_KEY": "test-secret",
+        # Every blob in a file, as large ones are: most tests check what the
+        # disk holds. tests/app/test_inline_blobs.py covers blobs in rows.
+        "INLINE_BLOB_BYTES": 0,
     }
