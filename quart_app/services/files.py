@@ -23,7 +23,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
@@ -120,12 +120,13 @@ class BlobChanges:
             await session.execute(
                 update(Blob).where(Blob.sha256 == sha).values(content=in_row[sha])
             )
-        session.add_all(
-            Blob(sha256=sha, size=sizes[sha], content=in_row.get(sha))
+        new_rows = [
+            {"sha256": sha, "size": sizes[sha], "content": in_row.get(sha), "created_at": utc_now()}
             for sha in first
             if sha not in rows
-        )
-        await session.flush()
+        ]
+        if new_rows:
+            await session.execute(insert(Blob), new_rows)
 
     async def release(self, session: AsyncSession, sha256: str) -> None:
         """Drop a blob that no file refers to any more."""
@@ -182,6 +183,20 @@ def new_file(item: IncomingFile, batch_id: str | None) -> File:
         created_at=now,
         updated_at=now,
     )
+
+
+def file_row(file: File) -> dict[str, object]:
+    """A new file's columns, for a bulk INSERT (seq is assigned by it)."""
+    return {
+        "id": file.id,
+        "filename": file.filename,
+        "content_type": file.content_type,
+        "size": file.size,
+        "sha256": file.sha256,
+        "batch_id": file.batch_id,
+        "created_at": file.created_at,
+        "updated_at": file.updated_at,
+    }
 
 
 FilesHook = Callable[[AsyncSession, list[File], Batch | None], Awaitable[None]]

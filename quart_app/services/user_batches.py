@@ -24,7 +24,6 @@ from quart_app.db.models import User, utc_now
 from quart_app.errors import EmailTaken
 from quart_app.services.group_commit import GroupCommit
 
-
 # SQLite's statement takes the rows as parameters, not as .values(rows): a
 # statement holding N rows of values is compiled again for every batch (the
 # compiler was ~3 % of the event loop under load); executed with a list of
