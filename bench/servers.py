@@ -100,11 +100,14 @@ def hypercorn(*args: str) -> list[str]:
     return [sys.executable, "-m", "hypercorn", *args]
 
 
-def start_ours(root: Path, extra_args: tuple[str, ...] = ()) -> Server:
+def start_ours(
+    root: Path, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+) -> Server:
     env = {
         "QUART_APP_STORAGE_DIR": str(root / "uploads"),
         "QUART_APP_INSTANCE_DIR": str(root / "instance"),
         "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
+        **(extra_env or {}),
     }
     # As deployed: the schema migrated first (so workers never load Alembic,
     # ~9 MiB each), then the project's own hypercorn.toml, access logs and all.
