@@ -127,6 +127,9 @@ class Bench:
         finally:
             ours.stop()
 
+        # Every peer gets every figure it can answer: the do-nothing server
+        # answers 201 to anything, so its small files and creates are the
+        # ceiling the client and the cores set.
         results["peers"] = {}
         starters: dict[str, Callable[[Path], Server]] = {
             "stock_quart": start_stock_quart,
@@ -137,11 +140,10 @@ class Bench:
         for name, start in starters.items():
             server = start(self.root / name)
             try:
-                results["peers"][name] = self.uploads(server, verify=False)
-                if name == "fastapi" and measure.have_wrk():
-                    results["peers"][name]["small_files_per_s"] = self.small_files(server)
-                if name == "stock_quart" and measure.have_wrk():
-                    results["peers"][name]["create"] = self.creates(server)
+                peer = results["peers"][name] = self.uploads(server, verify=False)
+                if name != "nothing_256k" and measure.have_wrk():
+                    peer["small_files_per_s"] = self.small_files(server)
+                    peer["create"] = self.creates(server)
             finally:
                 server.stop()
         results["ratios"] = ratios(results)
@@ -183,14 +185,14 @@ class Bench:
         return spread(speeds)
 
     def creates(self, server: Server) -> dict[str, float]:
-        figures = measure.wrk(f"{server.url}/users", "post_users.lua", 50, self.mode.seconds)
-        health = measure.wrk(f"{server.url}/healthz", None, 50, self.mode.seconds)
+        figures = measure.wrk(server, "/users", "post_users.lua", 50, self.mode.seconds)
+        health = measure.wrk(server, "/healthz", None, 50, self.mode.seconds)
         figures["healthz_req_s"] = health["req_s"]
         self.log(f"  {server.name}: POST /users {figures}")
         return figures
 
     def small_files(self, server: Server) -> float:
-        figures = measure.wrk(f"{server.url}/files", "small_files.lua", 32, self.mode.seconds)
+        figures = measure.wrk(server, "/files", "small_files.lua", 32, self.mode.seconds)
         self.log(f"  {server.name}: 4 KiB files {figures['req_s']}/s")
         return figures["req_s"]
 
@@ -221,10 +223,82 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     found["tus_vs_put"] = median(results["tus"]) / median(ours["put"])
     create = results.get("create")
     found["create_vs_healthz"] = create["req_s"] / create["healthz_req_s"] if create else None
-    fastapi_small = peers.get("fastapi", {}).get("small_files_per_s")
     small = results.get("small_files_per_s")
-    found["small_files_vs_fastapi"] = small / fastapi_small if small and fastapi_small else None
+    for name in peers:
+        peer_small = peers[name].get("small_files_per_s")
+        found[f"small_files_vs_{name}"] = small / peer_small if small and peer_small else None
+        peer_create = peers[name].get("create")
+        found[f"create_vs_{name}"] = (
+            create["req_s"] / peer_create["req_s"] if create and peer_create else None
+        )
     return {k: (round(v, 2) if v is not None else None) for k, v in found.items()}
+
+
+COLUMNS = (
+    ("quart_app", None),
+    ("FastAPI", "fastapi"),
+    ("stock Quart", "stock_quart"),
+    ("do-nothing", "nothing"),
+    ("do-nothing, 256 KiB reads", "nothing_256k"),
+)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The README's table: one row per figure, one column per server, medians."""
+
+    def figures(peer: str | None) -> dict[str, Any]:
+        return (
+            results
+            if peer is None
+            else {"upload": results["peers"][peer], **results["peers"][peer]}
+        )
+
+    def number(value: float | None, unit: str = "") -> str:
+        return "" if value is None else f"{value:,.0f}{unit}"
+
+    def row(label: str, cell: Callable[[dict[str, Any]], str]) -> str:
+        cells = []
+        for _, peer in COLUMNS:
+            try:
+                cells.append(cell(figures(peer)))
+            except (KeyError, TypeError):
+                cells.append("")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    def create(f: dict[str, Any]) -> str:
+        c = f["create"]
+        return f"{number(c['req_s'])} ({number(c['p99_ms'], ' ms')})"
+
+    size = results["size_bytes"] // MiB
+    lines = [
+        "| | " + " | ".join(name for name, _ in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+        row("4 KiB multipart uploads/s, 32 connections", lambda f: number(f["small_files_per_s"])),
+        row(
+            f"{size} MiB multipart MB/s",
+            lambda f: number(f["upload"]["multipart"]["mb_s"]["median"]),
+        ),
+        row(f"{size} MiB PUT MB/s", lambda f: number(f["upload"]["put"]["mb_s"]["median"])),
+        row(
+            f"tus, tuspy 8 MiB chunks, {size} MiB MB/s",
+            lambda f: number(f["tus"]["mb_s"]["median"]),
+        ),
+        row("POST /users req/s (p99), 50 connections", create),
+        row("GET /healthz req/s, 50 connections", lambda f: number(f["create"]["healthz_req_s"])),
+        row(
+            "worker peak RSS during uploads, MiB",
+            lambda f: (
+                f"{max(f['upload'][h]['peak_rss_mib_largest'] for h in ('multipart', 'put')):.1f}"
+            ),
+        ),
+        row(
+            "server CPU s per GiB, multipart / PUT",
+            lambda f: " / ".join(
+                f"{f['upload'][h]['server_cpu_s_per_gib']:.1f}" for h in ("multipart", "put")
+            ),
+        ),
+    ]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -254,6 +328,7 @@ def main() -> int:
     results["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    print(table(results))
     print(json.dumps(results["ratios"], indent=2))
     print(f"written to {args.out} in {results['seconds']} s")
     return 0

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,6 +22,9 @@ class Server:
     root: Path
     port: int
     process: subprocess.Popen[bytes]
+    # Sent with every request the bench makes (curl, wrk, tuspy, httpx): where
+    # an API key goes once requests need one.
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -97,11 +100,14 @@ def hypercorn(*args: str) -> list[str]:
     return [sys.executable, "-m", "hypercorn", *args]
 
 
-def start_ours(root: Path) -> Server:
+def start_ours(
+    root: Path, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+) -> Server:
     env = {
         "QUART_APP_STORAGE_DIR": str(root / "uploads"),
         "QUART_APP_INSTANCE_DIR": str(root / "instance"),
         "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
+        **(extra_env or {}),
     }
     # As deployed: the schema migrated first (so workers never load Alembic,
     # ~9 MiB each), then the project's own hypercorn.toml, access logs and all.
@@ -113,7 +119,7 @@ def start_ours(root: Path) -> Server:
     )  # fmt: skip
     argv = hypercorn(
         "-c", str(PROJECT_ROOT / "hypercorn.toml"), "--bind", "127.0.0.1:{port}",
-        "quart_app:create_app()",
+        *extra_args, "quart_app:create_app()",
     )  # fmt: skip
     return _spawn("quart_app", root, argv, env, "/healthz")
 
@@ -124,11 +130,13 @@ def start_stock_quart(root: Path) -> Server:
 
 
 def start_fastapi(root: Path) -> Server:
+    # As uvicorn's docs advise deploying it: uvloop and httptools.
     argv = [
         sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}",
-        "--no-access-log", "bench.peers.fastapi_app:app",
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        "bench.peers.fastapi_app:app",
     ]  # fmt: skip
-    return _spawn("FastAPI", root, argv, {"PEER_DIR": str(root / "data")}, "/docs")
+    return _spawn("FastAPI", root, argv, {"PEER_DIR": str(root / "data")}, "/healthz")
 
 
 def start_nothing(root: Path) -> Server:

@@ -17,4 +17,7 @@ def temp_app_settings(root: Path) -> dict[str, Any]:
         "DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'test.sqlite3'}",
         "SECRET_KEY": "test-secret",
         "ADMIN_KEY": TEST_ADMIN_KEY,
+        # Every blob in a file, as large ones are: most tests check what the
+        # disk holds. tests/app/test_inline_blobs.py covers blobs in rows.
+        "INLINE_BLOB_BYTES": 0,
     }

@@ -193,6 +193,9 @@ def prepare_server(
             "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
             "PYTHONPATH": str(PROJECT_ROOT),
             "QUART_APP_ADMIN_KEY": TEST_ADMIN_KEY,
+            # Every blob in a file, as large ones are (tests check the disk);
+            # blobs kept in rows: tests/app/test_inline_blobs.py and the bench.
+            "QUART_APP_INLINE_BLOB_BYTES": "0",
         }
     )
     env.update(extra_env or {})

@@ -72,6 +72,10 @@ class Settings:
     BODY_BUFFER_BYTES: int = 1 * MIB
     # Bytes: writes to disk are batched to about this size per thread hop.
     WRITE_BATCH_BYTES: int = 1 * MIB
+    # Bytes: blobs up to this size are kept in their database row, committed
+    # with it, instead of a file each (two fsyncs per file); 0 keeps every
+    # blob on disk. At most WRITE_BATCH_BYTES.
+    INLINE_BLOB_BYTES: int = 64 * 1024
     # Count: page size default and maximum for list endpoints.
     PAGE_SIZE_DEFAULT: int = 20
     PAGE_SIZE_MAX: int = 100

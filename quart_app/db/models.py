@@ -111,6 +111,10 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utc_now)
+    # The bytes of a small blob, kept here instead of in a file (committed
+    # with the row: storage/__init__.py); None when they are in the store.
+    # Deferred: only a download or a check reads them, by an explicit select.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
 
 class Batch(Base):

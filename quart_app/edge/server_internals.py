@@ -98,7 +98,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import ssl
+import sys
+import termios
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -373,18 +377,32 @@ class GuardedTCPServer(TCPServer):
             return
         limits = self._limits
         while True:
-            before = transport.get_write_buffer_size()
+            before = self._unsent_bytes()
             try:
                 async with asyncio.timeout(limits.rate_window):
                     await self.writer.drain()
             except TimeoutError:
-                moved = before - transport.get_write_buffer_size()
+                moved = before - self._unsent_bytes()
                 if moved < limits.min_rate * limits.rate_window:
                     raise TransferTooSlow() from None
                 self._last_activity = time.monotonic()
                 continue
             self._last_activity = time.monotonic()
             return
+
+    def _unsent_bytes(self) -> int:
+        """Bytes written and not yet taken by the client: the transport's
+        buffer and the kernel's send queue. The transport's alone can stand
+        still for a whole window while a client reads steadily from the
+        kernel's queue (uvloop hands libuv large writes that the kernel takes
+        in bursts), which would look like a stalled client."""
+        unsent = self.writer.transport.get_write_buffer_size()
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                unsent += int.from_bytes(queued, sys.byteorder, signed=True)
+        return unsent
 
     # -- closing -----------------------------------------------------------
     async def _close(self) -> None:
@@ -400,7 +418,15 @@ class GuardedTCPServer(TCPServer):
                 loop = asyncio.get_running_loop()
                 self._read_timeout.reschedule(loop.time() + LINGER_POLL_SECONDS)
             return
-        await super()._close()
+        try:
+            await super()._close()
+        except OSError as error:
+            # Under uvloop (hypercorn.toml's worker_class) a peer already gone
+            # is ENOTCONN from wait_closed, which Hypercorn does not expect
+            # (asyncio's loop says ConnectionResetError, which it does): the
+            # connection is closed all the same, and its idle task stopped.
+            if error.errno != errno.ENOTCONN:
+                raise
 
     def _client_still_sending(self) -> bool:
         if self.reader.at_eof() or self.context.terminated.is_set():

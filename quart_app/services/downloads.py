@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
-from quart_app.db.models import File
+from quart_app.db.models import Blob, File
 from quart_app.errors import BlobUnavailable
-from quart_app.storage import BlobMissing, BlobReader, BlobStore
+from quart_app.storage import BlobMissing, BlobReader, BlobStore, BytesBlobReader
 
 # Reads of the row, each in a fresh snapshot. More than one is needed only
 # when the file changes again between the reads; bytes still missing after
@@ -41,6 +42,10 @@ async def open_content(
         # stream (it would keep SQLite from checkpointing its WAL).
         async with database.sessionmaker() as session:
             file = await find(session)
+            # A small blob's bytes are in its row (read in the same snapshot).
+            content = await session.scalar(select(Blob.content).where(Blob.sha256 == file.sha256))
+        if content is not None:
+            return file, BytesBlobReader(content)
         try:
             blob = await store.open(file.sha256)
         except BlobMissing:

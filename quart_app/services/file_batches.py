@@ -18,9 +18,11 @@ client that hangs up does not pull its file out.
 
 from __future__ import annotations
 
+from sqlalchemy import insert
+
 from quart_app.db.engine import Database
 from quart_app.db.models import File
-from quart_app.services.files import blob_transaction, new_file
+from quart_app.services.files import blob_transaction, file_row, new_file
 from quart_app.services.group_commit import GroupCommit
 from quart_app.services.incoming import IncomingFile, abandon, reservations_of
 from quart_app.storage import BlobStore
@@ -47,8 +49,10 @@ class FileBatcher(GroupCommit[IncomingFile, File]):
             async with blob_transaction(self._database, self._store, since) as (session, changes):
                 await changes.keep(session, items)
                 files = [new_file(item, None, item.owner_id) for item in items]
-                session.add_all(files)
-                await session.flush()
+                # One bulk INSERT, not the unit of work's flush of every
+                # object (the flush was ~7 % of the event loop with 32
+                # clients); the objects only carry the answer.
+                await session.execute(insert(File), [file_row(file) for file in files])
                 for reservation in reservations_of(items):
                     await reservation.release(session)
         except BaseException:

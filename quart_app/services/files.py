@@ -14,17 +14,18 @@ bytes only inside it:
 So a committed row always has its bytes, and bytes are never deleted while a
 concurrent upload of the same content could still be relying on them. The
 bytes themselves are fsynced (sealed) before the transaction starts, so the
-slow part holds no lock.
+slow part holds no lock. A small blob's bytes are instead the row's own
+``content`` (storage/__init__.py): they commit with it, and go with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
@@ -80,8 +81,23 @@ class BlobChanges:
     async def blob_is_stored(self, session: AsyncSession, sha256: str) -> tuple[bool, bool]:
         """(row exists, row exists and its bytes are there)."""
         await self.lock(session, [sha256])
-        blob = await session.get(Blob, sha256)
-        return blob is not None, blob is not None and bool(await self.store.stored([sha256]))
+        rows, stored = await self.stored_rows(session, [sha256])
+        return bool(rows), bool(stored)
+
+    async def stored_rows(
+        self, session: AsyncSession, sha256s: Collection[str]
+    ) -> tuple[set[str], set[str]]:
+        """Of these, (the blobs with a row, those whose bytes are there: in
+        the row itself or in the store). One query and one look for them all."""
+        found = await session.execute(
+            select(Blob.sha256, Blob.content.is_not(None)).where(Blob.sha256.in_(sha256s))
+        )
+        rows, in_row = set(), set()
+        for sha256, inline in found:
+            rows.add(sha256)
+            if inline:
+                in_row.add(sha256)
+        return rows, in_row | await self.store.stored(rows - in_row)
 
     async def add_blob_row(self, session: AsyncSession, sha256: str, size: int) -> None:
         session.add(Blob(sha256=sha256, size=size))
@@ -101,8 +117,7 @@ class BlobChanges:
         # Two uploads of the same bytes in two servers: the second waits for
         # the first's commit, then finds its row and drops its own copy.
         await self.lock(session, sizes)
-        rows = set(await session.scalars(select(Blob.sha256).where(Blob.sha256.in_(sizes))))
-        stored = await self.store.stored(rows)
+        rows, stored = await self.stored_rows(session, sizes)
         first: dict[str, IncomingFile] = {}
         dropped: list[IncomingFile] = []
         for item, blob in sealed:
@@ -110,10 +125,13 @@ class BlobChanges:
                 dropped.append(item)  # identical bytes are (or will be) stored
             else:
                 first[blob.sha256] = item
+        in_row = {sha: item.sealed.content for sha, item in first.items() if item.sealed}
+        in_row = {sha: content for sha, content in in_row.items() if content is not None}
+        on_disk = [item for sha, item in first.items() if sha not in in_row]
         outcomes = await asyncio.gather(
-            *(item.writer.publish() for item in first.values()), return_exceptions=True
+            *(item.writer.publish() for item in on_disk), return_exceptions=True
         )
-        for item, outcome in zip(first.values(), outcomes, strict=True):
+        for item, outcome in zip(on_disk, outcomes, strict=True):
             if outcome is True:
                 self.on_undo(item.writer.unpublish, publish=True)
                 self.after_commit(item.writer.settle)
@@ -122,8 +140,17 @@ class BlobChanges:
                 raise outcome
         for item in dropped:
             await item.writer.discard()
-        session.add_all(Blob(sha256=sha, size=sizes[sha]) for sha in first if sha not in rows)
-        await session.flush()
+        for sha in rows & in_row.keys():  # a row whose bytes were lost: now in the row
+            await session.execute(
+                update(Blob).where(Blob.sha256 == sha).values(content=in_row[sha])
+            )
+        new_rows = [
+            {"sha256": sha, "size": sizes[sha], "content": in_row.get(sha), "created_at": utc_now()}
+            for sha in first
+            if sha not in rows
+        ]
+        if new_rows:
+            await session.execute(insert(Blob), new_rows)
 
     async def release(self, session: AsyncSession, sha256: str) -> None:
         """Drop a blob that no file (nor import job's archive) refers to any more."""
@@ -198,6 +225,21 @@ def new_file(item: IncomingFile, batch_id: str | None, owner_id: int) -> File:
         created_at=now,
         updated_at=now,
     )
+
+
+def file_row(file: File) -> dict[str, object]:
+    """A new file's columns, for a bulk INSERT (seq is assigned by it)."""
+    return {
+        "id": file.id,
+        "owner_id": file.owner_id,
+        "filename": file.filename,
+        "content_type": file.content_type,
+        "size": file.size,
+        "sha256": file.sha256,
+        "batch_id": file.batch_id,
+        "created_at": file.created_at,
+        "updated_at": file.updated_at,
+    }
 
 
 FilesHook = Callable[[AsyncSession, list[File], Batch | None], Awaitable[None]]

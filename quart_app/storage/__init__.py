@@ -6,6 +6,12 @@ computed; ``seal()`` makes them durable (fsync) without publishing them;
 ``publish()`` moves them to their content address (atomic rename). Service
 code publishes inside its database transaction, so a row and its bytes
 appear together (see services/files.py).
+
+A small blob (up to the store's ``inline_bytes``) never touches the disk:
+``seal()`` hands its bytes back as ``SealedBlob.content`` and the service
+stores them in the blob's row, committed (and fsynced) with it; one commit
+for a whole group of uploads instead of a file and a directory fsync each
+(README, "Why the code is shaped this way").
 """
 
 from __future__ import annotations
@@ -44,6 +50,26 @@ class PartialBusy(Exception):
 class SealedBlob:
     sha256: str
     size: int
+    # The bytes themselves, for a blob small enough to live in its database
+    # row (nothing was written to disk); None when they are in a temp file.
+    content: bytes | None = None
+
+
+class BytesBlobReader:
+    """A blob whose bytes are already in memory (one kept in its row)."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content: bytes | None = content
+        self.size = len(content)
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        content = self._content
+        self.close()
+        if content is not None and start < min(end, self.size):
+            yield content[start:end]
+
+    def close(self) -> None:
+        self._content = None
 
 
 class BlobReader(Protocol):
@@ -68,7 +94,9 @@ class BlobWriter(Protocol):
         """Append bytes; raises BlobTooLarge past the limit, StorageFull."""
 
     async def seal(self) -> SealedBlob:
-        """Flush and fsync; the bytes are durable but not yet published."""
+        """Flush and fsync; the bytes are durable but not yet published. Or,
+        for a blob of at most the store's ``inline_bytes``, nothing is on
+        disk and its ``content`` must be committed with its row."""
 
     async def publish(self) -> bool:
         """Move the sealed bytes to their address. False when that address

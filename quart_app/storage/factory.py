@@ -9,6 +9,8 @@ from quart_app.storage.local import LocalBlobStore
 def build_store(settings: Settings) -> LocalBlobStore:
     """The configured store, its layout prepared (for operator commands
     that run without a server)."""
-    store = LocalBlobStore(settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES)
+    store = LocalBlobStore(
+        settings.STORAGE_DIR, settings.WRITE_BATCH_BYTES, settings.INLINE_BLOB_BYTES
+    )
     store.prepare()
     return store

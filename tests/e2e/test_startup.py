@@ -226,7 +226,7 @@ def test_a_good_start_says_what_it_serves_and_stops_cleanly(place: Place) -> Non
     for words in (
         f"database sqlite+aiosqlite:///{place.database}",
         f"storage {place.root / 'uploads'}",
-        "schema revision 0004",
+        "schema revision 0009",
         f"bind 127.0.0.1:{place.port}",
     ):
         assert words in started, started

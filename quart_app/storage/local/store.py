@@ -83,13 +83,16 @@ class LocalBlobReader:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path, batch_bytes: int) -> None:
+    def __init__(self, root: Path, batch_bytes: int, inline_bytes: int = 0) -> None:
         self.root = root
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
         self.trash = root / "trash"
         self.partial = root / "partial"
         self.batch_bytes = batch_bytes
+        # Blobs up to this size are sealed in memory, for their database row
+        # (storage/__init__.py); never more than one write batch.
+        self.inline_bytes = min(inline_bytes, batch_bytes)
 
     def prepare(self) -> None:
         for directory in (self.root, self.blobs, self.tmp, self.trash, self.partial):

@@ -132,8 +132,10 @@ class LocalBlobWriter(BatchedWriter):
         self.size = 0
         self._sealed: SealedBlob | None = None
         self._published: Path | None = None
+        self._temp_file_made = False
 
     def _open(self) -> int:
+        self._temp_file_made = True  # before: discard() must look even if this fails
         return os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     async def write(self, data: bytes) -> None:
@@ -143,6 +145,15 @@ class LocalBlobWriter(BatchedWriter):
         await self._append(data)
 
     async def seal(self) -> SealedBlob:
+        inline = self._store.inline_bytes
+        if inline and self.size <= inline and self._fd is None and self._in_flight is None:
+            # Small and nothing written yet: the bytes go to the blob's row
+            # (storage/__init__.py). Hashing a few KiB here costs less than
+            # the thread hop it saves.
+            content = b"".join(self._take_batch())
+            self._hash.update(content)
+            self._sealed = SealedBlob(self._hash.hexdigest(), self.size, content)
+            return self._sealed
         await self._flush_and_fsync(close=True)
         self._sealed = SealedBlob(self._hash.hexdigest(), self.size)
         return self._sealed
@@ -160,6 +171,7 @@ class LocalBlobWriter(BatchedWriter):
 
     async def publish(self) -> bool:
         assert self._sealed is not None, "publish() before seal()"
+        assert self._sealed.content is None, "a blob kept in its row has no file to publish"
         target = self._store.path_for(self._sealed.sha256)
         try:
             created = await asyncio.to_thread(self._publish, target)
@@ -188,8 +200,9 @@ class LocalBlobWriter(BatchedWriter):
             self._close()
         # On a read-only mount even removing a file that is not there fails;
         # a temp file that cannot go now is removed at the next startup.
-        with contextlib.suppress(OSError):
-            self.temp_path.unlink(missing_ok=True)
+        if self._temp_file_made:
+            with contextlib.suppress(OSError):
+                self.temp_path.unlink(missing_ok=True)
 
 
 class LocalPartialWriter(BatchedWriter):
