@@ -21,6 +21,11 @@ def bearer(key: str = TEST_ADMIN_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def bearer_line(key: str = TEST_ADMIN_KEY) -> str:
+    """The header line, CRLF included, for requests written by hand."""
+    return f"Authorization: Bearer {key}\r\n"
+
+
 def create_user_key(
     url: str, scopes: tuple[str, ...] = ("read", "write"), admin_key: str = TEST_ADMIN_KEY
 ) -> tuple[int, str]:
