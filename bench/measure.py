@@ -72,12 +72,17 @@ def curl_upload(server: Server, path: Path, how: str) -> Upload:
     return Upload(mb_s, answer, server.cpu_seconds() - server_cpu, client, wall)
 
 
+def curl_headers(server: Server) -> list[str]:
+    return [arg for name, value in server.headers.items() for arg in ("-H", f"{name}: {value}")]
+
+
 def _curl_upload(server: Server, path: Path, how: str) -> tuple[float, dict[str, object]]:
     """MB/s of one upload with curl (-F multipart or -T PUT), and the JSON answer."""
     url = f"{server.url}/files" if how == "multipart" else f"{server.url}/files/{path.name}"
     form = ["-F", f"file=@{path}"] if how == "multipart" else ["-T", str(path)]
     result = subprocess.run(
-        ["curl", "-sS", "-o", "-", "-w", "\n%{http_code} %{speed_upload}", *form, url],
+        ["curl", "-sS", "-o", "-", "-w", "\n%{http_code} %{speed_upload}", *curl_headers(server),
+         *form, url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     body, _, tail = result.stdout.rpartition("\n")
@@ -94,7 +99,7 @@ def _curl_upload(server: Server, path: Path, how: str) -> tuple[float, dict[str,
 def curl_download(server: Server, file_id: str) -> float:
     result = subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{speed_download}",
-         f"{server.url}/files/{file_id}/content"],
+         *curl_headers(server), f"{server.url}/files/{file_id}/content"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     status, speed = result.stdout.split()
@@ -114,24 +119,34 @@ def tus_upload(server: Server, path: Path, chunk: int) -> float:
     from tusclient import client
 
     started = time.perf_counter()
-    uploader = client.TusClient(f"{server.url}/uploads").uploader(
+    uploader = client.TusClient(f"{server.url}/uploads", headers=server.headers).uploader(
         str(path), chunk_size=chunk, metadata={"filename": path.name}
     )
     uploader.upload()
     elapsed = time.perf_counter() - started
     file_id = (uploader.url or "").rsplit("/", 1)[1]
-    served = httpx.get(f"{server.url}/files/{file_id}").json()["sha256"]
+    served = httpx.get(f"{server.url}/files/{file_id}", headers=server.headers).json()["sha256"]
     if served != sha256_of(path):
         raise RuntimeError("tus upload stored other bytes")
     return path.stat().st_size / elapsed / 1e6
 
 
-def wrk(url: str, script: str | None, connections: int, seconds: int) -> dict[str, float]:
+def wrk(
+    server: Server,
+    path: str,
+    script: str | None,
+    connections: int,
+    seconds: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
     """wrk's requests/s, p50 and p99 in ms, and (with a script that counts
-    them) the number of 201 answers."""
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    them) the number of 201 answers. Every request carries ``headers``
+    (default: the server's), which the scripts' requests inherit."""
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", server.url + path]
     if script:
         argv[1:1] = ["-s", str(LUA / script)]
+    for header, text in (server.headers if headers is None else headers).items():
+        argv[1:1] = ["-H", f"{header}: {text}"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     requests = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert requests, out
