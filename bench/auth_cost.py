@@ -4,8 +4,9 @@ the same run.
 - Load: POST /users (an admin key from the database) and 4 KiB multipart
   uploads (a user's read and write key) against quart_app and against the
   same app with the key check skipped (bench/unchecked.py), both running
-  side by side, in interleaved rounds (A B, B A, ...) so that the machine's
-  noise falls on both alike. Cost = 1 - checked/skipped requests a second.
+  side by side: in each round each workload runs on both back to back (A B,
+  then B A in the next round), so that a pair sees the same moment of the
+  machine. Cost = 1 - the median of the pairs' checked/skipped ratios.
 - In process: the check itself (the ``before_request`` hook) timed over the
   cached path a client with a good key takes, in microseconds a request,
   and what share of a worker's time that is at the load's request rates.
@@ -29,6 +30,11 @@ from . import measure
 from .servers import start_ours
 
 CHECKED, SKIPPED = "checked", "skipped"
+# workload -> (path, wrk script, connections, needs the admin key)
+WORKLOADS = {
+    "create": ("/users", "post_users.lua", 50, True),
+    "small_files": ("/files", "small_files.lua", 32, False),
+}
 # The check timed in BATCHES of BATCH_CALLS calls; the median batch is the
 # figure, the fastest one what the code costs with no other process in the way.
 BATCHES, BATCH_CALLS = 200, 200
@@ -39,34 +45,34 @@ def load(root: Path, seconds: int, rounds: int) -> dict[str, Any]:
     try:
         servers[SKIPPED] = start_ours(root / "auth-skipped", "bench.unchecked:create_app()")
         samples: dict[str, dict[str, list[float]]] = {
-            name: {"create": [], "small_files": []} for name in servers
+            workload: {CHECKED: [], SKIPPED: []} for workload in WORKLOADS
         }
         for round_ in range(rounds):
+            # Each workload on both variants back to back, the first one
+            # alternating: a pair sees the same moment of the machine.
             order = (CHECKED, SKIPPED) if round_ % 2 == 0 else (SKIPPED, CHECKED)
-            for name in order:
-                server = servers[name]
-                create = measure.wrk(
-                    server, "/users", "post_users.lua", 50, seconds, server.admin_headers
-                )
-                small = measure.wrk(server, "/files", "small_files.lua", 32, seconds)
-                for run in (create, small):
+            for workload, (path, script, connections, admin) in WORKLOADS.items():
+                for name in order:
+                    server = servers[name]
+                    headers = server.admin_headers if admin else server.headers
+                    run = measure.wrk(server, path, script, connections, seconds, headers)
                     # A refused request is a fast one: it would flatter a variant.
                     if run["non_2xx"]:
                         raise RuntimeError(f"{name}: {run['non_2xx']:.0f} non-2xx answers")
-                samples[name]["create"].append(create["req_s"])
-                samples[name]["small_files"].append(small["req_s"])
+                    samples[workload][name].append(run["req_s"])
     finally:
         for server in servers.values():
             server.stop()
     figures: dict[str, Any] = {"rounds": rounds, "seconds_each": seconds}
-    for workload in ("create", "small_files"):
-        checked = statistics.median(samples[CHECKED][workload])
-        skipped = statistics.median(samples[SKIPPED][workload])
+    for workload, by_variant in samples.items():
+        ratios = [c / s for c, s in zip(by_variant[CHECKED], by_variant[SKIPPED], strict=True)]
         figures[workload] = {
-            "req_s_checked": round(checked, 1),
-            "req_s_skipped": round(skipped, 1),
-            "samples": {name: samples[name][workload] for name in samples},
-            "cost": round(1 - checked / skipped, 3),
+            "req_s_checked": round(statistics.median(by_variant[CHECKED]), 1),
+            "req_s_skipped": round(statistics.median(by_variant[SKIPPED]), 1),
+            "samples": by_variant,
+            # The median of the pairs' ratios: a pair's noise is shared.
+            "pair_ratios": [round(r, 3) for r in ratios],
+            "cost": round(1 - statistics.median(ratios), 3),
         }
     return figures
 
