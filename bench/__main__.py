@@ -6,6 +6,10 @@
 
 Every figure is taken in the same run, so compare ratios, not absolutes: the
 machine is shared and noisy. Prints a table and writes JSON (--out).
+
+quart_app runs with keys, as deployed: a user's read and write key on every
+request, an operator's admin key for POST /users (bench/servers.py), and
+what the key check costs is measured too (bench/auth_cost.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from devtools.files import MiB, make_file, sha256_of
 
-from . import measure
+from . import auth_cost, measure
 from .servers import (
     Server,
     start_fastapi,
@@ -126,6 +130,7 @@ class Bench:
             results.update(self.load(ours))
         finally:
             ours.stop()
+        results["auth"] = self.auth()
 
         # Every peer gets every figure it can answer: the do-nothing server
         # answers 201 to anything, so its small files and creates are the
@@ -184,8 +189,20 @@ class Bench:
         self.log(f"  download: {spread(speeds)} MB/s")
         return spread(speeds)
 
+    def auth(self) -> dict[str, Any]:
+        # Many short pairs rather than a few long runs: the machine's noise
+        # comes and goes in bursts of seconds.
+        smoke = self.mode.name == "smoke"
+        rounds, seconds = (1, 1) if smoke else (8, max(2, self.mode.seconds // 2))
+        figures = auth_cost.measure_auth(self.root, seconds, rounds, measure.have_wrk())
+        self.log(auth_cost.summary(figures))
+        return figures
+
     def creates(self, server: Server) -> dict[str, float]:
-        figures = measure.wrk(server, "/users", "post_users.lua", 50, self.mode.seconds)
+        # POST /users needs an admin key (quart_app's: server.admin_headers).
+        figures = measure.wrk(
+            server, "/users", "post_users.lua", 50, self.mode.seconds, server.admin_headers or None
+        )
         health = measure.wrk(server, "/healthz", None, 50, self.mode.seconds)
         figures["healthz_req_s"] = health["req_s"]
         self.log(f"  {server.name}: POST /users {figures}")
@@ -200,12 +217,14 @@ class Bench:
         if not measure.have_wrk():
             self.log("  wrk is not installed: create and small-file figures skipped")
             return {"create": None, "small_files_per_s": None}
-        create = self.creates(server)
         database = server.root / "instance" / "db.sqlite3"
+        # The operator account and the bench's own user are there already.
+        before = measure.rows(database, "users")
+        create = self.creates(server)
         # wrk counts the 201s it read; requests in flight when it stops are
         # committed (a batch is never cut short) but never counted, so rows
         # may exceed the count by at most the number of connections.
-        create["rows"] = float(measure.rows(database, "users"))
+        create["rows"] = float(measure.rows(database, "users") - before)
         create["connections"] = 50.0
         return {"create": create, "small_files_per_s": self.small_files(server)}
 

@@ -132,14 +132,20 @@ def tus_upload(server: Server, path: Path, chunk: int) -> float:
 
 
 def wrk(
-    server: Server, path: str, script: str | None, connections: int, seconds: int
+    server: Server,
+    path: str,
+    script: str | None,
+    connections: int,
+    seconds: int,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """wrk's requests/s, p50 and p99 in ms, and (with a script that counts
-    them) the number of 201 answers."""
+    them) the number of 201 answers. Every request carries ``headers``
+    (default: the server's), which the scripts' requests inherit."""
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", server.url + path]
     if script:
         argv[1:1] = ["-s", str(LUA / script)]
-    for header, text in server.headers.items():
+    for header, text in (server.headers if headers is None else headers).items():
         argv[1:1] = ["-H", f"{header}: {text}"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     requests = re.search(r"Requests/sec:\s+([\d.]+)", out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from devtools import PROJECT_ROOT
+from devtools.auth import bearer, create_user_key
 from devtools.ports import free_port
 from devtools.processes import stop_process
 
@@ -25,6 +27,8 @@ class Server:
     # Sent with every request the bench makes (curl, wrk, tuspy, httpx): where
     # an API key goes once requests need one.
     headers: dict[str, str] = field(default_factory=dict)
+    # Sent instead where the request needs an admin key (POST /users).
+    admin_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -101,12 +105,24 @@ def hypercorn(*args: str) -> list[str]:
 
 
 def start_ours(
-    root: Path, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+    root: Path,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+    app: str = "quart_app:create_app()",
 ) -> Server:
+    """quart_app as deployed, with keys made as an operator makes them: the
+    environment's admin key creates a user with a read and write key (sent
+    on every request) and an admin key of the operator's own (for POST
+    /users). Both are keys from the database, so every request takes the
+    path a deployment's clients take: the key cache, not the environment
+    key's comparison. ``extra_args`` / ``extra_env``: Hypercorn arguments and
+    settings for A/B runs."""
+    admin_key = "qa_bench-admin-" + secrets.token_urlsafe(24)
     env = {
         "QUART_APP_STORAGE_DIR": str(root / "uploads"),
         "QUART_APP_INSTANCE_DIR": str(root / "instance"),
         "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
+        "QUART_APP_ADMIN_KEY": admin_key,
         **(extra_env or {}),
     }
     # As deployed: the schema migrated first (so workers never load Alembic,
@@ -119,9 +135,28 @@ def start_ours(
     )  # fmt: skip
     argv = hypercorn(
         "-c", str(PROJECT_ROOT / "hypercorn.toml"), "--bind", "127.0.0.1:{port}",
-        *extra_args, "quart_app:create_app()",
+        *extra_args, app,
     )  # fmt: skip
-    return _spawn("quart_app", root, argv, env, "/healthz")
+    server = _spawn("quart_app", root, argv, env, "/healthz")
+    try:
+        _, user_key = create_user_key(server.url, ("read", "write"), admin_key)
+        operator_key = create_operator_key(server.url, admin_key)
+    except BaseException:
+        server.stop()
+        raise
+    server.headers = bearer(user_key)
+    server.admin_headers = bearer(operator_key)
+    return server
+
+
+def create_operator_key(url: str, admin_key: str) -> str:
+    """An admin key of the operator account (user 0), kept in the database."""
+    answer = httpx.post(
+        f"{url}/users/0/keys", json={"scopes": ["admin"]}, headers=bearer(admin_key), timeout=30
+    )
+    answer.raise_for_status()
+    secret: str = answer.json()["secret"]
+    return secret
 
 
 def start_stock_quart(root: Path) -> Server:

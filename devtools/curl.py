@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 
+from devtools.auth import TEST_ADMIN_KEY
 
-def curl(*args: str) -> tuple[int, dict[str, str], str]:
-    """Run curl; return status, lower-cased headers and body."""
+
+def curl(*args: str, key: str | None = TEST_ADMIN_KEY) -> tuple[int, dict[str, str], str]:
+    """Run curl with ``-H "Authorization: Bearer <key>"`` (``key=None``: no
+    key); return status, lower-cased headers and body."""
+    auth = ["-H", f"Authorization: Bearer {key}"] if key is not None else []
     result = subprocess.run(
-        ["curl", "-sS", "-i", "--max-time", "20", *args],
+        ["curl", "-sS", "-i", "--max-time", "20", *auth, *args],
         capture_output=True,
         text=True,
         errors="replace",

@@ -1,4 +1,6 @@
 -- POST /users with a unique email per request; counts the 201s.
+-- The API key comes from wrk -H (bench/measure.py): wrk.format uses
+-- wrk.headers, which holds it; init only adds Content-Type.
 -- Globals, not locals: done() reads them from each thread with thread:get.
 counter = 0
 created = 0

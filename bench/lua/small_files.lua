@@ -1,6 +1,7 @@
 -- POST /files with a 4 KiB multipart file part, different bytes every time
 -- (identical bytes would only take the server's de-duplicating path): the
 -- first 30 bytes name the wrk thread, a random run number and a counter.
+-- The API key comes from wrk -H (bench/measure.py), in wrk.headers.
 local boundary = "----benchboundary4KiB"
 local filler = string.rep("x", 4096 - 30)
 local head = "--" .. boundary .. "\r\n" ..

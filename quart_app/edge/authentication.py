@@ -174,24 +174,28 @@ def init_app(app: Quart, settings: Settings) -> None:
 
     @app.before_request
     async def _authenticate() -> None:
-        if request.method == "OPTIONS":
+        # On every request: the request proxy is resolved once (each use of
+        # it is a context-variable lookup; issue 14 item 10 bounds this hook).
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        method, endpoint = current.method, current.endpoint
+        if method == "OPTIONS":
             return
-        view = app.view_functions.get(request.endpoint) if request.endpoint else None
-        if request.endpoint in PUBLIC_ENDPOINTS or getattr(view, "public", False):
+        view = app.view_functions.get(endpoint) if endpoint else None
+        if endpoint in PUBLIC_ENDPOINTS or getattr(view, "public", False):
             return
-        values = request.headers.getlist("Authorization")
+        values = current.headers.getlist("Authorization")
         anonymous = getattr(view, "anonymous_when", None)
         if not values and anonymous is not None and anonymous(settings):
             g.access = None
             return
-        client = request.remote_addr or "-"
+        client = current.remote_addr or "-"
         try:
             token = _presented_token(values)
         except Unauthorized as error:
             if values:
                 raise refuse(client, error) from None
             raise
-        keys = app_state().keys
+        keys = app_state(app).keys
         access = keys.known(token)
         if access is None:
             wait = limiter.blocked_for(client)
@@ -201,11 +205,11 @@ def init_app(app: Quart, settings: Settings) -> None:
             if access is None:
                 raise refuse(client, _invalid("The API key is unknown, expired or revoked."))
         keys.note_use(access)
-        note(request.scope, key_id=access.key_id)
+        note(current.scope, key_id=access.key_id)
         g.access = access
-        if request.routing_exception is not None:
+        if current.routing_exception is not None:
             return  # no view takes it: the 404 or 405 (the same for every key) follows
-        scope = required_scope(view, request.method)
+        scope = required_scope(view, method)
         if not access.allows(scope):
             raise InsufficientScope(
                 f"This request needs a key with the {scope!r} scope.",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -52,7 +52,9 @@ class KeyCache:
         self._admin_hash = secret_hash(admin_key) if admin_key else None
         self._operator: int | None = None
         self._entries: dict[str, _Entry] = {}
-        self._used: dict[str, datetime] = {}
+        # key id -> time.time() of its last use: a float, as this is noted
+        # on every request and made a datetime only when written.
+        self._used: dict[str, float] = {}
 
     async def start(self) -> None:
         """Make the operator account now, when the environment has an admin
@@ -101,16 +103,20 @@ class KeyCache:
 
     def note_use(self, access: Access) -> None:
         if access.key_id != ENVIRONMENT_KEY_ID:
-            self._used[access.key_id] = utc_now()
+            self._used[access.key_id] = time.time()
 
     async def flush_used(self) -> int:
         """Write the last-use times noted since the last flush."""
         used, self._used = self._used, {}
         if not used:
             return 0
+        times = {
+            key_id: datetime.fromtimestamp(when, UTC).replace(microsecond=0)
+            for key_id, when in used.items()
+        }
         try:
             async with self._database.sessionmaker() as session, self._database.writing(session):
-                await record_last_used(session, used)
+                await record_last_used(session, times)
         except BaseException:
             for key_id, when in used.items():
                 self._used.setdefault(key_id, when)

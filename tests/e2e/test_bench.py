@@ -23,6 +23,14 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert set(results["peers"]) == {"stock_quart", "fastapi", "nothing", "nothing_256k"}
     assert results["tus"]["mb_s"]["median"] > 0
     assert results["ratios"]["multipart_vs_nothing"] is not None
+    # What authentication costs: the check timed alone, and (with wrk) a load
+    # run against the app with the check and without it.
+    assert results["auth"]["check_us"]["small_files"] > 0
+    assert results["auth"]["check_us"]["create"] > 0
+    if results["auth"].get("load") is not None:
+        for workload in ("create", "small_files"):
+            load = results["auth"]["load"][workload]
+            assert load["req_s_checked"] > 0 and load["req_s_skipped"] > 0
     if results["create"] is not None:
         # Requests still in flight when wrk stops commit but are never counted.
         create = results["create"]

@@ -22,17 +22,21 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.auth import bearer, bearer_line
 from devtools.server import RunningServer, rss_mib, start_server
 from devtools.tls import self_signed_certificate
 
 MIB = 1024 * 1024
+AUTH = bearer_line().encode()
 
 
 # -- helpers --------------------------------------------------------------------
 
 
 def upload(server: RunningServer, file_id: str, data: bytes) -> None:
-    response = httpx.put(f"{server.url}/files/{file_id}", content=data, timeout=30)
+    response = httpx.put(
+        f"{server.url}/files/{file_id}", content=data, headers=bearer(), timeout=30
+    )
     assert response.status_code == 201, response.text
 
 
@@ -105,7 +109,9 @@ def test_a_steady_download_outlasts_the_old_read_timeout(tmp_path: Path) -> None
         upload(server, "long", data)
         with small_receive_buffer() as sock:
             sock.connect(("127.0.0.1", server.port))
-            sock.sendall(b"GET /files/long/content HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            sock.sendall(
+                b"GET /files/long/content HTTP/1.1\r\nHost: 127.0.0.1\r\n" + AUTH + b"\r\n"
+            )
             started = time.monotonic()
             head, body = read_response(sock, pace_bytes_per_s=3.2 * MIB)
             took = time.monotonic() - started
@@ -134,7 +140,10 @@ def test_a_steady_http2_download_outlasts_the_old_read_timeout(tmp_path: Path) -
         # HTTP/2 over TLS (ALPN); flow control paces it.
         with (
             httpx.Client(
-                http2=True, verify=ssl.create_default_context(cafile=tls[0]), timeout=10
+                http2=True,
+                verify=ssl.create_default_context(cafile=tls[0]),
+                headers=bearer(),
+                timeout=10,
             ) as client,
             client.stream("GET", f"{server.tls_url}/files/long/content") as response,
         ):
@@ -161,7 +170,7 @@ def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
         upload(server, "big", os.urandom(32 * MIB))
         with small_receive_buffer() as sock:
             sock.connect(("127.0.0.1", server.port))
-            sock.sendall(b"GET /files/big/content HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            sock.sendall(b"GET /files/big/content HTTP/1.1\r\nHost: 127.0.0.1\r\n" + AUTH + b"\r\n")
             time.sleep(4)  # reads nothing: well past the window and the idle time
             sock.settimeout(10)
             head, body = read_response(sock)
@@ -205,7 +214,11 @@ def early_refusals(server: RunningServer, upload_id: str) -> list[tuple[bytes, i
             404,
         ),
     ]
-    cases = [((head + "Host: 127.0.0.1\r\n\r\n").encode(), status) for head, status in heads]
+    key = bearer_line()
+    cases = [((head + f"Host: 127.0.0.1\r\n{key}\r\n").encode(), status) for head, status in heads]
+    # No key: refused before the body is read, as the others.
+    keyless = f"PUT /files/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {BIG}\r\n\r\n"
+    cases.append((keyless.encode(), 401))
     # Refused before Quart sees it (edge/host_guard.py), its body unread.
     bad_host = f"PUT /files/x HTTP/1.1\r\nHost: evil.example/@x\r\nContent-Length: {BIG}\r\n\r\n"
     return [*cases, (bad_host.encode(), 400)]
@@ -258,7 +271,7 @@ def test_early_answers_to_large_bodies_close_cleanly(tmp_path: Path) -> None:
         upload(server, "taken", b"exists")
         created = httpx.post(
             f"{server.url}/uploads",
-            headers={"Tus-Resumable": "1.0.0", "Upload-Length": "100"},
+            headers={"Tus-Resumable": "1.0.0", "Upload-Length": "100", **bearer()},
         )
         assert created.status_code == 201
         upload_id = created.headers["Location"].rsplit("/", 1)[1]
@@ -313,7 +326,9 @@ def test_a_trickled_upload_gets_408_and_leaves_nothing(tmp_path: Path) -> None:
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(
-                b"PUT /files/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n"
+                b"PUT /files/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + AUTH
+                + b"Content-Length: 10000000\r\n\r\n"
                 + b"x" * 64 * 1024
             )
             started = time.monotonic()
@@ -339,7 +354,7 @@ def test_a_trickled_upload_gets_408_and_leaves_nothing(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
         assert "slower than 1024 bytes a second" in body.decode()
         assert list((server.storage_dir / "tmp").iterdir()) == []
-        assert httpx.get(f"{server.url}/files/slow").status_code == 404
+        assert httpx.get(f"{server.url}/files/slow", headers=bearer()).status_code == 404
     finally:
         server.stop()
 
@@ -355,8 +370,8 @@ def test_connections_past_the_cap_get_503_with_retry_after(tmp_path: Path) -> No
         for index in range(5):
             sock = socket.create_connection(("127.0.0.1", server.port))
             sock.sendall(
-                b"PUT /files/held%d HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\nx"
-                % index
+                b"PUT /files/held%d HTTP/1.1\r\nHost: 127.0.0.1\r\n%bContent-Length: 10\r\n\r\nx"
+                % (index, AUTH)
             )
             held.append(sock)
         time.sleep(0.3)
@@ -415,13 +430,13 @@ def test_stalled_clients_cost_memory_that_is_returned(tmp_path: Path, many_socke
         for _ in range(300):
             sock = small_receive_buffer()
             sock.connect(("127.0.0.1", server.port))
-            sock.sendall(b"GET /files/big/content HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            sock.sendall(b"GET /files/big/content HTTP/1.1\r\nHost: 127.0.0.1\r\n" + AUTH + b"\r\n")
             clients.append(sock)
         for index in range(100):
             sock = socket.create_connection(("127.0.0.1", server.port))
             sock.sendall(
-                b"PUT /files/t%d HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\nx"
-                % index
+                b"PUT /files/t%d HTTP/1.1\r\nHost: 127.0.0.1\r\n%bContent-Length: 100000\r\n\r\nx"
+                % (index, AUTH)
             )
             clients.append(sock)
         peak = rss_mib(pid)
@@ -454,7 +469,7 @@ def trickle_put(port: int, file_id: str, results: list[tuple[str, int]]) -> None
     try:
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(
-                f"PUT /files/{file_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"PUT /files/{file_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n{bearer_line()}"
                 f"Content-Length: {8 * 1000 * 1000}\r\n\r\n".encode()
             )
             sock.settimeout(0.05)
@@ -513,7 +528,9 @@ def test_an_early_answer_to_a_client_that_sends_nothing_more_lingers_briefly(
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(
-                b"PUT /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n\r\n"
+                b"PUT /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + AUTH
+                + b"Content-Length: 50000000\r\n\r\n"
             )
             sock.settimeout(5)
             head, _ = read_response(sock)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from devtools.auth import bearer
 from devtools.server import RunningServer, start_server, worker_pid
 from devtools.stored import rows
 
@@ -28,7 +29,9 @@ KILL_WINDOWS = [(0.02, 0.15), (0.4, 0.9), (1.5, 3.0)]  # seconds after the work 
 
 def create_user(url: str, email: str) -> tuple[str, Any] | None:
     try:
-        response = httpx.post(f"{url}/users", json={"name": "n", "email": email}, timeout=30)
+        response = httpx.post(
+            f"{url}/users", json={"name": "n", "email": email}, headers=bearer(), timeout=30
+        )
     except httpx.HTTPError:
         return None
     return ("user", response.json()) if response.status_code == 201 else None
@@ -36,7 +39,7 @@ def create_user(url: str, email: str) -> tuple[str, Any] | None:
 
 def put_file(url: str, name: str, data: bytes) -> tuple[str, Any] | None:
     try:
-        response = httpx.put(f"{url}/files/{name}", content=data, timeout=30)
+        response = httpx.put(f"{url}/files/{name}", content=data, headers=bearer(), timeout=30)
     except httpx.HTTPError:
         return None
     if response.status_code != 201:
@@ -104,10 +107,10 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> 
         assert 0 < len(users) < 200 * ROUNDS, len(users)
         assert 0 < len(files) < 20 * ROUNDS, len(files)
         for user in users:
-            again = httpx.get(f"{server.url}/users/{user['id']}")
+            again = httpx.get(f"{server.url}/users/{user['id']}", headers=bearer())
             assert again.status_code == 200 and again.json() == user
         for name, sha256 in files.items():
-            content = httpx.get(f"{server.url}/files/{name}/content")
+            content = httpx.get(f"{server.url}/files/{name}/content", headers=bearer())
             assert hashlib.sha256(content.content).hexdigest() == sha256, name
         result = run_check(server)
         assert result.returncode == 0, result.stdout
@@ -126,6 +129,7 @@ def test_many_concurrent_writers_no_5xx_no_lock_errors(tmp_path: Path) -> None:
                         httpx.post(
                             f"{server.url}/users",
                             json={"name": "n", "email": f"load{i}@example.com"},
+                            headers=bearer(),
                             timeout=60,
                         ).status_code
                     ),
@@ -136,7 +140,10 @@ def test_many_concurrent_writers_no_5xx_no_lock_errors(tmp_path: Path) -> None:
                 pool.map(
                     lambda i: (
                         httpx.put(
-                            f"{server.url}/files/load{i}", content=os.urandom(200_000), timeout=60
+                            f"{server.url}/files/load{i}",
+                            content=os.urandom(200_000),
+                            headers=bearer(),
+                            timeout=60,
                         ).status_code
                     ),
                     range(50),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from devtools.auth import bearer
 from devtools.server import start_server
 
 DOWNLOADS = 1000
@@ -37,7 +38,7 @@ class Versions:
 
 
 def write_until(url: str, versions: Versions, stop: threading.Event, deleting: bool) -> None:
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, headers=bearer(), timeout=30) as client:
         turn = 0
         while not stop.is_set():
             file_id = FILE_IDS[turn % len(FILE_IDS)]
@@ -69,7 +70,7 @@ def test_downloads_survive_concurrent_replaces_and_deletes(tmp_path: Path) -> No
     server = start_server(tmp_path / "s")
     versions = Versions()
     try:
-        with httpx.Client(base_url=server.url) as client:
+        with httpx.Client(base_url=server.url, headers=bearer()) as client:
             for file_id in FILE_IDS:
                 assert client.put(f"/files/{file_id}", content=versions.new()).status_code == 201
         stop = threading.Event()
@@ -81,7 +82,7 @@ def test_downloads_survive_concurrent_replaces_and_deletes(tmp_path: Path) -> No
         counted = threading.Lock()
 
         def reader(index: int) -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
+            with httpx.Client(base_url=server.url, headers=bearer(), timeout=30) as client:
                 for n in range(DOWNLOADS // READERS + (index < DOWNLOADS % READERS)):
                     outcome = read(client, FILE_IDS[(n + index) % len(FILE_IDS)], versions)
                     with counted:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.auth import bearer
 from devtools.form_data import multipart, multipart_headers, part
 from devtools.processes import tmpfs
 from devtools.server import RunningServer, start_server
@@ -32,20 +33,26 @@ TUS = {"Tus-Resumable": "1.0.0"}
 
 
 def create_user(server: RunningServer, email: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/users", json={"name": "N", "email": email}, timeout=30)
+    return httpx.post(
+        f"{server.url}/users", json={"name": "N", "email": email}, headers=bearer(), timeout=30
+    )
 
 
 def upload(server: RunningServer, data: bytes, name: str) -> httpx.Response:
     body = multipart(part("file", data, name))
-    return httpx.post(f"{server.url}/files", content=body, headers=multipart_headers(), timeout=30)
+    return httpx.post(
+        f"{server.url}/files", content=body, headers={**multipart_headers(), **bearer()}, timeout=30
+    )
 
 
 def put_file(server: RunningServer, file_id: str, data: bytes) -> httpx.Response:
-    return httpx.put(f"{server.url}/files/{file_id}", content=data, timeout=30)
+    return httpx.put(f"{server.url}/files/{file_id}", content=data, headers=bearer(), timeout=30)
 
 
 def create_tus_upload(server: RunningServer) -> httpx.Response:
-    return httpx.post(f"{server.url}/uploads", headers={**TUS, "Upload-Length": "10"}, timeout=30)
+    return httpx.post(
+        f"{server.url}/uploads", headers={**TUS, "Upload-Length": "10", **bearer()}, timeout=30
+    )
 
 
 def readyz(server: RunningServer) -> httpx.Response:
@@ -79,10 +86,10 @@ def blob_count(server: RunningServer) -> int:
 def assert_still_there(server: RunningServer, users: list[Any], files: list[Any]) -> None:
     """Everything that was acknowledged reads back as it was acknowledged."""
     for user in users:
-        assert httpx.get(f"{server.url}/users/{user['id']}").json() == user
+        assert httpx.get(f"{server.url}/users/{user['id']}", headers=bearer()).json() == user
     for file in files:
-        assert httpx.get(f"{server.url}/files/{file['id']}").json() == file
-        content = httpx.get(f"{server.url}/files/{file['id']}/content")
+        assert httpx.get(f"{server.url}/files/{file['id']}", headers=bearer()).json() == file
+        content = httpx.get(f"{server.url}/files/{file['id']}/content", headers=bearer())
         assert content.status_code == 200
     assert rows(server, "users") == len(users)
     assert rows(server, "files") == len(files)
@@ -127,7 +134,9 @@ def test_a_database_locked_by_another_process_is_503_then_recovers(
         for response, elapsed in answers:
             assert_retry_later(response, elapsed, "database-unavailable")
         # Reads do not need the write lock.
-        assert httpx.get(f"{server.url}/users/{users[0]['id']}").status_code == 200
+        assert (
+            httpx.get(f"{server.url}/users/{users[0]['id']}", headers=bearer()).status_code == 200
+        )
         # A failed group commit leaves none of its bytes behind.
         assert part_files(server) == []
         assert list((server.storage_dir / "partial").iterdir()) == []
@@ -222,7 +231,7 @@ def test_read_only_storage_is_503_and_leaves_nothing(
         lambda: upload(server, os.urandom(5000), "a.bin"),
         lambda: put_file(server, "put-while-read-only", os.urandom(5000)),
         lambda: create_tus_upload(server),
-        lambda: httpx.delete(f"{server.url}/files/{files[0]['id']}"),
+        lambda: httpx.delete(f"{server.url}/files/{files[0]['id']}", headers=bearer()),
         lambda: readyz(server),
     ):
         assert_retry_later(*timed(call), "storage-unavailable")

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.auth import bearer, bearer_line
 from devtools.curl import curl
 from devtools.form_data import BOUNDARY, multipart, part
 from devtools.processes import tmpfs
@@ -48,7 +49,15 @@ def test_the_readme_curl_commands(server: RunningServer, tmp_path: Path) -> None
     download = tmp_path / "download"
     download.mkdir()
     subprocess.run(
-        ["curl", "-sS", "-O", "-J", f"{server.url}/files/x.txt/content"],
+        [
+            "curl",
+            "-sS",
+            "-O",
+            "-J",
+            "-H",
+            bearer_line().strip(),
+            f"{server.url}/files/x.txt/content",
+        ],
         cwd=download,
         check=True,
     )
@@ -69,6 +78,8 @@ def test_chunked_upload_over_the_limit_is_413_and_leaves_nothing(tmp_path: Path)
                     "-",
                     "-H",
                     "Transfer-Encoding: chunked",
+                    "-H",
+                    bearer_line().strip(),
                     "-w",
                     "\n%{http_code}",
                     f"{server.url}/files/big",
@@ -101,12 +112,13 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(
     form_without_end = form[: -len(f"--{BOUNDARY}--\r\n")]
     uploads = {
         "multipart": (
-            f"POST /files HTTP/1.1\r\nHost: x\r\nContent-Length: {len(form)}\r\n"
+            f"POST /files HTTP/1.1\r\nHost: x\r\n{bearer_line()}Content-Length: {len(form)}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n",
             form_without_end,
         ),
         "put": (
-            f"PUT /files/cut HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data) + 1}\r\n\r\n",
+            f"PUT /files/cut HTTP/1.1\r\nHost: x\r\n{bearer_line()}"
+            f"Content-Length: {len(data) + 1}\r\n\r\n",
             data,
         ),
     }
@@ -162,7 +174,7 @@ def test_memory_does_not_grow_with_the_upload(server: RunningServer, tmp_path: P
     ):
         status, _, body = curl(*form)
         assert status in (200, 201), body
-    tus = {"Tus-Resumable": "1.0.0"}
+    tus = {"Tus-Resumable": "1.0.0", **bearer()}
     created = httpx.post(
         f"{server.url}/uploads", headers={**tus, "Upload-Length": str(256 * 1024 * 1024)}
     )

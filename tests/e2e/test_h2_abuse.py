@@ -31,7 +31,9 @@ import h2.settings
 import httpx
 import pytest
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 
+from devtools.auth import TEST_ADMIN_KEY, bearer
 from devtools.server import RunningServer, memory_kib, start_server, worker_pid
 from devtools.stored import assert_server_holds, server_holds
 from devtools.tls import self_signed_certificate
@@ -86,6 +88,8 @@ def request_headers(server: RunningServer, method: str, path: str) -> Headers:
         (b":scheme", b"https"),
         (b":authority", f"127.0.0.1:{server.tls_port}".encode()),
     ]
+    if path != "/healthz":  # public; the attack on it stays the bytes it was
+        headers.append((b"authorization", f"Bearer {TEST_ADMIN_KEY}".encode()))
     if method == "POST":
         headers.append((b"content-type", b"application/json"))
     return headers
@@ -131,7 +135,15 @@ class Attacker:
             conn.send_headers(1, self.headers, end_stream=self.end_stream)
             conn.reset_stream(1, ErrorCodes.CANCEL)
             queued = bytearray(conn.data_to_send())
-            block = conn.encoder.encode(self.headers)
+            # h2 sent the key never indexed (RFC 7541 section 7.1.3), so it
+            # is not in the table: say so again, or each copy of the block
+            # would add it to the table and shift the indexes before it.
+            block = conn.encoder.encode(
+                [
+                    NeverIndexedHeaderTuple(*h) if h[0] == b"authorization" else h
+                    for h in self.headers
+                ]
+            )
             flags = 0x4 | (0x1 if self.end_stream else 0)  # END_HEADERS, END_STREAM
             headers_head = len(block).to_bytes(3, "big") + bytes([0x1, flags])
             reset_head = (4).to_bytes(3, "big") + bytes([0x3, 0])
@@ -427,7 +439,7 @@ def test_http2_clients_are_served(h2_server: RunningServer, tls_files: tuple[Pat
     async def use_it() -> None:
         context = client_context(tls_files[0])
         async with httpx.AsyncClient(
-            http2=True, verify=context, base_url=h2_server.tls_url, timeout=20
+            http2=True, verify=context, base_url=h2_server.tls_url, headers=bearer(), timeout=20
         ) as client:
             healthz = [client.get("/healthz") for _ in range(30)]
             users = [

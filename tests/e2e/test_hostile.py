@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import httpx
 import pytest
 
+from devtools.auth import TEST_ADMIN_KEY, bearer
 from devtools.server import RunningServer, start_server
 from devtools.stored import assert_server_holds, server_holds
 
@@ -69,12 +70,16 @@ def request(
     body: bytes = b"",
     length: int | str | None = "auto",
     close: bool = True,
+    key: str | None = TEST_ADMIN_KEY,
 ) -> bytes:
     """A raw HTTP/1.1 request. Header text is sent as latin-1, byte for byte,
     so a case can put any octet (CR included) where it likes. ``close``
     asks for ``Connection: close``; without it the server reads what follows
-    the body as the next request."""
+    the body as the next request. The key is sent unless ``key`` is None, so
+    that each case reaches what it is about."""
     lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
+    if key is not None:
+        lines.append(f"Authorization: Bearer {key}")
     lines += [f"{name}: {value}" for name, value in headers or []]
     if length == "auto":
         lines.append(f"Content-Length: {len(body)}")
@@ -357,7 +362,7 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 @pytest.fixture(scope="module")
 def seeded(hostile_server: RunningServer) -> str:
     """Make KEPT_FILE and a completed upload; the upload's id."""
-    with httpx.Client(base_url=hostile_server.url, timeout=10) as client:
+    with httpx.Client(base_url=hostile_server.url, headers=bearer(), timeout=10) as client:
         assert client.put(f"/files/{KEPT_FILE}", content=KEPT_BYTES).status_code == 201
         created = client.post(
             "/uploads",
@@ -453,7 +458,7 @@ def test_slowloris_headers_are_dropped_while_others_are_served(
     for client in clients:
         client.start()
     served = 0
-    with httpx.Client(base_url=hostile_server.url, timeout=5) as others:
+    with httpx.Client(base_url=hostile_server.url, headers=bearer(), timeout=5) as others:
         while any(client.is_alive() for client in clients):
             assert others.get("/healthz").status_code == 200
             assert others.post("/users", json={"name": "x"}).status_code == 400

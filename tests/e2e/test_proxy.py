@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from devtools import PROJECT_ROOT
+from devtools.auth import bearer_line
 from devtools.curl import curl
 from devtools.ports import free_port
 from devtools.processes import stop_process
@@ -275,7 +276,15 @@ def test_a_64_mib_upload_streams_through_the_proxy_intact(
     # Chunked (no Content-Length) streams through as well.
     with big.open("rb") as stdin:
         result = subprocess.run(
-            ["curl", "-sS", "-T", "-", f"{nginx.url}/files/chunked.bin"],
+            [
+                "curl",
+                "-sS",
+                "-H",
+                bearer_line().strip(),
+                "-T",
+                "-",
+                f"{nginx.url}/files/chunked.bin",
+            ],
             stdin=stdin,
             capture_output=True,
             check=True,

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,8 +21,10 @@ import pytest
 from tusclient import client as tus
 
 from devtools import PROJECT_ROOT
+from devtools.auth import TEST_ADMIN_KEY, bearer, create_user_key
 from devtools.files import sha256_of
-from devtools.server import RunningServer
+from devtools.server import RunningServer, start_server
+from devtools.stored import assert_server_holds, server_holds
 
 MiB = 1024 * 1024
 # tuspy leaves its file handles to the garbage collector, and aiohttp warns
@@ -39,11 +42,12 @@ def make_file(path: Path, size: int) -> Path:
     return path
 
 
-def stored_sha256(server: RunningServer, upload_url: str) -> str:
+def stored_sha256(server: RunningServer, upload_url: str, key: str = TEST_ADMIN_KEY) -> str:
     """The sha256 of the bytes the server serves for the completed upload."""
     file_id = upload_url.rstrip("/").rsplit("/", 1)[1]
     digest = hashlib.sha256()
-    with httpx.stream("GET", f"{server.url}/files/{file_id}/content", timeout=60) as response:
+    url = f"{server.url}/files/{file_id}/content"
+    with httpx.stream("GET", url, headers=bearer(key), timeout=60) as response:
         assert response.status_code == 200
         for block in response.iter_bytes():
             digest.update(block)
@@ -51,7 +55,7 @@ def stored_sha256(server: RunningServer, upload_url: str) -> str:
 
 
 def sync_upload(server: RunningServer, path: Path, chunk: int) -> str:
-    uploader = tus.TusClient(f"{server.url}/uploads").uploader(
+    uploader = tus.TusClient(f"{server.url}/uploads", headers=bearer()).uploader(
         str(path), chunk_size=chunk, upload_checksum=True, metadata={"filename": path.name}
     )
     uploader.upload()
@@ -61,7 +65,7 @@ def sync_upload(server: RunningServer, path: Path, chunk: int) -> str:
 
 def async_upload(server: RunningServer, path: Path, chunk: int) -> str:
     async def run() -> str:
-        uploader = tus.TusClient(f"{server.url}/uploads").async_uploader(
+        uploader = tus.TusClient(f"{server.url}/uploads", headers=bearer()).async_uploader(
             str(path), chunk_size=chunk, upload_checksum=True, metadata={"filename": path.name}
         )
         await uploader.upload()
@@ -92,7 +96,7 @@ def test_tuspy_uploads_end_with_identical_bytes(
 def start_and_stop_at_9_mib(server: RunningServer, path: Path) -> str:
     """A 20 MiB tuspy upload in 4 MiB chunks, stopped after 9 MiB: its URL."""
     make_file(path, 20 * MiB)
-    first = tus.TusClient(f"{server.url}/uploads").uploader(
+    first = tus.TusClient(f"{server.url}/uploads", headers=bearer()).uploader(
         str(path), chunk_size=4 * MiB, upload_checksum=True
     )
     first.upload(stop_at=9 * MiB)
@@ -105,7 +109,7 @@ def test_tuspy_resumes_after_an_interruption(server: RunningServer, tmp_path: Pa
     url = start_and_stop_at_9_mib(server, path)
     offset = upload_offset(url)
     assert 0 < offset < 20 * MiB
-    second = tus.TusClient(f"{server.url}/uploads").uploader(
+    second = tus.TusClient(f"{server.url}/uploads", headers=bearer()).uploader(
         str(path), chunk_size=4 * MiB, upload_checksum=True, url=url
     )
     assert second.offset == offset
@@ -120,7 +124,7 @@ def test_tuspy_resumes_after_a_server_restart(server: RunningServer, tmp_path: P
     server.start()  # same port, database and storage directory
 
     async def finish() -> None:
-        uploader = tus.TusClient(f"{server.url}/uploads").async_uploader(
+        uploader = tus.TusClient(f"{server.url}/uploads", headers=bearer()).async_uploader(
             str(path), chunk_size=4 * MiB, upload_checksum=True, url=url
         )
         assert uploader.offset >= 8 * MiB
@@ -130,7 +134,7 @@ def test_tuspy_resumes_after_a_server_restart(server: RunningServer, tmp_path: P
     assert stored_sha256(server, url) == sha256_of(path)
 
 
-TUS = {"Tus-Resumable": "1.0.0"}
+TUS = {"Tus-Resumable": "1.0.0", **bearer()}
 
 
 def patch_and_hang_up(
@@ -140,6 +144,7 @@ def patch_and_hang_up(
     then close the connection; wait until the server is done with it."""
     head = (
         f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        f"Authorization: Bearer {TEST_ADMIN_KEY}\r\n"
         f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n"
         f"Content-Length: {len(chunk)}\r\n"
     )
@@ -201,11 +206,12 @@ def test_a_checksummed_patch_cut_off_keeps_nothing(server: RunningServer) -> Non
 JS_UPLOAD = """
 const tus = require('tus-js-client');
 const fs = require('fs');
-const [endpoint, path, chunkSize] = process.argv.slice(2);
+const [endpoint, path, chunkSize, key] = process.argv.slice(2);
 const upload = new tus.Upload(fs.readFileSync(path), {
   endpoint,
   chunkSize: Number(chunkSize),
   retryDelays: null,
+  headers: key ? { Authorization: `Bearer ${key}` } : {},
   metadata: { filename: 'from-js.bin', filetype: 'application/octet-stream' },
   onError: (error) => { console.error(String(error)); process.exit(1); },
   onSuccess: () => { console.log(JSON.stringify({ url: upload.url })); },
@@ -230,17 +236,73 @@ def tus_js_client() -> Path:
     return script
 
 
+def run_tus_js_client(
+    script: Path, endpoint: str, path: Path, key: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["node", str(script), endpoint, str(path), str(5 * MiB), key],
+        capture_output=True, text=True, timeout=120, cwd=script.parent,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("size", [0, 70_000, 20 * MiB], ids=["empty", "small", "20MiB"])
 def test_tus_js_client_uploads(
     server: RunningServer, tmp_path: Path, tus_js_client: Path, size: int
 ) -> None:
+    """tus-js-client, unmodified, with a user's own key in its ``headers``
+    option: the upload is that user's."""
+    user_id, key = create_user_key(server.url)
     path = make_file(tmp_path / "js.bin", size)
-    result = subprocess.run(
-        ["node", str(tus_js_client), f"{server.url}/uploads", str(path), str(5 * MiB)],
-        capture_output=True, text=True, timeout=120, cwd=tus_js_client.parent,
-    )  # fmt: skip
+    result = run_tus_js_client(tus_js_client, f"{server.url}/uploads", path, key)
     assert result.returncode == 0, result.stderr
     url = json.loads(result.stdout.strip().splitlines()[-1])["url"]
-    assert stored_sha256(server, url) == sha256_of(path)
+    assert stored_sha256(server, url, key) == sha256_of(path)
     file_id = url.rsplit("/", 1)[1]
-    assert httpx.get(f"{server.url}/files/{file_id}").json()["filename"] == "from-js.bin"
+    info = httpx.get(f"{server.url}/files/{file_id}", headers=bearer(key)).json()
+    assert info["filename"] == "from-js.bin"
+    with sqlite3.connect(f"file:{server.database_path}?mode=ro", uri=True) as db:
+        owners = db.execute("SELECT owner_id FROM files WHERE id = ?", (file_id,)).fetchall()
+    assert owners == [(user_id,)]
+
+
+def test_tus_js_client_without_a_key_is_refused(
+    server: RunningServer, tmp_path: Path, tus_js_client: Path
+) -> None:
+    before = server_holds(server)
+    path = make_file(tmp_path / "js.bin", 70_000)
+    result = run_tus_js_client(tus_js_client, f"{server.url}/uploads", path, "")
+    assert result.returncode != 0
+    assert "401" in result.stderr
+    assert_server_holds(server, before)
+
+
+def test_a_browser_preflight_for_a_tus_upload_allows_authorization(tmp_path: Path) -> None:
+    """What a page running tus-js-client makes its browser ask first (the
+    preflight carries no key), then the upload with the key."""
+    origin = "https://app.example"
+    server = start_server(tmp_path / "server", {"QUART_APP_CORS_ORIGINS": origin})
+    try:
+        preflight = httpx.options(
+            f"{server.url}/uploads",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, tus-resumable, upload-length",
+            },
+        )
+        assert preflight.status_code in (200, 204)
+        assert preflight.headers["Access-Control-Allow-Origin"] == origin
+        allowed = {
+            h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")
+        }
+        assert {"authorization", "tus-resumable", "upload-length"} <= allowed
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        created = httpx.post(
+            f"{server.url}/uploads",
+            headers={"Origin": origin, **TUS, "Upload-Length": "5"},
+        )
+        assert created.status_code == 201
+        assert created.headers["Access-Control-Allow-Origin"] == origin
+        assert "Location" in created.headers["Access-Control-Expose-Headers"]
+    finally:
+        server.stop()

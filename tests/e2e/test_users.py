@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 
 import httpx
 
+from devtools.auth import bearer
 from devtools.curl import curl
 from devtools.server import RunningServer
+from devtools.stored import rows
 
 
 def test_create_read_invalid_and_resend_with_curl(server: RunningServer) -> None:
@@ -35,13 +36,12 @@ def test_create_read_invalid_and_resend_with_curl(server: RunningServer) -> None
     assert status == 409
     assert json.loads(body)["existing"] == f"{server.url}/users/{created['id']}"
 
-    with sqlite3.connect(server.database_path) as db:
-        assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
+    assert rows(server, "users") == 1
 
 
 def test_twenty_concurrent_creates_with_one_email(server: RunningServer) -> None:
     async def run() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=server.url, headers=bearer(), timeout=30) as client:
             return await asyncio.gather(
                 *(
                     client.post("/users", json={"name": f"n{i}", "email": "same@example.com"})
@@ -52,8 +52,7 @@ def test_twenty_concurrent_creates_with_one_email(server: RunningServer) -> None
     responses = asyncio.run(run())
     assert sorted(r.status_code for r in responses) == [201] + [409] * 19
     assert "database is locked" not in server.log()
-    with sqlite3.connect(server.database_path) as db:
-        assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
+    assert rows(server, "users") == 1
 
 
 def test_errors_raised_by_the_framework_are_problems(server: RunningServer) -> None:
@@ -75,7 +74,7 @@ def test_fifty_concurrent_retries_with_one_idempotency_key(server: RunningServer
     body = {"name": "Ada", "email": "ada@example.com"}
 
     async def run() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=server.url, headers=bearer(), timeout=30) as client:
             return await asyncio.gather(
                 *(
                     client.post("/users", json=body, headers={"Idempotency-Key": "k1"})
@@ -87,7 +86,8 @@ def test_fifty_concurrent_retries_with_one_idempotency_key(server: RunningServer
     statuses = [r.status_code for r in responses]
     assert all(s in (201, 409) for s in statuses), statuses
     assert len({r.content for r in responses if r.status_code == 201}) == 1
-    with sqlite3.connect(server.database_path) as db:
-        assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
-    replay = httpx.post(f"{server.url}/users", json=body, headers={"Idempotency-Key": '"k1"'})
+    assert rows(server, "users") == 1
+    replay = httpx.post(
+        f"{server.url}/users", json=body, headers={"Idempotency-Key": '"k1"', **bearer()}
+    )
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
