@@ -316,6 +316,7 @@ class GuardedTCPServer(TCPServer):
             try:
                 async with asyncio.timeout(self._read_wait()) as self._read_timeout:
                     data = await self.reader.read(SOCKET_READ_BYTES)
+                self._read_timeout = None
             except TimeoutError:
                 if self._linger_until is not None:
                     if self._linger_over():
@@ -416,7 +417,10 @@ class GuardedTCPServer(TCPServer):
                 # A read already waiting was given the idle timeout: bring
                 # it to the lingering's own short slices now.
                 loop = asyncio.get_running_loop()
-                self._read_timeout.reschedule(loop.time() + LINGER_POLL_SECONDS)
+                # (a read that has just ended has a finished timeout: then
+                # the next read starts with the lingering's slices anyway)
+                with contextlib.suppress(RuntimeError):
+                    self._read_timeout.reschedule(loop.time() + LINGER_POLL_SECONDS)
             return
         try:
             await super()._close()
