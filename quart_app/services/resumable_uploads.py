@@ -104,7 +104,7 @@ async def _complete(
         raise Conflict(f"A file {upload.id} already exists; the upload cannot complete.")
     upload_id = upload.id
     has_row, stored = await changes.blob_is_stored(session, sha)
-    if not stored and await store.publish_partial(upload_id, sha):
+    if not stored and await store.publish_partial(upload_id, sha, upload.offset):
         changes.on_undo(lambda: store.unpublish_partial(upload_id, sha))
         changes.after_commit(lambda: store.settle_publish(sha))
     else:
