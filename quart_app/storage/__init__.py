@@ -146,8 +146,8 @@ class ResumableStore(BlobStore, Protocol):
 
     async def publish_partial(self, upload_id: str, sha256: str, length: int) -> bool:
         """Make the first ``length`` bytes of a complete partial the blob
-        ``sha256``; False (the partial left in place) when identical bytes
-        are already there."""
+        ``sha256``; False when identical bytes are already there. What is
+        left of the partial is removed by delete_partial after the commit."""
 
     async def unpublish_partial(self, upload_id: str, sha256: str) -> None: ...
 

@@ -18,7 +18,7 @@ from typing import Any
 UploadPart = Callable[[int, bytes], Awaitable[str]]
 
 
-def _update(hashes: list[Any], data: bytes) -> None:
+def _update(hashes: list[Any], data: bytes | memoryview) -> None:
     for digest in hashes:
         digest.update(data)
 
@@ -30,39 +30,52 @@ class PartPipeline:
         self.part_bytes = part_bytes
         self.hashes = hashes
         self._upload = upload
-        self._buffer = bytearray()
-        self._unhashed = 0  # bytes at the end of the buffer not yet hashed
+        # Gathered bytes, by reference (a part is joined from them once: the
+        # one copy); the first ``_hashed`` of them have been hashed already.
+        self._chunks: list[bytes | memoryview] = []
+        self._gathered = 0
+        self._hashed = 0
         self.next_number = first_number
         self.etags: list[tuple[int, str]] = []
         self._in_flight: asyncio.Future[None] | None = None
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
     def preload(self, data: bytes) -> None:
         """Bytes that come first and are already hashed (a tus tail)."""
-        self._buffer += data
+        assert not self._chunks, "preload() before append()"
+        self._chunks.append(data)
+        self._gathered = self._hashed = len(data)
+
+    def _take(self, size: int) -> bytes:
+        taken: list[bytes | memoryview] = []
+        need = size
+        while need:
+            chunk = self._chunks[0]
+            if len(chunk) <= need:
+                taken.append(self._chunks.pop(0))
+                need -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                taken.append(view[:need])
+                self._chunks[0] = view[need:]
+                need = 0
+        self._gathered -= size
+        return taken[0] if len(taken) == 1 and isinstance(taken[0], bytes) else b"".join(taken)
 
     async def append(self, data: bytes) -> None:
-        self._buffer += data
-        self._unhashed += len(data)
-        while len(self._buffer) >= self.part_bytes:
+        """``data`` is kept by reference: the caller must not change it."""
+        self._chunks.append(data)
+        self._gathered += len(data)
+        while self._gathered >= self.part_bytes:
             await self.wait()
-            # The unhashed bytes are the buffer's last ones (a preloaded
-            # tail, already hashed, comes first).
-            hashed = len(self._buffer) - self._unhashed
-            with memoryview(self._buffer) as view:
-                part = bytes(view[: self.part_bytes])  # the one copy
-            del self._buffer[: self.part_bytes]
-            unhashed = max(0, len(part) - hashed)
-            self._unhashed -= unhashed
+            part = self._take(self.part_bytes)
+            hashed = min(self._hashed, len(part))
+            self._hashed -= hashed
             number, self.next_number = self.next_number, self.next_number + 1
-            self._in_flight = asyncio.ensure_future(self._hash_and_upload(number, part, unhashed))
+            self._in_flight = asyncio.ensure_future(self._hash_and_upload(number, part, hashed))
 
-    async def _hash_and_upload(self, number: int, part: bytes, unhashed: int) -> None:
-        if unhashed:
-            await asyncio.to_thread(_update, self.hashes, part[len(part) - unhashed :])
+    async def _hash_and_upload(self, number: int, part: bytes, hashed: int) -> None:
+        if hashed < len(part):
+            await asyncio.to_thread(_update, self.hashes, memoryview(part)[hashed:])
         self.etags.append((number, await self._upload(number, part)))
 
     async def wait(self) -> None:
@@ -74,21 +87,19 @@ class PartPipeline:
     async def hash_rest(self) -> None:
         """Everything appended so far has passed through the hashes."""
         await self.wait()
-        if self._unhashed:
-            with memoryview(self._buffer) as view:
-                rest = bytes(view[len(view) - self._unhashed :])
-            self._unhashed = 0
-            await asyncio.to_thread(_update, self.hashes, rest)
+        if self._hashed < self._gathered:
+            rest = self._take(self._gathered)
+            await asyncio.to_thread(_update, self.hashes, memoryview(rest)[self._hashed :])
+            self._chunks, self._gathered, self._hashed = [rest], len(rest), len(rest)
 
     def take_rest(self) -> bytes:
         """The bytes short of a whole part (hash_rest first)."""
-        rest = bytes(self._buffer)
-        self._buffer = bytearray()
-        return rest
+        rest = self._take(self._gathered)
+        self._hashed = 0
+        return bytes(rest)
 
     async def settle(self) -> None:
         """Let the part in flight end; its error no longer matters."""
-        self._buffer = bytearray()
-        self._unhashed = 0
+        self._chunks, self._gathered, self._hashed = [], 0, 0
         with contextlib.suppress(Exception):
             await self.wait()
