@@ -10,14 +10,17 @@ instance role, ~/.aws/config).
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 import aiohttp
+import aiohttp.payload
 from aiobotocore.config import AioConfig
+from aiohttp.abc import AbstractStreamWriter
 from botocore.exceptions import BotoCoreError, ClientError
 
 from quart_app.storage import StorageUnwritable
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 MAX_POOL_CONNECTIONS = 64
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 120.0
+# A part goes to the socket in slices of this size (WholeBodyPayload).
+WRITE_SLICE_BYTES = 1024 * 1024
 
 _MISSING = {"NoSuchKey", "NotFound", "404", "NoSuchUpload"}
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -83,7 +88,68 @@ async def s3_client(
         aws_session_token=session_token or None,
         config=config,
     ) as client:
+        client.meta.events.register("before-send.s3", _send_bytes_whole)
         yield client
+
+
+def _send_bytes_whole(request: Any, **_: Any) -> None:
+    """Hand a part to aiohttp as the bytes it is. botocore wraps a bytes body
+    in a BytesIO, which aiohttp then reads 64 KiB at a time through a thread
+    executor (256 thread hops per 16 MiB part); and it asks for
+    ``Expect: 100-continue``, a round trip before every part. Measured on
+    1 GiB to SeaweedFS: bench/S3_LIBRARIES.md."""
+    body = request.body
+    if isinstance(body, io.BytesIO) and body.tell() == 0:
+        # An unmodified BytesIO made from bytes shares them: no copy.
+        request.body = WholeBody(body.getvalue())
+    request.headers.pop("Expect", None)
+
+
+class WholeBody:
+    """Bytes aiohttp writes to the socket in one call (WholeBodyPayload).
+    botocore rewinds a body before it retries a request: nothing to rewind."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+
+class WholeBodyPayload(aiohttp.payload.BytesPayload):
+    """A part written in slices of WRITE_SLICE_BYTES, each a view of it (no
+    copy), aiohttp draining the socket between them: no thread hop, and the
+    transport never holds more than a slice (written whole, it would keep a
+    copy of what the socket did not take at once: one more part of memory).
+    Without aiohttp's warning for bytes bodies over 1 MiB ("might lock the
+    event loop"), which this answers."""
+
+    def __init__(self, value: WholeBody, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("content_type", "application/octet-stream")
+        aiohttp.payload.Payload.__init__(self, value.data, *args, **kwargs)
+        self._size = len(value.data)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)
+        if content_length is not None:
+            view = view[:content_length]
+        for start in range(0, len(view), WRITE_SLICE_BYTES):
+            await writer.write(view[start : start + WRITE_SLICE_BYTES])
+
+
+aiohttp.payload.PAYLOAD_REGISTRY.register(
+    WholeBodyPayload, WholeBody, order=aiohttp.payload.Order.try_first
+)
 
 
 def error_code(error: ClientError) -> str:
