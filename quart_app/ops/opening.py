@@ -9,7 +9,7 @@ from quart_app.config import Settings
 from quart_app.db.engine import Database
 from quart_app.db.schema_version import schema_at_head, schema_revision
 from quart_app.ops.startup import StartupError, describe_database, startup_step
-from quart_app.storage import MaintainedStore
+from quart_app.storage import MaintainedStore, StorageUnwritable
 from quart_app.storage.factory import build_store
 
 
@@ -49,10 +49,15 @@ async def open_store(settings: Settings) -> MaintainedStore:
         if settings.STORAGE_URL
         else f"storage directory {settings.STORAGE_DIR}"
     )
+    # An object store gets a few database timeouts: its client retries.
+    patience = settings.DATABASE_TIMEOUT * 3
     with startup_step(where):
         store = build_store(settings)
         try:
-            await asyncio.wait_for(store.probe(), settings.DATABASE_TIMEOUT * 3)
+            await asyncio.wait_for(store.probe(), patience)
+        except TimeoutError:
+            await store.close()
+            raise StorageUnwritable(f"no answer within {patience:g} s") from None
         except BaseException:
             await store.close()
             raise

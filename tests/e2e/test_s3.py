@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from quart import Quart
 from quart.testing import QuartClient
 
 from devtools.curl import curl
+from devtools.ports import free_port
 from devtools.quart_client import as_quart_client
 from devtools.seaweed import Seaweed
 from devtools.server import memory_kib, start_server, worker_pid
@@ -25,6 +27,8 @@ from quart_app import create_app
 from quart_app.config import load_settings
 from quart_app.db.models import Blob, File
 from quart_app.ops.integrity import check
+from quart_app.ops.opening import open_store
+from quart_app.ops.startup import StartupError
 from quart_app.state import app_state
 from quart_app.storage.factory import build_store
 from quart_app.storage.s3.store import S3BlobStore, S3Credentials
@@ -327,3 +331,18 @@ def test_server_memory_stays_bounded_uploading_to_s3(
         assert downloaded.hexdigest() == hashlib.sha256(bytes(256 * MiB)).hexdigest()
     finally:
         server.stop()
+
+
+async def test_an_unreachable_store_stops_startup_with_one_line(
+    s3_env: dict[str, str],
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**s3_env, "AWS_ENDPOINT_URL": nobody}
+    url = s3_env["QUART_APP_STORAGE_URL"]
+    settings = load_settings(environ=env)
+    with patch.dict(os.environ, env), pytest.raises(StartupError) as stopped:
+        await open_store(settings)
+    assert stopped.value.cause.startswith(f"object store {url}: S3 is not reachable"), (
+        stopped.value.cause
+    )
+    assert "\n" not in stopped.value.cause
