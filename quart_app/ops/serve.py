@@ -114,12 +114,12 @@ def serve(argv: list[str]) -> int:
         log.info(
             "starting: database %s, storage %s, schema revision %s, bind %s",
             describe_database(settings.database_url),
-            settings.STORAGE_DIR,
+            settings.STORAGE_URL or settings.STORAGE_DIR,
             revision,
             " ".join(config.bind),
             extra={
                 "database": describe_database(settings.database_url),
-                "storage": str(settings.STORAGE_DIR),
+                "storage": settings.STORAGE_URL or str(settings.STORAGE_DIR),
                 "schema_revision": revision,
                 "bind": config.bind,
                 "workers": config.workers,

@@ -120,11 +120,12 @@ async def _complete(
         raise Conflict(f"A file {upload.id} already exists; the upload cannot complete.")
     upload_id = upload.id
     has_row, stored = await changes.blob_is_stored(session, sha)
-    if not stored and await store.publish_partial(upload_id, sha):
+    if not stored and await store.publish_partial(upload_id, sha, upload.offset):
         changes.on_undo(lambda: store.unpublish_partial(upload_id, sha), publish=True)
         changes.after_commit(lambda: store.settle_publish(sha))
-    else:
-        changes.after_commit(lambda: store.delete_partial(upload_id))
+    # Whether the partial became the blob (a rename on disk) or was copied
+    # into it (S3) or was not needed, what is left of it goes.
+    changes.after_commit(lambda: store.delete_partial(upload_id))
     if not has_row:
         await changes.add_blob_row(session, sha, upload.offset)
     now = utc_now()

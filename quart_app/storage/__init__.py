@@ -1,4 +1,6 @@
-"""Blob storage: the small protocol the service code depends on.
+"""Blob storage: the small protocol the service code depends on, and the
+maintenance one crash recovery and ``check`` use. Backends: local/ (a
+directory) and s3/ (an S3-compatible object store); factory.py picks one.
 
 A blob is immutable bytes addressed by their sha256. Writing goes through a
 :class:`BlobWriter`: bytes stream into a temp file while size and sha256 are
@@ -16,7 +18,7 @@ for a whole group of uploads instead of a file and a directory fsync each
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -134,6 +136,12 @@ class BlobStore(Protocol):
         """Write and remove a few bytes where uploads are written; raises
         StorageUnwritable or StorageFull when that fails (readiness)."""
 
+    def describe(self) -> str:
+        """What the store is, for startup lines (no secrets)."""
+
+    async def close(self) -> None:
+        """Release connections; the store is not used after."""
+
 
 class PartialWriter(Protocol):
     offset: int
@@ -164,7 +172,10 @@ class ResumableStore(BlobStore, Protocol):
 
     async def hash_partial(self, upload_id: str, length: int) -> Any: ...
 
-    async def publish_partial(self, upload_id: str, sha256: str) -> bool: ...
+    async def publish_partial(self, upload_id: str, sha256: str, length: int) -> bool:
+        """Make the first ``length`` bytes of a complete partial the blob
+        ``sha256``; False when identical bytes are already there. What is
+        left of the partial is removed by delete_partial after the commit."""
 
     async def unpublish_partial(self, upload_id: str, sha256: str) -> None: ...
 
@@ -172,3 +183,34 @@ class ResumableStore(BlobStore, Protocol):
         """The transaction that published ``sha256`` committed."""
 
     async def delete_partial(self, upload_id: str) -> None: ...
+
+
+# Whether a blob row with this sha256 exists (asked inside a write transaction).
+HasRow = Callable[[str], Awaitable[bool]]
+
+
+class MaintainedStore(ResumableStore, Protocol):
+    """What crash recovery at startup and ``check`` need from a backend; each
+    owns its layout, so each finds its own leftovers and orphans."""
+
+    async def settle_leftovers(self, temp_max_age: float, has_row: HasRow) -> list[str]:
+        """Retired blobs back to their address or purged, and blobs published
+        without a committed row removed, deciding by ``has_row``."""
+
+    async def remove_abandoned_temps(self, temp_max_age: float) -> list[str]: ...
+
+    async def digest(self, sha256: str) -> tuple[str, int] | None:
+        """(sha256, size) of the bytes stored at that address, read back; None if absent."""
+
+    async def blob_names(self) -> set[str]: ...
+
+    async def abandoned_temps(self, temp_max_age: float) -> list[str]: ...
+
+    async def trash_names(self) -> list[str]: ...
+
+    async def stale_partials(self, live: set[str], temp_max_age: float) -> list[str]:
+        """Partial uploads that no live upload row names, older than the age."""
+
+    async def remove_blob(self, sha256: str) -> None: ...
+
+    async def remove_partial(self, name: str) -> None: ...

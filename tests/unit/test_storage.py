@@ -1,15 +1,27 @@
+"""The storage contract. Tests taking ``any_store`` run on both backends:
+the local directory, and S3 on a real SeaweedFS (those are marked e2e: they
+need its process). The others are about the local layout."""
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from devtools.full_disk import FullDisk
-from quart_app.storage import BlobMissing, BlobTooLarge, StorageFull
+from quart_app.config import load_settings
+from quart_app.storage import BlobMissing, BlobTooLarge, MaintainedStore, StorageFull
+from quart_app.storage.factory import build_store
 from quart_app.storage.local import LocalBlobReader, LocalBlobStore
+from quart_app.storage.s3 import recovery
+from quart_app.storage.s3.store import S3BlobStore
+
+MiB = 1024 * 1024
 
 
 class CountingStore(LocalBlobStore):
@@ -31,6 +43,221 @@ def store(tmp_path: Path) -> LocalBlobStore:
 
 def leftovers(store: LocalBlobStore) -> list[str]:
     return sorted(p.name for d in (store.tmp, store.trash) for p in d.iterdir())
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.e2e)])
+async def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[MaintainedStore]:
+    """Each backend as the factory builds it; S3 with 5 MiB parts (the least
+    S3 allows), so a few MiB cross part boundaries."""
+    if request.param == "local":
+        # (blobs kept in rows are the database's: tests/app/test_inline_blobs.py)
+        settings = load_settings(
+            {"STORAGE_DIR": tmp_path / "store", "INLINE_BLOB_BYTES": 0}, environ={}
+        )
+        store = build_store(settings, environ={})
+    else:
+        env: dict[str, str] = request.getfixturevalue("s3_env")
+        settings = load_settings({"S3_PART_BYTES": 5 * MiB}, environ=env)
+        store = build_store(settings, environ=env)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def left_in_store(store: MaintainedStore) -> list[str]:
+    """Temp files and objects, unfinished multipart uploads, trash, markers."""
+    names = await store.abandoned_temps(-1e9) + await store.trash_names()
+    if isinstance(store, S3BlobStore):
+        names += await recovery.names_under(store, "publishing")
+    return names
+
+
+async def write_blob(store: MaintainedStore, data: bytes, chunk: int = 65536) -> str:
+    writer = store.writer(len(data))
+    for i in range(0, len(data), chunk):
+        await writer.write(data[i : i + chunk])
+    sealed = await writer.seal()
+    assert await writer.publish() is True
+    await writer.settle()
+    return sealed.sha256
+
+
+async def read_all(store: MaintainedStore, sha256: str, start: int = 0, end: int = 2**63) -> bytes:
+    blob = await store.open(sha256)
+    return b"".join([c async for c in blob.chunks(start, end)])
+
+
+@pytest.mark.parametrize("size", [0, 1000, 5 * MiB, 12 * MiB + 7])
+async def test_a_blob_streams_in_and_out_content_addressed(
+    any_store: MaintainedStore, size: int
+) -> None:
+    data = os.urandom(size)
+    sha = await write_blob(any_store, data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert await any_store.stored([sha, "0" * 64]) == {sha}
+    assert (await any_store.open(sha)).size == size
+    assert await read_all(any_store, sha) == data
+    assert await any_store.blob_names() == {sha}
+    assert await any_store.digest(sha) == (sha, size)
+    assert await left_in_store(any_store) == []
+
+
+async def test_nothing_is_at_the_address_before_publish(any_store: MaintainedStore) -> None:
+    data = os.urandom(6 * MiB)
+    writer = any_store.writer(len(data))
+    await writer.write(data)
+    sealed = await writer.seal()
+    assert await any_store.stored([sealed.sha256]) == set()
+    with pytest.raises(BlobMissing):
+        await any_store.open(sealed.sha256)
+    await writer.discard()
+    assert await left_in_store(any_store) == []
+
+
+async def test_identical_content_is_stored_once_and_the_loser_dropped(
+    any_store: MaintainedStore,
+) -> None:
+    data = os.urandom(6 * MiB + 3)
+    first, second = any_store.writer(len(data)), any_store.writer(len(data))
+    for writer in (first, second):
+        await writer.write(data)
+        await writer.seal()
+    assert await first.publish() is True
+    assert await second.publish() is False
+    await first.settle()
+    await second.discard()
+    assert len(await any_store.blob_names()) == 1
+    assert await left_in_store(any_store) == []
+
+
+async def test_unpublish_takes_the_blob_away(any_store: MaintainedStore) -> None:
+    writer = any_store.writer(100)
+    await writer.write(b"rolled back")
+    sealed = await writer.seal()
+    assert await writer.publish() is True
+    await writer.unpublish()
+    assert await any_store.stored([sealed.sha256]) == set()
+    assert await left_in_store(any_store) == []
+
+
+async def test_a_failed_upload_leaves_nothing(any_store: MaintainedStore) -> None:
+    writer = any_store.writer(11 * MiB)
+    await writer.write(os.urandom(11 * MiB))  # two whole parts on S3
+    with pytest.raises(BlobTooLarge):
+        await writer.write(b"one too many")
+    await writer.discard()
+    await writer.discard()  # idempotent
+    assert await any_store.blob_names() == set()
+    assert await left_in_store(any_store) == []
+
+
+async def test_retire_restore_purge_on_both(any_store: MaintainedStore) -> None:
+    data = os.urandom(5000)
+    sha = await write_blob(any_store, data)
+    token = await any_store.retire(sha)
+    assert token is not None
+    assert await any_store.stored([sha]) == set()
+    # Retired but not purged: a download that read the row a moment ago still
+    # finds the bytes.
+    assert await read_all(any_store, sha) == data
+    await any_store.restore(token)
+    assert await any_store.stored([sha]) == {sha}
+    token = await any_store.retire(sha)
+    assert token is not None
+    await any_store.purge(token)
+    await any_store.purge(token)  # idempotent
+    assert await any_store.retire(sha) is None
+    with pytest.raises(BlobMissing):
+        await any_store.open(sha)
+    assert await left_in_store(any_store) == []
+
+
+async def test_ranges_on_both(any_store: MaintainedStore) -> None:
+    data = os.urandom(3 * MiB)
+    sha = await write_blob(any_store, data)
+    assert await read_all(any_store, sha, 100, 2_000_000) == data[100:2_000_000]
+    assert await read_all(any_store, sha, len(data) - 1, 2**63) == data[-1:]
+    assert await read_all(any_store, sha, 5, 5) == b""
+
+
+async def test_probe_on_both(any_store: MaintainedStore) -> None:
+    await any_store.probe()
+    assert await left_in_store(any_store) == []
+
+
+async def write_partial(
+    store: MaintainedStore, upload_id: str, offset: int, data: bytes, state: object
+) -> int:
+    writer = store.partial_writer(upload_id, offset, [state])
+    await writer.acquire()
+    try:
+        for i in range(0, len(data), 256 * 1024):
+            await writer.write(data[i : i + 256 * 1024])
+        return await writer.make_durable()
+    finally:
+        writer.release()
+
+
+async def test_a_partial_grows_across_writers_and_publishes(any_store: MaintainedStore) -> None:
+    """PATCHes shorter than a part, longer than one, ending mid-part: the
+    running hash, the hash read back, and the composed blob all agree."""
+    data = os.urandom(13 * MiB + 11)
+    cuts = [0, 3_000_000, 9_000_000, 10 * MiB, len(data)]
+    await any_store.create_partial("up-1")
+    state = hashlib.sha256()
+    offset = 0
+    for start, end in itertools.pairwise(cuts):
+        assert offset == start
+        offset = await write_partial(any_store, "up-1", offset, data[start:end], state)
+        # Another server (no running hash) reads the partial back.
+        assert (await any_store.hash_partial("up-1", offset)).digest() == state.digest()
+    sha = state.hexdigest()
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert await any_store.publish_partial("up-1", sha, len(data)) is True
+    await any_store.settle_publish(sha)
+    await any_store.delete_partial("up-1")
+    assert await read_all(any_store, sha) == data
+    assert await any_store.stale_partials(set(), -1e9) == []
+    assert await left_in_store(any_store) == []
+
+
+async def test_a_rolled_back_patch_leaves_the_offset_where_it_was(
+    any_store: MaintainedStore,
+) -> None:
+    data = os.urandom(7 * MiB)
+    await any_store.create_partial("up-2")
+    state = hashlib.sha256()
+    offset = await write_partial(any_store, "up-2", 0, data[:1000], state)
+    writer = any_store.partial_writer("up-2", offset, [hashlib.sha256()])
+    await writer.acquire()
+    await writer.write(os.urandom(6 * MiB))  # crosses a part boundary
+    await writer.roll_back()
+    writer.release()
+    offset = await write_partial(any_store, "up-2", offset, data[1000:], state)
+    assert (await any_store.hash_partial("up-2", offset)).hexdigest() == state.hexdigest()
+    assert state.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert await any_store.publish_partial("up-2", state.hexdigest(), len(data)) is True
+    assert await read_all(any_store, state.hexdigest()) == data
+
+
+async def test_a_partial_held_by_one_writer_is_busy_for_another(
+    any_store: MaintainedStore,
+) -> None:
+    from quart_app.storage import PartialBusy
+
+    await any_store.create_partial("up-3")
+    holder = any_store.partial_writer("up-3", 0, [])
+    await holder.acquire()
+    other = any_store.partial_writer("up-3", 0, [])
+    with pytest.raises(PartialBusy):
+        await other.acquire()
+    holder.release()
+    await any_store.delete_partial("up-3")
+    with pytest.raises(BlobMissing):
+        await any_store.partial_writer("up-3", 0, []).acquire()
 
 
 async def test_write_seal_publish_is_content_addressed(store: LocalBlobStore) -> None:

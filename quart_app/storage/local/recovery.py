@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from quart_app.storage.local.store import LocalBlobStore
+from quart_app.storage import HasRow
 
-HasRow = Callable[[str], Awaitable[bool]]
+if TYPE_CHECKING:
+    from quart_app.storage.local.store import LocalBlobStore
 
 
 def stale(path: Path, older_than: float) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from quart_app.storage import BlobMissing
+from quart_app.storage import BlobMissing, HasRow
 from quart_app.storage.local.disk import READ_CHUNK_BYTES, fsync_dir, storage_error
 from quart_app.storage.local.writers import LocalBlobWriter, LocalPartialWriter
 
@@ -93,6 +93,12 @@ class LocalBlobStore:
         # Blobs up to this size are sealed in memory, for their database row
         # (storage/__init__.py); never more than one write batch.
         self.inline_bytes = min(inline_bytes, batch_bytes)
+
+    def describe(self) -> str:
+        return f"storage directory {self.root}"
+
+    async def close(self) -> None:
+        """Nothing is held between calls."""
 
     def prepare(self) -> None:
         for directory in (self.root, self.blobs, self.tmp, self.trash, self.partial):
@@ -255,9 +261,10 @@ class LocalBlobStore:
             fsync_dir(directory)
         return True
 
-    async def publish_partial(self, upload_id: str, sha256: str) -> bool:
+    async def publish_partial(self, upload_id: str, sha256: str, length: int) -> bool:
         """Move a complete partial to its content address; False (and the
-        partial left in place) when identical bytes are already there."""
+        partial left in place) when identical bytes are already there. (The
+        file holds exactly ``length`` bytes: PartialWriter cut the rest.)"""
         try:
             return await asyncio.to_thread(self._publish_partial, upload_id, sha256)
         except OSError as error:
@@ -269,3 +276,58 @@ class LocalBlobStore:
 
     async def delete_partial(self, upload_id: str) -> None:
         await asyncio.to_thread(self.partial_path(upload_id).unlink, True)
+
+    # -- crash recovery and check (MaintainedStore) ---------------------------
+    async def settle_leftovers(self, temp_max_age: float, has_row: HasRow) -> list[str]:
+        from quart_app.storage.local.recovery import settle_leftovers
+
+        return await settle_leftovers(self, temp_max_age, has_row)
+
+    async def remove_abandoned_temps(self, temp_max_age: float) -> list[str]:
+        from quart_app.storage.local.recovery import remove_abandoned_temp_files
+
+        return await remove_abandoned_temp_files(self, temp_max_age)
+
+    async def digest(self, sha256: str) -> tuple[str, int] | None:
+        path = self.path_for(sha256)
+        return await asyncio.to_thread(_digest_of, path) if path.exists() else None
+
+    async def blob_names(self) -> set[str]:
+        return await asyncio.to_thread(
+            lambda: {p.name for p in self.blobs.rglob("*") if p.is_file()}
+        )
+
+    async def abandoned_temps(self, temp_max_age: float) -> list[str]:
+        from quart_app.storage.local.recovery import abandoned
+
+        return sorted(p.name for p in self.tmp.iterdir() if abandoned(p, temp_max_age))
+
+    async def trash_names(self) -> list[str]:
+        return sorted(p.name for p in self.trash.iterdir())
+
+    async def stale_partials(self, live: set[str], temp_max_age: float) -> list[str]:
+        from quart_app.storage.local.recovery import stale
+
+        # Age-gated: a partial file exists a moment before its upload's row.
+        return sorted(
+            p.name for p in self.partial.iterdir() if p.name not in live and stale(p, temp_max_age)
+        )
+
+    async def remove_blob(self, sha256: str) -> None:
+        await asyncio.to_thread(self.path_for(sha256).unlink, True)
+
+    async def remove_partial(self, name: str) -> None:
+        await asyncio.to_thread((self.partial / name).unlink, True)
+
+
+def _digest_of(path: Path) -> tuple[str, int] | None:
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(READ_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest(), size
