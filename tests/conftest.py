@@ -13,20 +13,26 @@ tests marked ``postgresql`` (README "Running the tests").
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from quart import Quart
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from devtools.app_settings import temp_app_settings
 from devtools.auth import KeyedClient
 from devtools.postgres import PostgresServer, migrated_template, postgres_server
 from devtools.seaweed import Seaweed, start_seaweed, weed_binary
+from quart_app.config import load_settings
+from quart_app.db.migrate import upgrade_to_head
 from quart_app.db.models import Base
+from quart_app.services.accounts import operator_id
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -130,8 +136,36 @@ def overrides(
     if database_backend == "postgresql":
         database_url: str = request.getfixturevalue("postgres_url")
     else:
-        database_url = f"sqlite+aiosqlite:///{tmp_path / 'instance' / 'test.sqlite3'}"
+        database = tmp_path / "instance" / "test.sqlite3"
+        database_url = f"sqlite+aiosqlite:///{database}"
+        if request.node.get_closest_marker("empty_database") is None:
+            # A copy of a database migrated once per run: an app finds its
+            # schema at head, as a deployed server does after its first start.
+            database.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), database)
     return {**temp_app_settings(tmp_path), "DATABASE_URL": database_url}
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite database at head, made once per run (migrating one for
+    every test was most of the app tier's time)."""
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    url = f"sqlite+aiosqlite:///{path}"
+
+    async def migrate() -> None:
+        engine = create_async_engine(url)
+        try:
+            await upgrade_to_head(engine, load_settings({"DATABASE_URL": url}, environ={}))
+            # The operator account an app with an admin key makes at startup.
+            async with AsyncSession(engine) as session:
+                await operator_id(session)
+                await session.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ async def test_startup_brings_the_database_to_head(overrides: dict[str, Any]) ->
 
 
 @pytest.mark.sqlite_only
+@pytest.mark.empty_database
 async def test_auto_migrate_off_leaves_the_schema_alone(overrides: dict[str, Any]) -> None:
     # Without AUTO_MIGRATE the database must exist (tests/e2e/test_startup.py).
     database = Path(str(overrides["DATABASE_URL"]).partition(":///")[2])
