@@ -45,7 +45,13 @@ from quart_app.errors import (
 from quart_app.services.accounts import Access
 from quart_app.services.files import BlobChanges, blob_transaction, file_lock, new_id
 from quart_app.services.quotas import Quotas, bytes_exceeded
-from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
+from quart_app.storage import (
+    BlobMissing,
+    PartialBusy,
+    PartialMoved,
+    PartialWriter,
+    ResumableStore,
+)
 
 # The checksums a PATCH may carry (tus checksum extension), by name.
 CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
@@ -315,9 +321,21 @@ async def append(
         writer = store.partial_writer(
             upload_id, upload.offset, [state, *([checker] if checker else [])]
         )
-        await writer.acquire()
+
+        async def still_at() -> bool:
+            # Read once the upload is held: a PATCH that committed between
+            # our first read and the lock must not have its bytes cut back.
+            async with database.sessionmaker() as session:
+                current = await session.get(Upload, upload_id)
+            return current is not None and current.offset == upload.offset
+
+        await writer.acquire(still_at)
     except PartialBusy:
         raise UploadLocked("Another request is writing to this upload; retry later.") from None
+    except PartialMoved:
+        async with database.sessionmaker() as session:
+            current = await get_upload(session, upload_id)
+        raise OffsetMismatch(f"The upload's offset is now {current.offset}.") from None
     except BlobMissing:
         # Another request completed the upload (its partial became the file's
         # blob) or removed it since the row was read.

@@ -48,6 +48,16 @@ class PartialBusy(Exception):
     """Another request is writing to that resumable upload."""
 
 
+class PartialMoved(Exception):
+    """The upload's offset moved on before this writer had the upload (another
+    request committed more bytes): nothing was cut, the writer let go."""
+
+
+# Asked once the upload is held, before anything is cut back: is its
+# committed offset still the one this writer starts at?
+StillAt = Callable[[], Awaitable[bool]]
+
+
 @dataclass(frozen=True)
 class SealedBlob:
     sha256: str
@@ -146,8 +156,10 @@ class BlobStore(Protocol):
 class PartialWriter(Protocol):
     offset: int
 
-    async def acquire(self) -> None:
-        """Take the upload for this request; PartialBusy if another has it."""
+    async def acquire(self, still_at: StillAt | None = None) -> None:
+        """Take the upload for this request; PartialBusy if another has it.
+        With ``still_at``, asked once held and before bytes past the start
+        are cut: PartialMoved (and let go) when it says no."""
 
     async def write(self, data: bytes) -> None: ...
 

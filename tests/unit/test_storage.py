@@ -15,7 +15,13 @@ import pytest
 
 from devtools.full_disk import FullDisk
 from quart_app.config import load_settings
-from quart_app.storage import BlobMissing, BlobTooLarge, MaintainedStore, StorageFull
+from quart_app.storage import (
+    BlobMissing,
+    BlobTooLarge,
+    MaintainedStore,
+    PartialMoved,
+    StorageFull,
+)
 from quart_app.storage.factory import build_store
 from quart_app.storage.local import LocalBlobReader, LocalBlobStore
 from quart_app.storage.s3 import recovery
@@ -427,3 +433,26 @@ def test_path_for_refuses_anything_but_a_digest(store: LocalBlobStore) -> None:
     for bad in ("../../etc/passwd", "A" * 64, "ab"):
         with pytest.raises(ValueError):
             store.path_for(bad)
+
+
+async def test_a_writer_whose_offset_moved_on_cuts_nothing(store: LocalBlobStore) -> None:
+    """A PATCH that read offset 0, then waited for the lock while another
+    PATCH committed 100 bytes, must not cut those bytes back: it lets go."""
+    await store.create_partial("u1")
+    first = store.partial_writer("u1", 0, [hashlib.sha256()])
+    await first.acquire()
+    await first.write(b"x" * 100)
+    assert await first.make_durable() == 100
+    first.release()
+    late = store.partial_writer("u1", 0, [hashlib.sha256()])
+
+    async def moved() -> bool:
+        return False
+
+    with pytest.raises(PartialMoved):
+        await late.acquire(moved)
+    state = await store.hash_partial("u1", 100)
+    assert state.hexdigest() == hashlib.sha256(b"x" * 100).hexdigest()
+    again = store.partial_writer("u1", 100, [hashlib.sha256()])
+    await again.acquire()  # the lock was let go
+    again.release()

@@ -18,7 +18,14 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quart_app.storage import BlobMissing, BlobTooLarge, PartialBusy, SealedBlob
+from quart_app.storage import (
+    BlobMissing,
+    BlobTooLarge,
+    PartialBusy,
+    PartialMoved,
+    SealedBlob,
+    StillAt,
+)
 from quart_app.storage.local.disk import fsync_dir, start_writeback, storage_error
 
 if TYPE_CHECKING:
@@ -227,19 +234,35 @@ class LocalPartialWriter(BatchedWriter):
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, self.start)
-        os.lseek(fd, self.start, os.SEEK_SET)
         self._fd = fd
 
-    async def acquire(self) -> None:
+    def _trim(self) -> None:
+        # Bytes past the committed offset were never acknowledged (a PATCH
+        # cut off before its commit): they go.
+        assert self._fd is not None
+        os.ftruncate(self._fd, self.start)
+        os.lseek(self._fd, self.start, os.SEEK_SET)
+
+    async def acquire(self, still_at: StillAt | None = None) -> None:
         """Raises PartialBusy when another request holds the upload,
-        BlobMissing when its partial file is gone."""
+        BlobMissing when its partial file is gone, PartialMoved when
+        ``still_at`` says the offset moved (then nothing is cut)."""
         try:
             await asyncio.to_thread(self._lock)
         except FileNotFoundError:
             raise BlobMissing(self.path.name) from None
         except OSError as error:
             raise storage_error(error) from error
+        try:
+            if still_at is not None and not await still_at():
+                raise PartialMoved(self.path.name)
+            await asyncio.to_thread(self._trim)
+        except OSError as error:
+            self.release()
+            raise storage_error(error) from error
+        except BaseException:
+            self.release()
+            raise
 
     def _open(self) -> int:
         raise AssertionError("acquire() opens the partial file")

@@ -38,7 +38,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from quart_app.storage import BlobMissing, PartialBusy
+from quart_app.storage import BlobMissing, PartialBusy, PartialMoved, StillAt
 from quart_app.storage.s3.client import S3_ERRORS, is_exists, is_missing, unwritable
 from quart_app.storage.s3.parts import PartPipeline
 
@@ -208,14 +208,17 @@ class S3PartialWriter:
         self._pipeline: PartPipeline | None = None
         self._locked = False
 
-    async def acquire(self) -> None:
+    async def acquire(self, still_at: StillAt | None = None) -> None:
         """Raises PartialBusy when another request holds the upload,
-        BlobMissing when its partial is gone."""
+        BlobMissing when its partial is gone, PartialMoved when ``still_at``
+        says the offset moved (then no tail is dropped)."""
         partials, upload_id = self._partials, self._upload_id
         part_bytes = await partials.part_bytes(upload_id)
         await partials.lock(upload_id)
         self._locked = True
         try:
+            if still_at is not None and not await still_at():
+                raise PartialMoved(upload_id)
             whole, rest = divmod(self.start, part_bytes)
             pipeline = PartPipeline(part_bytes, self._hashes, self._upload_part, whole + 1)
             if rest:
