@@ -42,7 +42,8 @@ SHOWN_URL = "http://127.0.0.1:8000"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.S | re.M)
 # Values a server makes up, learnt from answers and substituted onward.
 VOLATILE = re.compile(
-    r"qa_[A-Za-z0-9_-]{43}|key_[A-Za-z0-9_-]{16}|[A-Za-z0-9_-]{22}|[0-9a-f]{64}|[0-9a-f]{32}"
+    r"dl_[A-Za-z0-9_-]{16}\.[A-Za-z0-9_-]{43}|dl_[A-Za-z0-9_-]{16}"
+    r"|qa_[A-Za-z0-9_-]{43}|key_[A-Za-z0-9_-]{16}|[A-Za-z0-9_-]{22}|[0-9a-f]{64}|[0-9a-f]{32}"
     r"|eyJ[A-Za-z0-9_.-]+"
 )
 DATE_HEADERS = {"date", "last-modified", "x-request-id", "upload-expires", "content-length"}
