@@ -6,7 +6,10 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 
+
+@pytest.mark.empty_database
 def test_a_worker_finding_the_schema_at_head_does_not_load_alembic(
     overrides: dict[str, Any],
 ) -> None:

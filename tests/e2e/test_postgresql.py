@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from devtools import PROJECT_ROOT
+from devtools.auth import bearer
 from devtools.postgres import PostgresServer
 from devtools.server import RunningServer, start_servers
 from quart_app.db.postgresql import MIGRATION_LOCK_KEY
@@ -113,7 +114,7 @@ def test_two_servers_on_one_database(two_servers: list[RunningServer]) -> None:
     urls = [server.url for server in two_servers]
 
     async def run() -> None:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, headers=bearer()) as client:
 
             def at(i: int) -> str:
                 return urls[i % 2]

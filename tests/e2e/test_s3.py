@@ -17,6 +17,7 @@ import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
+from devtools.auth import bearer
 from devtools.curl import curl
 from devtools.ports import free_port
 from devtools.quart_client import as_quart_client
@@ -306,7 +307,8 @@ def test_server_memory_stays_bounded_uploading_to_s3(
         status, _, body = curl("-T", str(big), f"{server.url}/files/big")
         assert status == 201, body
         created = httpx.post(
-            f"{server.url}/uploads", headers={**TUS, "Upload-Length": str(256 * MiB)}
+            f"{server.url}/uploads",
+            headers={**TUS, **bearer(), "Upload-Length": str(256 * MiB)},
         )
         with big.open("rb") as stream:
             patched = httpx.patch(
@@ -314,6 +316,7 @@ def test_server_memory_stays_bounded_uploading_to_s3(
                 content=stream,
                 headers={
                     **TUS,
+                    **bearer(),
                     "Upload-Offset": "0",
                     "Content-Type": "application/offset+octet-stream",
                 },
@@ -325,7 +328,8 @@ def test_server_memory_stays_bounded_uploading_to_s3(
         # held whole would be 256 MiB and more.
         assert growth_mib < 48, f"peak RSS grew {growth_mib:.1f} MiB for a 256 MiB upload"
         downloaded = hashlib.sha256()
-        with httpx.stream("GET", f"{server.url}/files/big/content", timeout=120) as answer:
+        content_url = f"{server.url}/files/big/content"
+        with httpx.stream("GET", content_url, headers=bearer(), timeout=120) as answer:
             for chunk in answer.iter_bytes():
                 downloaded.update(chunk)
         assert downloaded.hexdigest() == hashlib.sha256(bytes(256 * MiB)).hexdigest()
