@@ -33,7 +33,7 @@ def test_the_documented_settings_are_present_and_load() -> None:
     assert "read_timeout" not in keys
     config = Config.from_toml(HYPERCORN_TOML)
     assert config.bind == ["127.0.0.1:8000"]
-    assert config.worker_class == "uvloop"
+    assert config.worker_class == "asyncio"
 
 
 def test_every_key_has_a_comment() -> None:
