@@ -55,6 +55,7 @@ class AppState:
         self._keys: KeyCache | None = None
         self._import_workers: list[asyncio.Task[None]] = []
         self.import_wake = asyncio.Event()
+        self._stop_importing = asyncio.Event()
         self._quotas: Quotas | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
@@ -148,8 +149,9 @@ class AppState:
         self._stop_sweeping.clear()
         self._sweeper = asyncio.ensure_future(sweep_loop(self, self._stop_sweeping))
         self.import_wake = asyncio.Event()
+        self._stop_importing = asyncio.Event()
         self._import_workers = [
-            asyncio.ensure_future(import_worker(self, self.import_wake))
+            asyncio.ensure_future(import_worker(self, self.import_wake, self._stop_importing))
             for _ in range(settings.IMPORT_WORKERS)
         ]
 
@@ -157,8 +159,7 @@ class AppState:
         """Stop the import workers (a job in progress goes back to the
         queue) and the sweep (between sweeps, never inside one), let every
         commit and group commit in flight end, then close the database."""
-        for worker in self._import_workers:
-            worker.cancel()
+        self._stop_importing.set()
         if self._import_workers:
             await asyncio.gather(*self._import_workers, return_exceptions=True)
         self._import_workers = []

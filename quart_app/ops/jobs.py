@@ -6,10 +6,9 @@ one gives the job back to the queue."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quart_app.services.archives import ArchiveLimits
 from quart_app.services.import_runs import ImportRules, run_job
@@ -37,24 +36,44 @@ def import_rules(state: AppState) -> ImportRules:
     )
 
 
-async def import_worker(state: AppState, wake: asyncio.Event) -> None:
-    """Claim and run jobs until cancelled."""
+async def import_worker(state: AppState, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """Claim and run jobs until ``stop`` is set. Never cancelled inside a
+    database transaction (that would abandon its pooled connection mid-way):
+    a stop between jobs ends the loop after the current claim; a stop during
+    a job cancels the job alone, which gives it back to the queue."""
     rules = import_rules(state)
-    while True:
+    while not stop.is_set():
         try:
             job = await claim_next(state.database, rules.lease)
         except Exception:
             log.exception("could not look for import jobs")
             job = None
         if job is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), state.settings.IMPORT_POLL_SECONDS)
+            await _first_of(stop.wait(), wake.wait(), within=state.settings.IMPORT_POLL_SECONDS)
             wake.clear()
             continue
+        running = asyncio.ensure_future(
+            run_job(state.database, state.store, state.quotas, job, rules)
+        )
+        await _first_of(asyncio.shield(running), stop.wait())
+        if not running.done():
+            running.cancel()
         try:
-            outcome = await run_job(state.database, state.store, state.quotas, job, rules)
+            outcome = await running
             log.info("import ended", extra={"import_id": job.id, "outcome": outcome})
         except asyncio.CancelledError:
-            raise
+            if not stop.is_set():
+                raise
         except Exception:
             log.exception("import interrupted; it runs again", extra={"import_id": job.id})
+
+
+async def _first_of(*waits: Any, within: float | None = None) -> None:
+    """Until the first of these ends (or ``within`` seconds); the others are dropped."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
