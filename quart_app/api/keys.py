@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from quart import Blueprint, Response, jsonify, request, url_for
+from quart import Blueprint, Response, jsonify, url_for
 from quart_schema import document_request, document_response
 
 from quart_app.db.models import ApiKey, utc_now
 from quart_app.edge.authentication import current_access
+from quart_app.edge.idempotency import refuse_idempotency_key
 from quart_app.edge.json_body import read_model
 from quart_app.edge.openapi import problems
 from quart_app.edge.responses import created, empty_response
 from quart_app.edge.schemas import KeyCreate, KeyCreated, KeyList, KeyOut, LocationHeader, NoContent
-from quart_app.errors import InvalidInput
 from quart_app.services.accounts import create_key, get_key, list_keys, parse_scopes, revoke_key
 from quart_app.services.users import get_user
 from quart_app.state import app_state, request_session
@@ -49,12 +49,10 @@ async def post_key(user_id: int) -> Response:
     """A new key for the user; the answer is the only place its secret ever
     appears. Not idempotent: a stored answer would keep the secret in clear."""
     access = current_access()
-    if "Idempotency-Key" in request.headers:
-        raise InvalidInput(
-            "Key creation takes no Idempotency-Key: its answer holds a secret that "
-            "is never stored. Retry without one and revoke a key you did not get.",
-            errors=[{"field": "Idempotency-Key", "message": "not accepted here"}],
-        )
+    refuse_idempotency_key(
+        "Key creation takes no Idempotency-Key: its answer holds a secret that "
+        "is never stored. Retry without one and revoke a key you did not get.",
+    )
     data = await read_model(KeyCreate)
     async with app_state().database.writing(request_session()) as session:
         await get_user(session, access, user_id)

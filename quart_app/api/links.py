@@ -15,6 +15,7 @@ from quart_app.db.models import DownloadLink, File, utc_now
 from quart_app.edge.access_log import note
 from quart_app.edge.authentication import current_access, public
 from quart_app.edge.content import content_response
+from quart_app.edge.idempotency import refuse_idempotency_key
 from quart_app.edge.json_body import read_model
 from quart_app.edge.openapi import problems
 from quart_app.edge.responses import created, empty_response
@@ -79,12 +80,10 @@ async def post_link(file_id: str) -> Response:
     expires; Location and `url` are that link, shown this once. The body is
     optional."""
     access = current_access()
-    if "Idempotency-Key" in request.headers:
-        raise InvalidInput(
-            "Link creation takes no Idempotency-Key: its answer holds a URL that is "
-            "never stored. Retry without one and revoke a link you did not get.",
-            errors=[{"field": "Idempotency-Key", "message": "not accepted here"}],
-        )
+    refuse_idempotency_key(
+        "Link creation takes no Idempotency-Key: its answer holds a URL that is "
+        "never stored. Retry without one and revoke a link you did not get.",
+    )
     lifetime = await _lifetime()
     async with app_state().database.writing(request_session()) as session:
         link, file, token = await create_link(session, access, file_id, lifetime)

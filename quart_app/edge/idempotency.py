@@ -160,6 +160,13 @@ def _lease() -> timedelta:
     return timedelta(seconds=app_state().settings.BODY_DEADLINE) + LEASE_MARGIN
 
 
+def refuse_idempotency_key(detail: str) -> None:
+    """For a create whose answer holds a secret that is never stored (a key,
+    a link's URL): no record may keep it, so a key is a 400, not ignored."""
+    if HEADER in request.headers:
+        raise InvalidInput(detail, errors=[{"field": HEADER, "message": "not accepted here"}])
+
+
 def idempotent(view: V) -> V:
     @wraps(view)
     async def wrapper(*args: Any, **kwargs: Any) -> Response:
