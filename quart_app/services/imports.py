@@ -123,20 +123,19 @@ async def cancel_job(
 
 
 async def claim_next(database: Database, lease: timedelta) -> ImportJob | None:
-    """Take the oldest job that is queued, or running with a lapsed lease."""
+    """Take the oldest job that is queued, or running with a lapsed lease.
+    An idle poll is a read: the write transaction (the write lock, on SQLite)
+    is taken only when there is a job to claim."""
     now = utc_now()
+    claimable = or_(
+        ImportJob.status == QUEUED,
+        (ImportJob.status == RUNNING) & (ImportJob.lease_until < now),
+    )
+    async with database.sessionmaker() as session:
+        if await session.scalar(select(ImportJob.seq).where(claimable).limit(1)) is None:
+            return None
     async with database.sessionmaker() as session, database.writing(session):
-        query = (
-            select(ImportJob)
-            .where(
-                or_(
-                    ImportJob.status == QUEUED,
-                    (ImportJob.status == RUNNING) & (ImportJob.lease_until < now),
-                )
-            )
-            .order_by(ImportJob.seq)
-            .limit(1)
-        )
+        query = select(ImportJob).where(claimable).order_by(ImportJob.seq).limit(1)
         if not database.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         job = await session.scalar(query)
