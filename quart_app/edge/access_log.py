@@ -19,10 +19,12 @@ from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCall
 from quart import Quart
 
 from quart_app.config import Settings
+from quart_app.edge.problem_details import PROBLEM_CONTENT_TYPE
 from quart_app.services.download_links import LINK_ID_CHARS
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_MAX_CHARS = 128
+PROBLEM_BODY_MAX_BYTES = 8192
 SCOPE_KEY = "quart_app.request_id"
 NOTES_KEY = "quart_app.log_notes"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
@@ -74,6 +76,8 @@ class RequestLogMiddleware:
         scope[NOTES_KEY] = notes
         started = time.perf_counter()
         counts = {"in": 0, "out": 0, "status": 0}
+        problem = bytearray()  # the body of a problem response (small), for its type
+        in_problem = False
 
         async def counting_receive() -> ASGIReceiveEvent:
             message = await receive()
@@ -82,13 +86,18 @@ class RequestLogMiddleware:
             return message
 
         async def tagging_send(message: ASGISendEvent) -> None:
+            nonlocal in_problem
             if message["type"] == "http.response.start":
                 counts["status"] = message["status"]
+                in_problem = _is_problem(message["headers"])
                 headers = [(k, v) for k, v in message["headers"] if k.lower() != REQUEST_ID_HEADER]
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
-                counts["out"] += len(message.get("body", b""))
+                body = message.get("body", b"")
+                counts["out"] += len(body)
+                if in_problem and len(problem) < PROBLEM_BODY_MAX_BYTES:
+                    problem.extend(body[: PROBLEM_BODY_MAX_BYTES - len(problem)])
             await send(message)
 
         try:
@@ -108,8 +117,26 @@ class RequestLogMiddleware:
                     "user_agent": _printable(_raw_header(scope, b"user-agent")),
                     "key_id": notes.get("key_id"),
                     "link_id": notes.get("link_id"),
+                    "problem": _problem_type(problem) if in_problem else None,
                 },
             )
+
+
+def _is_problem(headers: Any) -> bool:
+    return any(
+        k.lower() == b"content-type" and v.startswith(PROBLEM_CONTENT_TYPE.encode())
+        for k, v in headers
+    )
+
+
+def _problem_type(body: bytes | bytearray) -> str | None:
+    """The ``type`` of a problem document: the reason of every 4xx/5xx."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    kind = document.get("type") if isinstance(document, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _client(scope: Any) -> str | None:

@@ -31,6 +31,24 @@ async def test_one_json_line_per_request_with_the_fields(
     assert isinstance(line["duration_ms"], float)
     assert line["user_agent"] == "curl/8.5.0"
     assert "client" in line
+    assert line["problem"] is None
+
+
+async def test_a_refusal_names_its_problem_type(
+    client: QuartClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every 4xx/5xx line says why: the problem type of the answer."""
+    caplog.set_level(logging.INFO, logger="quart_app.access")
+    missing = await client.get("/files/nothing-here")
+    bad = await client.post("/users", json={"name": "A"})
+    assert (missing.status_code, bad.status_code) == (404, 400)
+    records = [r for r in caplog.records if r.name == "quart_app.access"]
+    lines = [json.loads(JSONFormatter().format(r)) for r in records]
+    assert [(x["status"], x["problem"]) for x in lines] == [
+        (404, (await missing.get_json())["type"]),
+        (400, (await bad.get_json())["type"]),
+    ]
+    assert lines[0]["problem"].startswith("urn:quart-app:problem:")
 
 
 async def test_request_id_is_generated_when_absent(client: QuartClient) -> None:
