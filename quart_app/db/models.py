@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -168,6 +169,13 @@ class Upload(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sha256: Mapped[str | None] = mapped_column(String(64))
+    # The lease of the request writing to it (services/upload_leases.py):
+    # who holds it, until when, and the fencing token, raised by every
+    # lease taken; an offset is committed only under the token it was
+    # written under. No lease: owner and expiry None.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class IdempotencyRecord(Base):
