@@ -92,6 +92,10 @@ class Settings:
     # recently used go first); the next PATCH of one that was dropped, or
     # that another worker served, rebuilds it by reading the partial back.
     UPLOAD_HASH_STATES: int = 4096
+    # Seconds a PATCH's lease on its upload lasts (services/upload_leases.py);
+    # renewed every third of it while bytes arrive. A server killed while
+    # writing holds the upload this long: then another may take it over.
+    UPLOAD_LEASE_SECONDS: float = 30.0
     # Seconds a signed download link lives when POST /files/{id}/links does
     # not say (``expires_in``), and the longest it may ask for.
     LINK_EXPIRES_SECONDS: float = 24 * 3600.0

@@ -175,6 +175,15 @@ class OffsetMismatch(DomainError):
     title = "Upload-Offset does not match the upload's offset"
 
 
+class UploadLeaseLost(DomainError):
+    """A PATCH held its upload's lease past its expiry and another request
+    took the upload over: none of its bytes were committed."""
+
+    code = "upload-lease-lost"
+    status = 409
+    title = "Another request took this upload over"
+
+
 class Conflict(DomainError):
     code = "conflict"
     status = 409

@@ -1,6 +1,7 @@
 """Resumable uploads: tus 1.0.0 at /uploads (core, creation,
 creation-with-upload, creation-defer-length, termination, checksum,
-expiration). A second PATCH on an upload while one is running gets 423."""
+expiration). A second PATCH on an upload while one is running (holding its lease,
+services/upload_leases.py) gets 423."""
 
 from __future__ import annotations
 
@@ -154,6 +155,7 @@ def _patch(offset: int) -> Patch:
         new_length=parse_count("Upload-Length", request.headers.get("Upload-Length")),
         max_length=app_state().settings.MAX_UPLOAD_BYTES,
         expires_in=_expires_in(),
+        lease_seconds=app_state().settings.UPLOAD_LEASE_SECONDS,
     )
 
 

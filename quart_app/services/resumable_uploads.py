@@ -1,9 +1,11 @@
 """Resumable uploads: create, append, complete, terminate, expire.
 
-Durability: a PATCH's bytes are fsynced before the new offset is committed,
-so the offset only ever covers bytes on disk. A crash between the two leaves
-bytes past the offset; the next PATCH cuts them off (PartialWriter). One
-writer at a time per upload, across processes (the partial file's flock).
+Durability: a PATCH's bytes are made durable (fsync; on S3, stored objects)
+before the new offset is committed, so the offset only ever covers durable
+bytes. A crash between the two leaves bytes past the offset; the next PATCH
+cuts them off or overwrites them (PartialWriter). One writer at a time per
+upload, across servers: the upload's lease in the database, whose fencing
+token the committing transaction checks (services/upload_leases.py).
 
 The sha256 of the whole upload is computed as bytes stream in, across
 PATCHes: each process keeps the hash state of the uploads it served
@@ -40,18 +42,14 @@ from quart_app.errors import (
     OffsetMismatch,
     QuotaExceeded,
     TooLarge,
+    UploadLeaseLost,
     UploadLocked,
 )
 from quart_app.services.accounts import Access
 from quart_app.services.files import BlobChanges, blob_transaction, file_lock, new_id
 from quart_app.services.quotas import Quotas, bytes_exceeded
-from quart_app.storage import (
-    BlobMissing,
-    PartialBusy,
-    PartialMoved,
-    PartialWriter,
-    ResumableStore,
-)
+from quart_app.services.upload_leases import UploadLease, lease_is_live, lease_now, take_lease
+from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
 # The checksums a PATCH may carry (tus checksum extension), by name.
 CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
@@ -97,6 +95,8 @@ class Patch:
     new_length: int | None
     max_length: int
     expires_in: timedelta
+    # Seconds of the upload's lease (UPLOAD_LEASE_SECONDS).
+    lease_seconds: float
 
 
 def _check_live(
@@ -191,31 +191,42 @@ async def create_upload(
     return upload
 
 
+async def _roll_back(writer: PartialWriter, lease: UploadLease) -> None:
+    """Cut the partial back to where this PATCH started, but only while its
+    lease still holds: after a takeover those bytes are another's."""
+    if await lease.still_held():
+        await writer.roll_back()
+
+
 async def _record(
     database: Database,
     store: ResumableStore,
     hashes: HashStates,
     writer: PartialWriter,
-    upload_id: str,
+    lease: UploadLease,
     state: Any,
     patch: Patch,
     before_commit: UploadHook | None,
     quotas: Quotas | None = None,
 ) -> Upload:
-    """fsync what arrived, then move the offset over it (and complete the
-    upload when it is whole). Runs to the end even if the client has gone;
-    it owns the writer's lock until then. ``quotas``: the upload's length
-    is deferred and its owner has limits, so the new offset is checked
-    against them (refused: the bytes are cut off again)."""
+    """Make what arrived durable, then move the offset over it (and complete
+    the upload when it is whole), fenced by the lease's token; the lease
+    ends with that commit. Runs to the end even if the client has gone.
+    ``quotas``: the upload's length is deferred and its owner has limits,
+    so the new offset is checked against them (refused: the bytes are cut
+    off again)."""
+    upload_id = lease.upload_id
     try:
         offset = await writer.make_durable()
         try:
             async with blob_transaction(database, store) as (session, changes):
-                # FOR UPDATE: a DELETE or a sweep in another server waits for
-                # this offset (PostgreSQL; SQLite's writer excludes all others).
+                # FOR UPDATE: a takeover of the lease in another server waits
+                # for this commit, or this one sees its token (PostgreSQL;
+                # SQLite's writer excludes all others).
                 upload = await session.get(Upload, upload_id, with_for_update=True)
                 if upload is None:
                     raise NotFound(f"The upload {upload_id} was removed while it was written.")
+                lease.settle(upload)
                 upload.offset = offset
                 if patch.new_length is not None:
                     upload.length = patch.new_length
@@ -229,8 +240,9 @@ async def _record(
                 if before_commit is not None:
                     await before_commit(session, upload)
         except QuotaExceeded:
-            await writer.roll_back()
+            await _roll_back(writer, lease)
             raise
+        lease.settled()
         hashes.put(upload_id, offset, state)
         return upload
     finally:
@@ -255,17 +267,42 @@ async def _past_completion(upload: Upload, chunks: AsyncIterator[bytes], patch: 
 
 
 async def _reserve_length(
-    database: Database, quotas: Quotas, upload_id: str, offset: int, length: int
+    database: Database, quotas: Quotas, lease: UploadLease, offset: int, length: int
 ) -> None:
     """A PATCH sets a deferred length: take its room in the owner's quota
     before the body is read (the upload held only its bytes until now)."""
     async with database.sessionmaker() as session, database.writing(session):
-        upload = await get_upload(session, upload_id)
+        upload = await get_upload(session, lease.upload_id)
         if upload.offset != offset:
             raise OffsetMismatch(f"The upload's offset is now {upload.offset}.")
+        if upload.lease_token != lease.token:
+            raise UploadLocked("Another request is writing to this upload; retry later.")
         if upload.length is None:
-            await quotas.check_room(session, upload.owner_id, length, 1, except_upload=upload_id)
+            await quotas.check_room(
+                session, upload.owner_id, length, 1, except_upload=lease.upload_id
+            )
             upload.length = length
+
+
+async def _starting_hash(
+    database: Database, store: ResumableStore, hashes: HashStates, upload: Upload
+) -> Any:
+    """The running sha256 at the upload's offset: this worker's, or rebuilt
+    by reading the partial back (before the lease: it may take a while, and
+    the bytes below the committed offset never change)."""
+    state = hashes.take(upload.id, upload.offset)
+    if state is not None:
+        return state
+    try:
+        return await store.hash_partial(upload.id, upload.offset)
+    except BlobMissing:
+        # Another request completed the upload (its partial became the file's
+        # blob) or removed it since the row was read.
+        async with database.sessionmaker() as session:
+            current = await get_upload(session, upload.id)
+        if current.offset == upload.offset:
+            raise
+        raise OffsetMismatch(f"The upload's offset is now {current.offset}.") from None
 
 
 async def append(
@@ -279,9 +316,10 @@ async def append(
     patch: Patch,
     before_commit: UploadHook | None = None,
 ) -> Upload:
-    """Append a PATCH body at ``patch.offset``. A body cut off part-way is
-    kept up to where it stopped, unless it carried a checksum (which cannot
-    be verified then): then nothing of it is kept."""
+    """Append a PATCH body at ``patch.offset``, under the upload's lease
+    (services/upload_leases.py). A body cut off part-way is kept up to
+    where it stopped, unless it carried a checksum (which cannot be
+    verified then): then nothing of it is kept."""
     async with database.sessionmaker() as session:
         upload = await get_upload(session, upload_id, access)
         limits = await quotas.limits(session, upload.owner_id)
@@ -308,81 +346,106 @@ async def append(
         raise OffsetMismatch(f"The upload's offset is {upload.offset}, not {patch.offset}.")
     if upload.completed_at is not None:
         return await _past_completion(upload, chunks, patch)
-    if upload.length is None and patch.new_length is not None and not limits.unlimited:
-        await _reserve_length(database, quotas, upload_id, upload.offset, patch.new_length)
-    limit = patch.max_length if length is None else length
-    checked = quotas if upload.length is None and room is not None else None
-
-    checker = CHECKSUM_ALGORITHMS[patch.checksum[0]]() if patch.checksum else None
+    bounds = _Bounds(
+        limit=patch.max_length if length is None else length,
+        room=room,
+        bytes_limit=limits.bytes,
+        # A deferred length set now takes its room in the quota first.
+        reserve=upload.length is None and patch.new_length is not None and not limits.unlimited,
+        # A deferred length's bytes are checked against the quota at commit.
+        checked=quotas if upload.length is None and room is not None else None,
+    )
+    state = await _starting_hash(database, store, hashes, upload)
     try:
-        state = hashes.take(upload_id, upload.offset)
-        if state is None:
-            state = await store.hash_partial(upload_id, upload.offset)
-        writer = store.partial_writer(
-            upload_id, upload.offset, [state, *([checker] if checker else [])]
-        )
+        lease = await take_lease(database, upload_id, upload.offset, patch.lease_seconds)
+    except UploadLocked:
+        hashes.put(upload_id, upload.offset, state)  # untouched: the next PATCH may use it
+        raise
+    try:
+        if bounds.reserve:
+            assert patch.new_length is not None
+            await _reserve_length(database, quotas, lease, upload.offset, patch.new_length)
+        return await _append_leased(
+            database, store, hashes, lease, upload.offset, bounds, state, chunks, patch,
+            before_commit,
+        )  # fmt: skip
+    finally:
+        await database.commits.run_to_completion(lease.release())
 
-        async def still_at() -> bool:
-            # Read once the upload is held: a PATCH that committed between
-            # our first read and the lock must not have its bytes cut back.
-            async with database.sessionmaker() as session:
-                current = await session.get(Upload, upload_id)
-            return current is not None and current.offset == upload.offset
 
-        await writer.acquire(still_at)
+@dataclass(frozen=True)
+class _Bounds:
+    """What a PATCH's bytes may reach, as read when it began."""
+
+    limit: int  # the upload's length, or the largest upload
+    room: int | None  # a deferred length's bytes the owner's quota allows
+    bytes_limit: int
+    reserve: bool
+    checked: Quotas | None
+
+
+async def _append_leased(
+    database: Database,
+    store: ResumableStore,
+    hashes: HashStates,
+    lease: UploadLease,
+    start: int,
+    bounds: _Bounds,
+    state: Any,
+    chunks: AsyncIterator[bytes],
+    patch: Patch,
+    before_commit: UploadHook | None,
+) -> Upload:
+    upload_id = lease.upload_id
+    limit, room = bounds.limit, bounds.room
+    checker = CHECKSUM_ALGORITHMS[patch.checksum[0]]() if patch.checksum else None
+    writer = store.partial_writer(upload_id, start, [state, *([checker] if checker else [])])
+    try:
+        await writer.acquire()
     except PartialBusy:
+        # On disk: a PATCH whose lease ran out is still writing (a stalled
+        # process); its bytes must not mix with ours.
         raise UploadLocked("Another request is writing to this upload; retry later.") from None
-    except PartialMoved:
-        async with database.sessionmaker() as session:
-            current = await get_upload(session, upload_id)
-        raise OffsetMismatch(f"The upload's offset is now {current.offset}.") from None
     except BlobMissing:
-        # Another request completed the upload (its partial became the file's
-        # blob) or removed it since the row was read.
         async with database.sessionmaker() as session:
-            current = await get_upload(session, upload_id)
-        if current.offset == upload.offset:
-            raise
-        raise OffsetMismatch(f"The upload's offset is now {current.offset}.") from None
+            await get_upload(session, upload_id)  # NotFound, Gone
+        raise
     recording = False
     try:
-        async with database.sessionmaker() as session:
-            # Another process may have moved the offset before we had the lock.
-            current = await get_upload(session, upload_id)
-            if current.offset != upload.offset:
-                raise OffsetMismatch(f"The upload's offset is now {current.offset}.")
         try:
             async for chunk in chunks:
                 if writer.offset + len(chunk) > limit:
                     raise TooLarge(f"The body goes past the upload's length of {limit} bytes.")
                 if room is not None and writer.offset + len(chunk) > room:
                     raise bytes_exceeded(
-                        limits.bytes,
-                        room - upload.offset,
-                        writer.offset + len(chunk) - upload.offset,
+                        bounds.bytes_limit, room - start, writer.offset + len(chunk) - start
                     )
+                await lease.keep()
                 await writer.write(chunk)
         except (TooLarge, QuotaExceeded):
-            await writer.roll_back()
+            await _roll_back(writer, lease)
             raise
+        except UploadLeaseLost:
+            raise  # the bytes past the offset are another's now: left alone
         except BaseException:
             # Cut off: disconnect, timeout, cancellation.
             if checker is not None:
-                await writer.roll_back()
+                await database.commits.run_to_completion(_roll_back(writer, lease))
                 raise
             recording = True
             await database.commits.run_to_completion(
-                _record(database, store, hashes, writer, upload_id, state, patch, None, checked)
+                _record(database, store, hashes, writer, lease, state, patch, None, bounds.checked)
             )
             raise
         await writer.flush()
         if checker is not None and patch.checksum and checker.digest() != patch.checksum[1]:
-            await writer.roll_back()
+            await _roll_back(writer, lease)
             raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
+        await lease.keep()
         recording = True
         return await database.commits.run_to_completion(
             _record(
-                database, store, hashes, writer, upload_id, state, patch, before_commit, checked
+                database, store, hashes, writer, lease, state, patch, before_commit, bounds.checked
             )
         )
     finally:
@@ -391,26 +454,19 @@ async def append(
 
 
 async def _remove(database: Database, store: ResumableStore, upload: Upload) -> None:
-    """Delete an upload's row and, if it never completed, its partial bytes
-    (waiting for no writer: one that holds the upload makes this 423)."""
-    upload_id, incomplete = upload.id, upload.completed_at is None
-    writer = store.partial_writer(upload_id, upload.offset, [])
-    if incomplete:
-        try:
-            await writer.acquire()
-        except PartialBusy:
-            raise UploadLocked("Another request is writing to this upload.") from None
-        except BlobMissing:
-            pass  # the bytes are already gone; the row still goes
-    try:
-        async with blob_transaction(database, store) as (session, changes):
-            row = await session.get(Upload, upload_id)
-            if row is not None:
-                await session.delete(row)
-            if incomplete:
-                changes.after_commit(lambda: store.delete_partial(upload_id))
-    finally:
-        writer.release()
+    """Delete an upload's row and, if it never completed, its partial bytes,
+    unless a PATCH holds its lease (423: waiting for none)."""
+    upload_id = upload.id
+    async with blob_transaction(database, store) as (session, changes):
+        # FOR UPDATE: a PATCH taking the lease in another server waits.
+        row = await session.get(Upload, upload_id, with_for_update=True)
+        if row is None:
+            return
+        if lease_is_live(row, lease_now()):
+            raise UploadLocked("Another request is writing to this upload.")
+        await session.delete(row)
+        if row.completed_at is None:
+            changes.after_commit(lambda: store.delete_partial(upload_id))
 
 
 async def terminate(

@@ -45,17 +45,8 @@ class BlobMissing(Exception):
 
 
 class PartialBusy(Exception):
-    """Another request is writing to that resumable upload."""
-
-
-class PartialMoved(Exception):
-    """The upload's offset moved on before this writer had the upload (another
-    request committed more bytes): nothing was cut, the writer let go."""
-
-
-# Asked once the upload is held, before anything is cut back: is its
-# committed offset still the one this writer starts at?
-StillAt = Callable[[], Awaitable[bool]]
+    """Another writer still has that resumable upload's bytes open (on disk:
+    one whose lease ran out while its process stalled)."""
 
 
 @dataclass(frozen=True)
@@ -156,10 +147,11 @@ class BlobStore(Protocol):
 class PartialWriter(Protocol):
     offset: int
 
-    async def acquire(self, still_at: StillAt | None = None) -> None:
-        """Take the upload for this request; PartialBusy if another has it.
-        With ``still_at``, asked once held and before bytes past the start
-        are cut: PartialMoved (and let go) when it says no."""
+    async def acquire(self) -> None:
+        """Open the partial at ``offset``, bytes past it (never committed)
+        cut off. The caller holds the upload's lease, so the committed
+        offset is ``offset`` and stays so. BlobMissing if the partial is
+        gone; PartialBusy if a writer of this backend still has it open."""
 
     async def write(self, data: bytes) -> None: ...
 

@@ -9,10 +9,6 @@ from collections.abc import Mapping
 from quart_app.config import Settings
 from quart_app.storage import MaintainedStore
 
-# Seconds past the longest a request body may take after which a resumable
-# upload's lock is taken from a holder that never released it.
-LOCK_GRACE_SECONDS = 60.0
-
 
 def build_store(settings: Settings, environ: Mapping[str, str] | None = None) -> MaintainedStore:
     """The configured store, its layout prepared (for operator commands
@@ -45,5 +41,4 @@ def build_s3_store(settings: Settings, environ: Mapping[str, str]) -> Maintained
         S3Location(bucket, prefix.strip("/")),
         credentials,
         settings.S3_PART_BYTES,
-        lock_ttl=settings.BODY_DEADLINE + LOCK_GRACE_SECONDS,
     )

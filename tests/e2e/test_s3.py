@@ -79,7 +79,7 @@ async def unfinished(store: S3BlobStore) -> list[str]:
 
 
 async def settled_bucket(app: Quart) -> list[str]:
-    """The bucket once background cleanups (lock releases) have run."""
+    """The bucket once background cleanups (aborts, temp deletes) have run."""
     store = store_of(app)
     for task in list(store._tasks):
         await task
@@ -250,7 +250,7 @@ async def test_readyz_is_503_when_the_store_refuses(s3_app: Quart, s3_client: Qu
     store = store_of(s3_app)
     c = store.credentials
     refused = S3Credentials(c.endpoint, c.region, c.access_key, "revoked-secret-key-0000")
-    app_state(s3_app).store = S3BlobStore(store.location, refused, store.part_bytes, 60.0)
+    app_state(s3_app).store = S3BlobStore(store.location, refused, store.part_bytes)
     try:
         answer = await s3_client.get("/readyz")
         assert answer.status_code == 503

@@ -19,7 +19,6 @@ from quart_app.storage import (
     BlobMissing,
     BlobTooLarge,
     MaintainedStore,
-    PartialMoved,
     StorageFull,
 )
 from quart_app.storage.factory import build_store
@@ -249,21 +248,28 @@ async def test_a_rolled_back_patch_leaves_the_offset_where_it_was(
     assert await read_all(any_store, state.hexdigest()) == data
 
 
-async def test_a_partial_held_by_one_writer_is_busy_for_another(
-    any_store: MaintainedStore,
+async def test_a_partial_file_open_in_one_writer_is_busy_for_another(
+    store: LocalBlobStore,
 ) -> None:
+    """On disk the flock keeps a stalled writer (its lease ran out) from
+    mixing its bytes with the next one's; who writes is the lease's call."""
     from quart_app.storage import PartialBusy
 
-    await any_store.create_partial("up-3")
-    holder = any_store.partial_writer("up-3", 0, [])
+    await store.create_partial("up-3")
+    holder = store.partial_writer("up-3", 0, [])
     await holder.acquire()
-    other = any_store.partial_writer("up-3", 0, [])
+    other = store.partial_writer("up-3", 0, [])
     with pytest.raises(PartialBusy):
         await other.acquire()
     holder.release()
-    await any_store.delete_partial("up-3")
+    await store.delete_partial("up-3")
     with pytest.raises(BlobMissing):
-        await any_store.partial_writer("up-3", 0, []).acquire()
+        await store.partial_writer("up-3", 0, []).acquire()
+
+
+async def test_a_missing_partial_is_blob_missing(any_store: MaintainedStore) -> None:
+    with pytest.raises(BlobMissing):
+        await any_store.partial_writer("up-4", 0, []).acquire()
 
 
 async def test_write_seal_publish_is_content_addressed(store: LocalBlobStore) -> None:
@@ -433,26 +439,3 @@ def test_path_for_refuses_anything_but_a_digest(store: LocalBlobStore) -> None:
     for bad in ("../../etc/passwd", "A" * 64, "ab"):
         with pytest.raises(ValueError):
             store.path_for(bad)
-
-
-async def test_a_writer_whose_offset_moved_on_cuts_nothing(store: LocalBlobStore) -> None:
-    """A PATCH that read offset 0, then waited for the lock while another
-    PATCH committed 100 bytes, must not cut those bytes back: it lets go."""
-    await store.create_partial("u1")
-    first = store.partial_writer("u1", 0, [hashlib.sha256()])
-    await first.acquire()
-    await first.write(b"x" * 100)
-    assert await first.make_durable() == 100
-    first.release()
-    late = store.partial_writer("u1", 0, [hashlib.sha256()])
-
-    async def moved() -> bool:
-        return False
-
-    with pytest.raises(PartialMoved):
-        await late.acquire(moved)
-    state = await store.hash_partial("u1", 100)
-    assert state.hexdigest() == hashlib.sha256(b"x" * 100).hexdigest()
-    again = store.partial_writer("u1", 100, [hashlib.sha256()])
-    await again.acquire()  # the lock was let go
-    again.release()

@@ -22,9 +22,7 @@ from quart_app.storage import (
     BlobMissing,
     BlobTooLarge,
     PartialBusy,
-    PartialMoved,
     SealedBlob,
-    StillAt,
 )
 from quart_app.storage.local.disk import fsync_dir, start_writeback, storage_error
 
@@ -213,10 +211,15 @@ class LocalBlobWriter(BatchedWriter):
 
 
 class LocalPartialWriter(BatchedWriter):
-    """Appends to a resumable upload's partial file at ``offset``, holding an
-    exclusive flock on it (cross-process; released when the fd closes, or the
-    process dies). Bytes past ``offset`` that were never acknowledged (a
-    crash between write and commit) are cut off first."""
+    """Appends to a resumable upload's partial file at ``offset``. Bytes past
+    ``offset`` that were never acknowledged (a crash between write and
+    commit) are cut off first.
+
+    Who writes is decided by the upload's lease in the database. The file
+    is also held with an exclusive flock (released when the fd closes, or
+    the process dies): a PATCH whose lease ran out while its process was
+    stalled still has the file open and would write into the bytes of the
+    request that took the upload over; the flock makes that one a 423."""
 
     def __init__(self, store: LocalBlobStore, path: Path, offset: int, hashes: list[Any]) -> None:
         super().__init__(store, hashes)
@@ -243,10 +246,9 @@ class LocalPartialWriter(BatchedWriter):
         os.ftruncate(self._fd, self.start)
         os.lseek(self._fd, self.start, os.SEEK_SET)
 
-    async def acquire(self, still_at: StillAt | None = None) -> None:
-        """Raises PartialBusy when another request holds the upload,
-        BlobMissing when its partial file is gone, PartialMoved when
-        ``still_at`` says the offset moved (then nothing is cut)."""
+    async def acquire(self) -> None:
+        """Raises PartialBusy when another writer has the file open,
+        BlobMissing when the partial file is gone."""
         try:
             await asyncio.to_thread(self._lock)
         except FileNotFoundError:
@@ -254,8 +256,6 @@ class LocalPartialWriter(BatchedWriter):
         except OSError as error:
             raise storage_error(error) from error
         try:
-            if still_at is not None and not await still_at():
-                raise PartialMoved(self.path.name)
             await asyncio.to_thread(self._trim)
         except OSError as error:
             self.release()

@@ -7,7 +7,6 @@ under 5 MiB except the last, so a partial is kept as plain objects under
     info                 {"part_bytes": P}, written by create_partial
     part-<k>             bytes [(k-1)P, kP): whole parts, k from 1
     tail-<offset>        the bytes past the last whole part (< P) at that offset
-    lock                 "<host> <pid>": the request writing to the upload
 
 At a committed offset O the upload is ``part-1 .. part-(O // P)`` and, when
 O is not a multiple of P, ``tail-<O>``. A PATCH reads that tail back,
@@ -17,6 +16,8 @@ the new offset committed (make_durable), so it only ever covers durable
 bytes. Parts a PATCH wrote past the committed offset (a crash, a rollback)
 are overwritten by the next PATCH, which rewrites from the same position.
 Tails of older offsets are deleted when the next PATCH takes the upload.
+Who writes is decided by the upload's lease in the database
+(services/upload_leases.py); the store keeps no lock of its own.
 
 Completion composes the blob at ``blobs/<sha256>`` with one multipart
 upload of server-side copies (UploadPartCopy) of the parts and the tail,
@@ -33,23 +34,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import socket
-import time
 from typing import TYPE_CHECKING, Any
 
-from quart_app.storage import BlobMissing, PartialBusy, PartialMoved, StillAt
-from quart_app.storage.s3.client import S3_ERRORS, is_exists, is_missing, unwritable
+from quart_app.storage import BlobMissing
+from quart_app.storage.s3.client import S3_ERRORS, is_missing, unwritable
 from quart_app.storage.s3.parts import PartPipeline
 
 if TYPE_CHECKING:
     from quart_app.storage.s3.store import S3BlobStore
-
-# Seconds a request waits for another to release an upload before 423: the
-# request before it (the same client's previous PATCH) releases its lock
-# just after answering.
-LOCK_WAIT_SECONDS = 2.0
-LOCK_POLL_SECONDS = 0.05
 
 
 def part_name(number: int) -> str:
@@ -60,30 +52,11 @@ def tail_name(offset: int) -> str:
     return f"tail-{offset:020d}"
 
 
-def _lock_body() -> bytes:
-    return f"{socket.gethostname()} {os.getpid()}".encode()
-
-
-def _holder_gone(body: bytes) -> bool:
-    """The lock names a process on this host that no longer exists."""
-    host, _, pid = body.decode(errors="replace").partition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class S3Partials:
     """The partial-upload half of the S3 store."""
 
-    def __init__(self, store: S3BlobStore, lock_ttl: float) -> None:
+    def __init__(self, store: S3BlobStore) -> None:
         self.store = store
-        self.lock_ttl = lock_ttl
 
     def key(self, upload_id: str, name: str = "") -> str:
         if not upload_id.replace("-", "").replace("_", "").isalnum():
@@ -134,43 +107,6 @@ class S3Partials:
             del data
         return digest
 
-    # -- the lock ----------------------------------------------------------
-    async def lock(self, upload_id: str) -> None:
-        client = await self.store.client()
-        bucket, key = self.store.location.bucket, self.key(upload_id, "lock")
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        while True:
-            try:
-                await client.put_object(Bucket=bucket, Key=key, Body=_lock_body(), IfNoneMatch="*")
-                return
-            except S3_ERRORS as error:
-                if not is_exists(error):
-                    raise unwritable(error) from error
-            if await self._lock_is_stale(key):
-                await self.store.delete_key(key)
-                continue
-            if time.monotonic() > deadline:
-                raise PartialBusy(upload_id)
-            await asyncio.sleep(LOCK_POLL_SECONDS)
-
-    async def _lock_is_stale(self, key: str) -> bool:
-        client = await self.store.client()
-        try:
-            answer = await client.get_object(Bucket=self.store.location.bucket, Key=key)
-            body = answer["Body"]
-            async with body:
-                holder = await body.read()
-        except S3_ERRORS as error:
-            if is_missing(error):
-                return False  # released meanwhile: try again
-            raise unwritable(error) from error
-        age = time.time() - answer["LastModified"].timestamp()
-        return age > self.lock_ttl or _holder_gone(holder)
-
-    def unlock(self, upload_id: str) -> None:
-        task = asyncio.ensure_future(self.store.delete_key(self.key(upload_id, "lock")))
-        self.store.keep_task(task)
-
     async def drop_old_tails(self, upload_id: str, offset: int) -> None:
         keep = self.key(upload_id, tail_name(offset))
         prefix = self.key(upload_id, "tail-")
@@ -206,27 +142,16 @@ class S3PartialWriter:
         self.offset = offset
         self._hashes = hashes
         self._pipeline: PartPipeline | None = None
-        self._locked = False
 
-    async def acquire(self, still_at: StillAt | None = None) -> None:
-        """Raises PartialBusy when another request holds the upload,
-        BlobMissing when its partial is gone, PartialMoved when ``still_at``
-        says the offset moved (then no tail is dropped)."""
+    async def acquire(self) -> None:
+        """Reads the tail back; BlobMissing when the partial is gone."""
         partials, upload_id = self._partials, self._upload_id
         part_bytes = await partials.part_bytes(upload_id)
-        await partials.lock(upload_id)
-        self._locked = True
-        try:
-            if still_at is not None and not await still_at():
-                raise PartialMoved(upload_id)
-            whole, rest = divmod(self.start, part_bytes)
-            pipeline = PartPipeline(part_bytes, self._hashes, self._upload_part, whole + 1)
-            if rest:
-                pipeline.preload(await partials.read(upload_id, tail_name(self.start)))
-            await partials.drop_old_tails(upload_id, self.start)
-        except BaseException:
-            self.release()
-            raise
+        whole, rest = divmod(self.start, part_bytes)
+        pipeline = PartPipeline(part_bytes, self._hashes, self._upload_part, whole + 1)
+        if rest:
+            pipeline.preload(await partials.read(upload_id, tail_name(self.start)))
+        await partials.drop_old_tails(upload_id, self.start)
         self._pipeline = pipeline
 
     async def _upload_part(self, number: int, data: bytes) -> str:
@@ -289,6 +214,4 @@ class S3PartialWriter:
         self.offset = self.start
 
     def release(self) -> None:
-        if self._locked:
-            self._locked = False
-            self._partials.unlock(self._upload_id)
+        """Nothing is held: the lease is the database's."""

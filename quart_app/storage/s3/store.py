@@ -96,12 +96,11 @@ class S3BlobStore:
         location: S3Location,
         credentials: S3Credentials,
         part_bytes: int,
-        lock_ttl: float,
     ) -> None:
         self.location = location
         self.credentials = credentials
         self.part_bytes = part_bytes
-        self.partials = S3Partials(self, lock_ttl)
+        self.partials = S3Partials(self)
         self._client: S3Client | None = None
         self._exit_stack: AsyncExitStack | None = None
         self._opening = asyncio.Lock()

@@ -1,0 +1,178 @@
+"""Leases on resumable uploads: one writer at a time per upload, across
+every server, kept in the database without holding a connection.
+
+A PATCH takes its upload's lease in one short write transaction: owner
+(host and pid, for people reading the table), expiry (now + the lease
+duration) and a fencing token, raised by one each time a lease is taken.
+It is granted only while no unexpired lease is held and the committed
+offset is still the one the PATCH starts at. While the body streams in no
+connection and no row lock is held: a row lock (``FOR UPDATE``) for the
+length of a body would pin one pooled connection per upload for minutes,
+and SQLite has none. Before a write, once a third of the lease has passed,
+the holder renews it (an UPDATE that matches only its own token), so a
+live PATCH keeps its upload however long its body takes. The offset is
+committed, and the lease cleared, by one transaction that reads the row
+``FOR UPDATE`` and checks the token: a PATCH whose lease lapsed (its
+server stalled or was killed) and was taken over commits nothing.
+
+Expiry compares server clocks (keep them in sync: NTP); the fencing token
+keeps every commit right whatever the clocks say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+
+from quart_app.db.engine import Database
+from quart_app.db.models import Upload
+from quart_app.errors import NotFound, OffsetMismatch, UploadLeaseLost, UploadLocked
+
+# Seconds a PATCH waits for the upload's lease before 423: the request
+# before it (often the same client's previous PATCH, or the tail of one
+# whose client hung up) lets go as soon as its commit ends.
+LEASE_WAIT_SECONDS = 2.0
+LEASE_POLL_SECONDS = 0.05
+
+
+def lease_now() -> datetime:
+    """Now in UTC with microseconds (a lease may be a few seconds long)."""
+    return datetime.now(UTC)
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"[:255]
+
+
+def lease_is_live(upload: Upload, now: datetime) -> bool:
+    return upload.lease_expires_at is not None and upload.lease_expires_at > now
+
+
+class UploadLease:
+    """The lease a PATCH holds on one upload (see the module docstring)."""
+
+    def __init__(self, database: Database, upload_id: str, token: int, seconds: float) -> None:
+        self.database = database
+        self.upload_id = upload_id
+        self.token = token
+        self.seconds = seconds
+        self._renew_at = asyncio.get_running_loop().time() + seconds / 3
+        self._released = False
+
+    async def _extend(self) -> bool:
+        """Push the expiry on, if the lease is still this one's."""
+        async with self.database.sessionmaker() as session, self.database.writing(session):
+            result = await session.execute(
+                update(Upload)
+                .where(Upload.id == self.upload_id, Upload.lease_token == self.token)
+                .values(lease_expires_at=lease_now() + timedelta(seconds=self.seconds))
+                .execution_options(synchronize_session=False)
+            )
+        return getattr(result, "rowcount", 1) == 1
+
+    async def keep(self) -> None:
+        """Before a write: renew once a third of the lease has passed.
+        UploadLeaseLost when another request has taken the upload over."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._renew_at:
+            return
+        started = loop.time()
+        if not await self._extend():
+            raise UploadLeaseLost(
+                f"The upload {self.upload_id} was taken over by another request after this "
+                "one's lease ran out; nothing of this PATCH was kept."
+            )
+        self._renew_at = started + self.seconds / 3
+
+    async def still_held(self) -> bool:
+        """Whether the lease is still this one's (renewing it): bytes past
+        the committed offset may be cut back only then."""
+        return not self._released and await self._extend()
+
+    def settle(self, upload: Upload) -> None:
+        """Inside the transaction that commits the offset, on the row read
+        ``FOR UPDATE``: UploadLeaseLost unless the token is still this
+        one's; else the lease is cleared with the commit."""
+        if upload.lease_token != self.token:
+            raise UploadLeaseLost(
+                f"The upload {self.upload_id} was taken over by another request after this "
+                "one's lease ran out; nothing of this PATCH was kept."
+            )
+        upload.lease_owner = None
+        upload.lease_expires_at = None
+
+    def settled(self) -> None:
+        """The transaction that settled the lease committed."""
+        self._released = True
+
+    async def release(self) -> None:
+        """Let go (idempotent; nothing to do once settled). A release that
+        fails leaves the lease to expire."""
+        if self._released:
+            return
+        self._released = True
+        async with self.database.sessionmaker() as session, self.database.writing(session):
+            await session.execute(
+                update(Upload)
+                .where(Upload.id == self.upload_id, Upload.lease_token == self.token)
+                .values(lease_owner=None, lease_expires_at=None)
+                .execution_options(synchronize_session=False)
+            )
+
+
+async def _free_at(database: Database, upload_id: str, offset: int) -> bool:
+    """A read (no write transaction: SQLite's write lock is taken only when
+    the lease looks free): is the upload free to lease at ``offset``?"""
+    async with database.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(Upload.offset, Upload.lease_expires_at).where(Upload.id == upload_id)
+            )
+        ).first()
+    if row is None:
+        raise NotFound("There is no such upload.")
+    if row.offset != offset:
+        raise OffsetMismatch(f"The upload's offset is now {row.offset}.")
+    expires = row.lease_expires_at
+    return expires is None or expires <= lease_now()
+
+
+async def _take(database: Database, upload_id: str, offset: int, seconds: float) -> int | None:
+    async with database.sessionmaker() as session, database.writing(session):
+        # FOR UPDATE (PostgreSQL; SQLite's writer excludes all others): two
+        # servers taking over one lapsed lease would both think they hold it.
+        upload = await session.get(Upload, upload_id, with_for_update=True)
+        if upload is None:
+            raise NotFound("There is no such upload.")
+        if upload.offset != offset:
+            raise OffsetMismatch(f"The upload's offset is now {upload.offset}.")
+        now = lease_now()
+        if lease_is_live(upload, now):
+            return None
+        upload.lease_token += 1
+        upload.lease_owner = holder_name()
+        upload.lease_expires_at = now + timedelta(seconds=seconds)
+        return upload.lease_token
+
+
+async def take_lease(
+    database: Database, upload_id: str, offset: int, seconds: float
+) -> UploadLease:
+    """The upload's lease for a PATCH at ``offset``: waits up to
+    LEASE_WAIT_SECONDS for another holder to let go, then UploadLocked (423).
+    OffsetMismatch when the offset moved meanwhile, NotFound when the upload
+    went."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + LEASE_WAIT_SECONDS
+    while True:
+        if await _free_at(database, upload_id, offset):
+            token = await _take(database, upload_id, offset, seconds)
+            if token is not None:
+                return UploadLease(database, upload_id, token, seconds)
+        if loop.time() >= give_up:
+            raise UploadLocked("Another request is writing to this upload; retry later.")
+        await asyncio.sleep(LEASE_POLL_SECONDS)
