@@ -218,6 +218,8 @@ async def _record(
     upload_id = lease.upload_id
     try:
         offset = await writer.make_durable()
+        # The commit settles the lease; no renewal may run past it.
+        await lease.stop_renewing()
         try:
             async with blob_transaction(database, store) as (session, changes):
                 # FOR UPDATE: a takeover of the lease in another server waits
@@ -441,7 +443,6 @@ async def _append_leased(
         if checker is not None and patch.checksum and checker.digest() != patch.checksum[1]:
             await _roll_back(writer, lease)
             raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
-        await lease.keep()
         recording = True
         return await database.commits.run_to_completion(
             _record(

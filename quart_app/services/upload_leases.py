@@ -8,9 +8,11 @@ It is granted only while no unexpired lease is held and the committed
 offset is still the one the PATCH starts at. While the body streams in no
 connection and no row lock is held: a row lock (``FOR UPDATE``) for the
 length of a body would pin one pooled connection per upload for minutes,
-and SQLite has none. Before a write, once a third of the lease has passed,
-the holder renews it (an UPDATE that matches only its own token), so a
-live PATCH keeps its upload however long its body takes. The offset is
+and SQLite has none. Every third of the lease the holder renews it in the
+background (an UPDATE that matches only its own token, a connection for a
+moment), so a live PATCH keeps its upload however slow its client; before
+each write it checks that a renewal held lately (a process that stalled
+past its lease confirms first, and stops if it was taken over). The offset is
 committed, and the lease cleared, by one transaction that reads the row
 ``FOR UPDATE`` and checks the token: a PATCH whose lease lapsed (its
 server stalled or was killed) and was taken over commits nothing.
@@ -22,6 +24,8 @@ keeps every commit right whatever the clocks say.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 from datetime import UTC, datetime, timedelta
@@ -31,6 +35,8 @@ from sqlalchemy import select, update
 from quart_app.db.engine import Database
 from quart_app.db.models import Upload
 from quart_app.errors import NotFound, OffsetMismatch, UploadLeaseLost, UploadLocked
+
+log = logging.getLogger(__name__)
 
 # Seconds a PATCH waits for the upload's lease before 423: the request
 # before it (often the same client's previous PATCH, or the tail of one
@@ -60,11 +66,22 @@ class UploadLease:
         self.upload_id = upload_id
         self.token = token
         self.seconds = seconds
-        self._renew_at = asyncio.get_running_loop().time() + seconds / 3
+        # Loop time of the last renewal known to have held (its start).
+        self._confirmed_at = asyncio.get_running_loop().time()
+        self._lost = False
         self._released = False
+        self._stop = asyncio.Event()
+        self._renewer = asyncio.ensure_future(self._renew())
+
+    def _lost_error(self) -> UploadLeaseLost:
+        return UploadLeaseLost(
+            f"The upload {self.upload_id} was taken over by another request after this "
+            "one's lease ran out; nothing of this PATCH was kept."
+        )
 
     async def _extend(self) -> bool:
         """Push the expiry on, if the lease is still this one's."""
+        started = asyncio.get_running_loop().time()
         async with self.database.sessionmaker() as session, self.database.writing(session):
             result = await session.execute(
                 update(Upload)
@@ -72,36 +89,54 @@ class UploadLease:
                 .values(lease_expires_at=lease_now() + timedelta(seconds=self.seconds))
                 .execution_options(synchronize_session=False)
             )
-        return getattr(result, "rowcount", 1) == 1
+        if getattr(result, "rowcount", 1) != 1:
+            self._lost = True
+            return False
+        self._confirmed_at = max(self._confirmed_at, started)
+        return True
+
+    async def _renew(self) -> None:
+        """Every third of the lease, whatever the client's pace (a slow
+        client keeps its upload); stopped cooperatively, never cancelled
+        inside a transaction."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.seconds / 3):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
+            try:
+                if not await self._extend():
+                    return
+            except Exception:  # the database failing: keep() will find out
+                log.warning("renewing the lease on upload %s failed", self.upload_id, exc_info=True)
+
+    async def stop_renewing(self) -> None:
+        self._stop.set()
+        await asyncio.shield(self._renewer)
 
     async def keep(self) -> None:
-        """Before a write: renew once a third of the lease has passed.
-        UploadLeaseLost when another request has taken the upload over."""
+        """Before a write: UploadLeaseLost when another request has taken
+        the upload over. When no renewal has held for two thirds of the
+        lease (this process stalled, or the database failed), one must
+        hold now, before anything more is written."""
+        if self._lost:
+            raise self._lost_error()
         loop = asyncio.get_running_loop()
-        if loop.time() < self._renew_at:
-            return
-        started = loop.time()
-        if not await self._extend():
-            raise UploadLeaseLost(
-                f"The upload {self.upload_id} was taken over by another request after this "
-                "one's lease ran out; nothing of this PATCH was kept."
-            )
-        self._renew_at = started + self.seconds / 3
+        if loop.time() >= self._confirmed_at + self.seconds * 2 / 3 and not await self._extend():
+            raise self._lost_error()
 
     async def still_held(self) -> bool:
         """Whether the lease is still this one's (renewing it): bytes past
         the committed offset may be cut back only then."""
-        return not self._released and await self._extend()
+        return not self._released and not self._lost and await self._extend()
 
     def settle(self, upload: Upload) -> None:
         """Inside the transaction that commits the offset, on the row read
         ``FOR UPDATE``: UploadLeaseLost unless the token is still this
         one's; else the lease is cleared with the commit."""
         if upload.lease_token != self.token:
-            raise UploadLeaseLost(
-                f"The upload {self.upload_id} was taken over by another request after this "
-                "one's lease ran out; nothing of this PATCH was kept."
-            )
+            raise self._lost_error()
         upload.lease_owner = None
         upload.lease_expires_at = None
 
@@ -112,6 +147,7 @@ class UploadLease:
     async def release(self) -> None:
         """Let go (idempotent; nothing to do once settled). A release that
         fails leaves the lease to expire."""
+        await self.stop_renewing()
         if self._released:
             return
         self._released = True

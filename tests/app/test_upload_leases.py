@@ -1,0 +1,233 @@
+"""The lease on a resumable upload (services/upload_leases.py): two apps on
+one database and one storage directory, as two servers are. One writer at
+a time, no connection held while a body streams, renewal while it does, and
+a PATCH whose lease was taken over commits nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.testing import QuartClient, connections
+from sqlalchemy import update
+
+from devtools.quart_client import as_http_connection, as_quart_client
+from quart_app import create_app
+from quart_app.db.models import Upload
+from quart_app.errors import UploadLeaseLost
+from quart_app.services.upload_leases import lease_now, take_lease
+from quart_app.state import app_state
+from tests.app.test_uploads import OCTETS, create, head, patch
+
+pytestmark = pytest.mark.postgresql
+
+# Long enough that no renewal runs while a test looks (the renewal test
+# sets its own).
+LEASE = 30.0
+
+
+@asynccontextmanager
+async def two_servers(overrides: dict[str, Any], lease: float) -> AsyncIterator[list[Quart]]:
+    # No import worker polling the database: the pool is the PATCH's alone.
+    settings = {**overrides, "UPLOAD_LEASE_SECONDS": lease, "IMPORT_WORKERS": 0}
+    apps = [create_app(settings), create_app(settings)]
+    for app in apps:
+        await app.startup()
+    try:
+        yield apps
+    finally:
+        for app in apps:
+            await app.shutdown()
+
+
+@pytest.fixture
+async def servers(overrides: dict[str, Any]) -> AsyncIterator[list[Quart]]:
+    async with two_servers(overrides, LEASE) as apps:
+        yield apps
+
+
+def client_of(app: Quart) -> QuartClient:
+    return as_quart_client(app.test_client())
+
+
+def streaming_patch(client: QuartClient, url: str, offset: int) -> connections.TestHTTPConnection:
+    return as_http_connection(
+        client.request(url, method="PATCH", headers={**OCTETS, "Upload-Offset": str(offset)})
+    )
+
+
+async def upload_row(app: Quart, url: str) -> Upload:
+    async with app_state(app).database.sessionmaker() as session:
+        row = await session.get(Upload, url.rsplit("/", 1)[1])
+    assert row is not None
+    return row
+
+
+async def run_out(app: Quart, url: str) -> None:
+    """Make the upload's lease expire now, as it does when its holder's
+    renewals stop."""
+    database = app_state(app).database
+    async with database.sessionmaker() as session, database.writing(session):
+        await session.execute(
+            update(Upload)
+            .where(Upload.id == url.rsplit("/", 1)[1])
+            .values(lease_expires_at=lease_now() - timedelta(seconds=1))
+        )
+
+
+async def content(client: QuartClient, url: str) -> bytes:
+    response = await client.get(url.replace("/uploads/", "/files/") + "/content")
+    assert response.status_code == 200
+    return await response.get_data(as_text=False)
+
+
+async def test_a_patch_holds_a_lease_and_no_connection_while_its_body_streams(
+    servers: list[Quart],
+) -> None:
+    app = servers[0]
+    url = await create(client_of(app), 20)
+    async with streaming_patch(client_of(app), url, 0) as first:
+        await first.send(b"0123456789")
+        await asyncio.sleep(0.2)
+        held = await upload_row(app, url)
+        assert held.lease_owner and held.lease_token == 1
+        assert held.lease_expires_at is not None and held.lease_expires_at > lease_now()
+        # No pooled connection is out (none in use, so no row lock either).
+        assert app_state(app).database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        await first.send(b"abcdefghij")
+        await first.send_complete()
+        await first.receive()
+    assert first.status_code == 204
+    done = await upload_row(app, url)
+    assert (done.offset, done.lease_owner, done.lease_expires_at) == (20, None, None)
+    assert done.lease_token == 1
+
+
+async def test_a_patch_renews_its_lease_however_slow_its_client(
+    overrides: dict[str, Any],
+) -> None:
+    """Bytes trickling in for three leases' worth of time: the lease is
+    renewed in the background, so a PATCH on the other server meanwhile is
+    refused (423, after its wait) and the slow one completes."""
+    async with two_servers(overrides, 1.0) as (first_app, second_app):
+        url = await create(client_of(first_app), 12)
+        async with streaming_patch(client_of(first_app), url, 0) as slow:
+            other = None
+            for piece in range(6):
+                await slow.send(b"ab")
+                if piece == 1:
+                    other = asyncio.ensure_future(patch(client_of(second_app), url, 0, b"x" * 12))
+                await asyncio.sleep(0.5)
+            assert other is not None
+            refused = await other
+            await slow.send_complete()
+            await slow.receive()
+        assert slow.status_code == 204
+        assert refused.status_code == 423
+        assert refused.content_type == "application/problem+json"
+        assert await content(client_of(second_app), url) == b"ab" * 6
+
+
+async def test_a_patch_waiting_for_the_lease_sees_the_offset_move(servers: list[Quart]) -> None:
+    """The second PATCH waits for the first to let go; the first committed
+    more bytes meanwhile, so the second is a 409 and cuts nothing back."""
+    first_app, second_app = servers
+    url = await create(client_of(first_app), 20)
+    async with streaming_patch(client_of(first_app), url, 0) as first:
+        await first.send(b"0123456789")
+        await asyncio.sleep(0.2)
+        late = asyncio.ensure_future(patch(client_of(second_app), url, 0, b"z" * 10))
+        await asyncio.sleep(0.3)
+        await first.send_complete()
+        await first.receive()
+    answer = await late
+    assert first.status_code == 204
+    assert answer.status_code == 409
+    assert (await answer.get_json())["type"].endswith(":offset-mismatch")
+    assert (await head(client_of(second_app), url)).headers["Upload-Offset"] == "10"
+    assert (await patch(client_of(second_app), url, 10, b"ABCDEFGHIJ")).status_code == 204
+    assert await content(client_of(first_app), url) == b"0123456789ABCDEFGHIJ"
+
+
+async def test_a_patch_whose_lease_was_taken_over_commits_nothing(servers: list[Quart]) -> None:
+    """The first server's renewals stop holding (here: its lease is made to
+    run out in the database, as when its process stalls past it); the
+    other server takes the lease over (on disk its writer then finds the
+    file still open: 423; on S3 it writes, tests/e2e/test_three_servers.py).
+    The first PATCH's next check finds its token stale: 409, offset kept."""
+    first_app, second_app = servers
+    url = await create(client_of(first_app), 20)
+    async with streaming_patch(client_of(first_app), url, 0) as stalled:
+        await stalled.send(b"0123456789")
+        await asyncio.sleep(0.2)
+        await run_out(second_app, url)
+        taker = await patch(client_of(second_app), url, 0, b"z" * 20)
+        assert taker.status_code == 423
+        assert (await upload_row(second_app, url)).lease_token == 2
+        await stalled.send(b"abcdefghij")
+        await stalled.send_complete()
+        body = await stalled.receive()
+    assert stalled.status_code == 409
+    problem = json.loads(body)
+    assert problem["type"] == "urn:quart-app:problem:upload-lease-lost"
+    assert (await head(client_of(first_app), url)).headers["Upload-Offset"] == "0"
+    data = b"ABCDEFGHIJKLMNOPQRST"
+    assert (await patch(client_of(second_app), url, 0, data)).status_code == 204
+    file = await (await client_of(first_app).get(url.replace("/uploads/", "/files/"))).get_json()
+    assert file["sha256"] == hashlib.sha256(data).hexdigest()
+    assert await content(client_of(first_app), url) == data
+
+
+async def test_an_offset_commit_is_fenced_by_the_lease_token(servers: list[Quart]) -> None:
+    """The commit's check itself: a lease taken over after expiry makes the
+    first holder's settle refuse, and its renewal fail."""
+    app = servers[0]
+    database = app_state(app).database
+    url = await create(client_of(app), 5)
+    upload_id = url.rsplit("/", 1)[1]
+    first = await take_lease(database, upload_id, 0, 0.05)
+    await first.stop_renewing()  # its process stalls
+    await asyncio.sleep(0.1)
+    second = await take_lease(database, upload_id, 0, LEASE)
+    assert (first.token, second.token) == (1, 2)
+    async with database.sessionmaker() as session, database.writing(session):
+        row = await session.get(Upload, upload_id, with_for_update=True)
+        assert row is not None
+        with pytest.raises(UploadLeaseLost):
+            first.settle(row)
+        second.settle(row)
+    second.settled()
+    await second.release()
+    assert not await first.still_held()
+    await first.release()
+    row = await upload_row(app, url)
+    assert row.lease_owner is None and row.lease_expires_at is None
+
+
+async def test_delete_waits_for_no_lease_but_refuses_a_live_one(servers: list[Quart]) -> None:
+    first_app, second_app = servers
+    url = await create(client_of(first_app), 20)
+    async with streaming_patch(client_of(first_app), url, 0) as first:
+        await first.send(b"0123456789")
+        await asyncio.sleep(0.2)
+        refused = await client_of(second_app).delete(url, headers={"Tus-Resumable": "1.0.0"})
+        assert refused.status_code == 423
+        await first.send_complete()
+        await first.receive()
+    assert first.status_code == 204
+    # A lease that ran out (its holder died) does not stop a DELETE.
+    database = app_state(first_app).database
+    dead = await take_lease(database, url.rsplit("/", 1)[1], 10, 0.05)
+    await dead.stop_renewing()
+    await asyncio.sleep(0.1)
+    gone = await client_of(second_app).delete(url, headers={"Tus-Resumable": "1.0.0"})
+    assert gone.status_code == 204
+    assert (await head(client_of(first_app), url)).status_code == 404
+    await dead.release()
