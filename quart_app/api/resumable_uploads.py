@@ -47,13 +47,12 @@ from quart_app.errors import (
 )
 from quart_app.services.resumable_uploads import (
     CHECKSUM_ALGORITHMS,
-    Patch,
     UploadSpec,
-    append,
     create_upload,
     get_upload,
     terminate,
 )
+from quart_app.services.upload_patches import Patch, append
 from quart_app.state import app_state, request_session
 
 blueprint = Blueprint("uploads", __name__)
