@@ -67,3 +67,49 @@ async def test_two_workers_starting_at_once_both_migrate_cleanly(
         assert count == 1
     finally:
         await asyncio.gather(first.shutdown(), second.shutdown())
+
+
+@pytest.mark.own_database
+async def test_the_upload_lease_migration_goes_down_and_up_again(
+    overrides: dict[str, Any],
+) -> None:
+    """0010_upload_leases on both databases: an upload made before it gets
+    token 0 and no lease; its downgrade drops the columns, keeping rows."""
+    from alembic import command
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from quart_app.config import load_settings
+    from quart_app.db.migrate import alembic_config
+
+    app = create_app(overrides)
+    async with app.test_app():
+        made = await app.test_client().post(
+            "/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3"}
+        )
+        assert made.status_code == 201
+    url = str(overrides["DATABASE_URL"])
+    settings = load_settings({"DATABASE_URL": url}, environ={})
+
+    def migrate(connection: Connection, to: str) -> set[str]:
+        config = alembic_config(settings)
+        config.attributes["connection"] = connection
+        if to == "head":
+            command.upgrade(config, to)
+        else:
+            command.downgrade(config, to)
+        return {column["name"] for column in inspect(connection).get_columns("uploads")}
+
+    lease_columns = {"lease_owner", "lease_token", "lease_expires_at"}
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            assert not lease_columns & await conn.run_sync(migrate, "0009_inline_blobs")
+            await conn.commit()
+            assert lease_columns <= await conn.run_sync(migrate, "head")
+            await conn.commit()
+            query = text("SELECT lease_owner, lease_token, lease_expires_at FROM uploads")
+            row = (await conn.execute(query)).one()
+    finally:
+        await engine.dispose()
+    assert tuple(row) == (None, 0, None)
