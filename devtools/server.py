@@ -216,17 +216,20 @@ def start_server(
     return running
 
 
-def start_servers(roots: list[Path], shared_env: dict[str, str]) -> list[RunningServer]:
+def start_servers(
+    roots: list[Path], shared_env: dict[str, str], timeout: float = 20.0
+) -> list[RunningServer]:
     """Servers started at the same moment (they migrate, recover... at
-    once), then waited for; each with its own root, and ``shared_env`` (one
-    database, one storage, one secret) in common. From the calling thread:
-    a child is sent SIGTERM when the thread that started it ends."""
+    once), then waited for, each up to ``timeout`` seconds; each with its
+    own root, and ``shared_env`` (one database, one storage, one secret) in
+    common. From the calling thread: a child is sent SIGTERM when the
+    thread that started it ends."""
     servers = [prepare_server(root, shared_env) for root in roots]
     try:
         for server in servers:
             server.spawn()
         for server in servers:
-            server.wait_until_serving()
+            server.wait_until_serving(timeout)
     except BaseException:
         for server in servers:
             server.stop()

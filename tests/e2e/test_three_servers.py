@@ -59,7 +59,9 @@ def servers(
         "QUART_APP_S3_PART_BYTES": str(PART),
         "QUART_APP_UPLOAD_LEASE_SECONDS": str(LEASE_SECONDS),
     }
-    running = start_servers([tmp_path / f"server{i}" for i in range(3)], shared)
+    # Three interpreters starting at once on a busy 2-core machine: a wider
+    # wait than one server's.
+    running = start_servers([tmp_path / f"server{i}" for i in range(3)], shared, timeout=60)
     try:
         yield running
     finally:
