@@ -83,6 +83,7 @@ async def _record(
     off again)."""
     upload_id = lease.upload_id
     try:
+        await lease.keep()  # make_durable writes too (on S3, the last part and the tail)
         offset = await writer.make_durable()
         # The commit settles the lease; no renewal may run past it.
         await lease.stop_renewing()
