@@ -4,6 +4,9 @@ a scrape, the counts are both workers' added up (README "Metrics")."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import httpx
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools import PROJECT_ROOT
 from devtools.auth import bearer
 from devtools.server import RunningServer, start_server
 
@@ -129,3 +133,45 @@ def test_two_workers_add_up_in_every_scrape(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not directory.exists()  # the server's own directory goes with it
+
+
+def run_python(code: str, directory: Path) -> str:
+    """``code`` in a process of its own in multi-process mode over ``directory``."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(directory),
+            "PYTHONPATH": str(PROJECT_ROOT),
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout
+
+
+def test_a_worker_killed_mid_upload_stops_counting_in_flight(tmp_path: Path) -> None:
+    """A worker that never stopped cleanly (SIGKILL) leaves its live gauges'
+    file; the next scrape drops it, while its counters stay in the sums."""
+    run_python(
+        "import os\n"
+        "from quart_app import metrics\n"
+        "metrics.upload_started()\n"
+        "metrics.request_finished('/files', 'POST', 201, 0.01, 10, 20)\n"
+        "os._exit(0)  # as a killed worker: no shutdown\n",
+        tmp_path,
+    )
+    assert list(tmp_path.glob("gauge_livesum_*.db"))
+    text = run_python(
+        "from quart_app import metrics\n"
+        "metrics.upload_started()  # this process's own upload, still in flight\n"
+        "print(metrics.exposition(None).decode())\n",
+        tmp_path,
+    )
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    [in_flight] = families["quart_app_uploads_in_flight"].samples
+    assert in_flight.value == 1  # the live process's, not the dead one's
+    requests = [s for s in families["quart_app_http_requests"].samples if s.name.endswith("_total")]
+    assert [(s.labels["route"], s.value) for s in requests] == [("/files", 1.0)]
