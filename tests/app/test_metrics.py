@@ -61,6 +61,7 @@ async def settled(client: QuartClient) -> Samples:
     return await scrape(client)
 
 
+@pytest.mark.postgresql
 async def test_a_request_is_counted_under_its_route_template(client: QuartClient) -> None:
     before = await scrape(client)
     response = await client.get("/files/no-such-file")
@@ -229,6 +230,7 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.postgresql
 async def test_the_import_queue_is_read_from_the_database(app: Quart, client: QuartClient) -> None:
     """No import worker here (IMPORT_WORKERS 0): queued jobs wait."""
     first = await scrape(client)
