@@ -19,7 +19,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import values as prometheus_values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -42,6 +49,9 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DATABASE_ERROR_KINDS = ("unavailable", "full")
 
+# No *_created series: multi-process mode has none, so one process alone
+# shows the same families as several workers.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 # Our families only, in a registry of our own: the default one would add
 # the process and garbage-collector families of whichever worker answered.
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -236,7 +246,7 @@ class _QueueCollector:
         )
 
 
-class _Ours:
+class _ThisProcess:
     def collect(self) -> Iterable[Metric]:
         return REGISTRY.collect()
 
@@ -270,7 +280,7 @@ def exposition(queue: ImportQueue | None) -> bytes:
         _forget_dead_workers(directory)
         MultiProcessCollector(registry, str(directory))  # type: ignore[no-untyped-call]
     else:
-        registry.register(_Ours())
+        registry.register(_ThisProcess())
     if queue is not None:
         registry.register(_QueueCollector(queue))
     return generate_latest(registry)
