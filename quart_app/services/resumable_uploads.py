@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from quart_app import metrics
 from quart_app.db.engine import Database
 from quart_app.db.models import File, Upload, utc_now
 from quart_app.errors import (
@@ -188,6 +189,9 @@ async def create_upload(
     except BaseException:
         await store.delete_partial(upload_id)
         raise
+    metrics.resumable_upload_created()
+    if upload.completed_at is not None:
+        metrics.resumable_upload_finished()
     return upload
 
 
@@ -224,13 +228,16 @@ async def _record(
                         session, upload.owner_id, offset, 1, except_upload=upload_id
                     )
                 upload.expires_at = utc_now() + patch.expires_in
-                if upload.length is not None and offset == upload.length:
+                finished = upload.length is not None and offset == upload.length
+                if finished:
                     await _complete(session, changes, store, upload, state.hexdigest())
                 if before_commit is not None:
                     await before_commit(session, upload)
         except QuotaExceeded:
             await writer.roll_back()
             raise
+        if finished:
+            metrics.resumable_upload_finished()
         hashes.put(upload_id, offset, state)
         return upload
     finally:
@@ -429,11 +436,13 @@ async def sweep_expired(database: Database, store: ResumableStore, now: datetime
         expired = list(
             await session.scalars(select(Upload).where(Upload.expires_at <= now).limit(1000))
         )
-    removed = 0
+    removed = unfinished = 0
     for upload in expired:
         try:
             await _remove(database, store, upload)
         except UploadLocked:
             continue
         removed += 1
+        unfinished += upload.completed_at is None
+    metrics.resumable_uploads_expired(unfinished)
     return removed
