@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import itertools
 import math
 import os
 from collections import Counter
@@ -70,25 +69,37 @@ def unknown_variables(environ: Mapping[str, str]) -> list[Check]:
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name in known or name in TOOL_VARIABLES:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "remove it, or see README Configuration"
+        # Compared without the prefix, which every name shares.
+        close = difflib.get_close_matches(
+            name.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1
+        )
+        hint = (
+            f"did you mean {ENV_PREFIX}{close[0]}?"
+            if close
+            else "remove it, or see README Configuration"
+        )
         checks.append(Check("variables", WARN, f"{name} is not a setting (ignored): {hint}"))
     return checks
 
 
 def key_strength_bits(key: str) -> float:
     """A conservative estimate of the key's entropy: its length, counting
-    neither a character that repeats the one before nor one that continues an
-    ascending run ("abc", "123"), times the Shannon entropy of its own
-    characters. Random keys score close to their true strength; patterns,
-    words repeated and keyboard runs score low."""
+    no character that repeats the one before, continues an ascending run
+    ("abc", "123") or ends a four-character stretch seen before ("passpass"),
+    times the Shannon entropy of its own characters. Random keys score close
+    to their true strength; words repeated, runs and few distinct characters
+    score low."""
     if not key:
         return 0.0
     counts = Counter(key)
     per_char = sum(n / len(key) * math.log2(len(key) / n) for n in counts.values())
-    predictable = sum(
-        1 for before, char in itertools.pairwise(key) if ord(char) - ord(before) in (0, 1)
-    )
+    seen: set[str] = set()
+    predictable = 0
+    for i in range(1, len(key)):
+        stretch = key[max(0, i - 3) : i + 1]
+        if ord(key[i]) - ord(key[i - 1]) in (0, 1) or (len(stretch) == 4 and stretch in seen):
+            predictable += 1
+        seen.add(stretch)
     return per_char * (len(key) - predictable)
 
 
