@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from quart_app.config import ENV_PREFIX, ConfigError, Settings, load_settings, settings_table
+from quart_app.ops.startup import describe_database
 
 OK = "ok"
 WARN = "warn"
@@ -126,8 +127,6 @@ def admin_key_check(settings: Settings) -> Check:
 
 def configuration_check(settings: Settings) -> Check:
     storage = settings.STORAGE_URL or str(settings.STORAGE_DIR)
-    from quart_app.ops.startup import describe_database
-
     return Check(
         "config",
         OK,
