@@ -23,6 +23,8 @@ from devtools.processes import stop_process
 from . import PROJECT_ROOT
 from .ports import free_port
 
+APPLICATION = "quart_app:create_app()"
+
 
 def die_with_parent() -> None:
     """In the child: SIGTERM when the test process dies, so a killed test
@@ -43,6 +45,10 @@ class RunningServer:
     # negotiated by ALPN; `port` stays plain HTTP/1.1.
     tls: tuple[Path, Path] | None = None
     tls_port: int = 0
+    # Start with `python -m quart_app serve` (what `make run` runs: checks
+    # first, and the workers' metrics directory) rather than plain Hypercorn;
+    # `args` are then serve's (--workers N).
+    serve: bool = False
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -73,8 +79,21 @@ class RunningServer:
         with self.log_path.open("ab") as log:
             self.process = self._spawn(log)
 
-    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    def command(self) -> list[str]:
+        config = str(PROJECT_ROOT / "hypercorn.toml")
         binds = ["--bind", f"127.0.0.1:{self.port}"]
+        if self.serve:
+            assert self.tls is None, "serve takes no TLS options"
+            return [
+                sys.executable,
+                "-m",
+                "quart_app",
+                "serve",
+                "--config",
+                config,
+                *binds,
+                *self.args,
+            ]
         if self.tls is not None:
             certfile, keyfile = self.tls
             binds = [
@@ -82,17 +101,11 @@ class RunningServer:
                 *("--insecure-bind", f"127.0.0.1:{self.port}"),
                 *("--certfile", str(certfile), "--keyfile", str(keyfile)),
             ]
+        return [sys.executable, "-m", "hypercorn", "-c", config, *binds, *self.args, APPLICATION]
+
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hypercorn",
-                "-c",
-                str(PROJECT_ROOT / "hypercorn.toml"),
-                *binds,
-                *self.args,
-                "quart_app:create_app()",
-            ],
+            self.command(),
             cwd=self.root,
             env=self.env,
             stdout=log,
@@ -181,6 +194,7 @@ def prepare_server(
     extra_env: dict[str, str] | None = None,
     args: list[str] | None = None,
     tls: tuple[Path, Path] | None = None,
+    serve: bool = False,
 ) -> RunningServer:
     """A server over its own database and storage under ``root`` (unless
     ``extra_env`` says otherwise), not started yet."""
@@ -199,7 +213,9 @@ def prepare_server(
         }
     )
     env.update(extra_env or {})
-    running = RunningServer(root=root, port=free_port(), env=env, args=list(args or []))
+    running = RunningServer(
+        root=root, port=free_port(), env=env, args=list(args or []), serve=serve
+    )
     if tls is not None:
         running.tls, running.tls_port = tls, free_port()
     return running
@@ -210,8 +226,9 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     args: list[str] | None = None,
     tls: tuple[Path, Path] | None = None,
+    serve: bool = False,
 ) -> RunningServer:
-    running = prepare_server(root, extra_env, args, tls)
+    running = prepare_server(root, extra_env, args, tls, serve)
     running.start()
     return running
 

@@ -26,6 +26,9 @@ from quart_app.api import (
     resumable_uploads,
     users,
 )
+
+# Aliased: quart_app.metrics is the metric families' module.
+from quart_app.api import metrics as metrics_api
 from quart_app.config import load_settings
 from quart_app.edge import (
     access_log,
@@ -42,6 +45,7 @@ from quart_app.edge import (
     request_head,
     server_internals,
 )
+from quart_app.edge import metrics as request_metrics
 from quart_app.ops import memory
 
 __all__ = ["create_app"]
@@ -57,6 +61,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     state.init_app(app, state.AppState(settings))
     openapi.init_app(app)
     # Request checks and answers, in the order a request meets them.
+    request_metrics.init_app(app)  # first: a refused request still has its route
     request_head.init_app(app, settings)
     authentication.init_app(app, settings)  # before routing errors: no URL map for strangers
     bodies.init_app(app, settings)
@@ -73,6 +78,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(resumable_uploads.blueprint)
     app.register_blueprint(imports.blueprint)
     app.register_blueprint(docs.blueprint)
+    app.register_blueprint(metrics_api.blueprint)
     if settings.UI:
         app.register_blueprint(page.blueprint)
     memory.init_app(app)  # last: it freezes what the startup steps before it made
@@ -80,6 +86,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     public_url.init_app(app, settings)
     host_guard.init_app(app, settings)
     method_override.init_app(app)
-    access_log.init_app(app, settings)
+    access_log.init_app(app, settings, request_metrics.request_finished)
     forwarded.init_app(app, settings)
     return app

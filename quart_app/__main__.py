@@ -1,23 +1,8 @@
-"""Operator commands: ``python -m quart_app COMMAND``.
+"""Operator commands: ``python -m quart_app COMMAND`` (``--help`` lists them).
 
-  serve [--config hypercorn.toml] [--bind ADDRESS]... [--workers N]
-                      run the server (Hypercorn); fails with one line and a
-                      non-zero exit status when it cannot start (ops/serve.py)
-  migrate             create the database if need be, bring its schema to head
-  purge-idempotency   delete Idempotency-Key records past QUART_APP_IDEMPOTENCY_TTL_SECONDS
-  sweep-uploads       delete expired resumable uploads and their partial bytes
-  check [--repair]    verify every file's bytes (size and sha256), list orphans;
-                      --repair removes orphans (never rows); exit 1 unless all is well
-  users create --name NAME --email EMAIL
-                      create a user (an account) and print its id
-  keys create --user ID [--scope read|write|admin]... [--expires-in SECONDS]
-                      create an API key for user ID (0: the operator account)
-                      and print it, once: only its hash is stored
-
-They read the same QUART_APP_* settings as the server. Every command but
-``migrate`` (and ``serve`` with QUART_APP_AUTO_MIGRATE) refuses a database
-that does not exist yet, rather than checking or sweeping a new empty one:
-"no database at <path>", exit status 2.
+The argparse registration lives here; each command's logic in its own module
+(ops/serve.py, ops/doctor.py, ops/smoke.py, ops/accounts.py, ops/integrity.py)
+or in a small function below.
 """
 
 from __future__ import annotations
@@ -27,6 +12,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from quart_app.config import ConfigError, Settings, load_settings
 from quart_app.db.engine import Database
@@ -134,31 +120,87 @@ async def _run(name: str, settings: Settings, args: argparse.Namespace) -> tuple
         await database.dispose()
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
+DESCRIPTION = """\
+Operator commands for quart_app. Each reads the same QUART_APP_* settings as
+the server (README "Configuration"); `python -m quart_app COMMAND --help`
+says more about one."""
+
+EPILOG = """\
+Every command but migrate, doctor and smoke (and serve with
+QUART_APP_AUTO_MIGRATE) refuses a database that does not exist yet: "no
+database at <path>", exit status 2. Exit status 0 when all went well, 1 when
+the command found a problem, 2 for a bad setting or command line."""
+
+
+class PlainHelp(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; each command's summary on its own line,
+    whatever the terminal's width."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            # argparse measures commands without the indent it prints them
+            # with, and wraps the longest onto a line of its own.
+            longest = max(map(len, action.choices), default=0)
+            indented = longest + self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, indented)
+
+
+def _parser() -> argparse.ArgumentParser:
     prog = "python -m quart_app"
-    if argv[:2] == ["users", "create"]:
-        parser = argparse.ArgumentParser(prog=f"{prog} users create")
-        parser.add_argument("--name", required=True)
-        parser.add_argument("--email", required=True)
-        args = parser.parse_args(argv[2:])
-    elif argv[:2] == ["keys", "create"]:
-        parser = argparse.ArgumentParser(prog=f"{prog} keys create")
-        parser.add_argument("--user", type=int, required=True, help="the user's id (0: operator)")
-        parser.add_argument("--scope", action="append", default=[], help="read, write, admin")
-        parser.add_argument("--expires-in", type=int, default=None, help="seconds")
-        args = parser.parse_args(argv[2:])
-    else:
-        parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-        parser.add_argument(
-            "command", choices=sorted([*COMMANDS, "check", "serve", "users", "keys"])
+    plain = PlainHelp
+    parser = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=plain
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=summary, description=summary, formatter_class=plain, **kwargs
         )
-        parser.add_argument("--repair", action="store_true", help="with check: remove orphans")
-        args = parser.parse_args(argv)
-        if args.command in ("users", "keys"):
-            parser.error(f"{args.command} takes a subcommand: {args.command} create ...")
-        return args
-    args.command = " ".join(argv[:2])
-    return args
+        sub.set_defaults(command=name)
+        return sub
+
+    # Parsed by ops/serve.py itself (main dispatches before this parser);
+    # registered here so that --help lists it.
+    command("serve", "run the server: Hypercorn with hypercorn.toml")
+    command("migrate", "create the database if need be, schema to head")
+    command("doctor", "check settings, database, storage, admin key, clock")
+    smoke = command("smoke", "a short end-to-end run against a running server")
+    smoke.add_argument(
+        "url", metavar="URL", help="the server's base URL, e.g. http://127.0.0.1:8000"
+    )
+    smoke.add_argument("--key", required=True, help="an admin API key of that server")
+    command("purge-idempotency", "delete expired Idempotency-Key records")
+    command("sweep-uploads", "delete expired resumable uploads and their bytes")
+    check = command("check", "verify every file's bytes, list orphans")
+    check.add_argument("--repair", action="store_true", help="remove orphans (never rows)")
+    for noun, summary in (("users", "manage users (accounts)"), ("keys", "manage API keys")):
+        group = command(noun, summary)
+        actions = group.add_subparsers(title="actions", metavar="ACTION", required=True)
+        create = actions.add_parser(
+            "create", help=f"create one ({noun} create --help)", formatter_class=plain
+        )
+        create.set_defaults(command=f"{noun} create")
+        if noun == "users":
+            create.description = "Create a user and print its id."
+            create.add_argument("--name", required=True)
+            create.add_argument("--email", required=True)
+        else:
+            create.description = (
+                "Create an API key for a user and print it, once: only its hash is stored."
+            )
+            create.add_argument(
+                "--user", type=int, required=True, help="the user's id (0: operator)"
+            )
+            create.add_argument(
+                "--scope", action="append", default=[], help="read, write, admin (repeatable)"
+            )
+            create.add_argument("--expires-in", type=int, default=None, help="seconds")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         from quart_app.ops.serve import serve
 
         return serve(argv[1:])
-    args = _parse(argv)
+    args = _parser().parse_args(argv)
+    if args.command == "doctor":
+        from quart_app.ops.doctor import doctor
+
+        lines, healthy = doctor()
+        print("\n".join(lines))
+        return 0 if healthy else 1
+    if args.command == "smoke":
+        from quart_app.ops.smoke import smoke
+
+        return smoke(args.url, args.key)
     try:
         settings = load_settings()
     except ConfigError as error:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from quart import Quart, current_app, g
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from quart_app import metrics
 from quart_app.config import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class AppState:
         self._quotas: Quotas | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
+        self._counted = False
 
     # -- what exists while serving ------------------------------------------
     @property
@@ -154,11 +156,16 @@ class AppState:
             asyncio.ensure_future(import_worker(self, self.import_wake, self._stop_importing))
             for _ in range(settings.IMPORT_WORKERS)
         ]
+        metrics.worker_started()
+        self._counted = True  # in quart_app_workers, until stop()
 
     async def stop(self) -> None:
         """Stop the import workers (a job in progress goes back to the
         queue) and the sweep (between sweeps, never inside one), let every
         commit and group commit in flight end, then close the database."""
+        if self._counted:
+            self._counted = False
+            metrics.worker_stopped()
         self._stop_importing.set()
         if self._import_workers:
             await asyncio.gather(*self._import_workers, return_exceptions=True)

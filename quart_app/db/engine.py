@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url, text
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from quart_app import metrics
 from quart_app.config import Settings
 from quart_app.db.commits import CommitsInFlight
 from quart_app.db.postgresql import (
@@ -121,6 +122,19 @@ def database_fault(error: DBAPIError) -> DomainError | None:
     return None
 
 
+def _count_fault(context: ExceptionContext) -> None:
+    """Every DBAPI error on the engine, the app's or a background task's: a
+    fault of the database (not a conflict a request caused) is counted."""
+    error = context.sqlalchemy_exception
+    if not isinstance(error, DBAPIError):
+        return
+    fault = database_fault(error)
+    if isinstance(fault, InsufficientStorage):
+        metrics.database_error("full")
+    elif fault is not None:
+        metrics.database_error("unavailable")
+
+
 class Database:
     """What the app keeps for the database: engine, session factory, and the
     lock that queues this process's write transactions.
@@ -137,6 +151,7 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.path = sqlite_path(url)
         self.engine: AsyncEngine = _create_engine(url, timeout, self.path, pool)
+        event.listen(self.engine.sync_engine, "handle_error", _count_fault)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Writers that wait on SQLite's busy
         # handler sleep with back-off (tens of ms each); queueing them on an
@@ -170,6 +185,7 @@ class Database:
             async with asyncio.timeout_at(deadline):
                 await self.write_lock.acquire()
         except TimeoutError:
+            metrics.database_error("unavailable")
             raise DatabaseUnavailable(
                 f"The database stayed busy for {self.timeout:g} s; retry later."
             ) from None
@@ -225,6 +241,7 @@ class Database:
         finally:
             self.write_lock.release()
         if self.path is not None and _file_identity(self.path) != committed_to:
+            metrics.database_error("unavailable")
             raise DatabaseUnavailable(
                 "The database file was removed or replaced; the change was not kept."
             )

@@ -39,6 +39,12 @@ def head_revision() -> str | None:
     return heads.pop() if len(heads) == 1 else None
 
 
+def known_revisions() -> set[str]:
+    """Every revision this release has a migration for."""
+    found = (_REVISION.search(p.read_text(encoding="utf-8")) for p in VERSIONS_DIR.glob("[!_]*.py"))
+    return {match.group(1) for match in found if match is not None}
+
+
 async def schema_at_head(engine: AsyncEngine) -> bool:
     head = head_revision()
     if head is None:

@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, ASGISendEvent
@@ -60,9 +61,15 @@ def note(scope: Any, **fields: Any) -> None:
         notes.update(fields)
 
 
+# Called with a request's notes, method, status, seconds, bytes in and out
+# once it is done with (edge/metrics.py): one measurement, two outputs.
+RequestFinished = Callable[[dict[str, Any], str, int, float, int, int], None]
+
+
 class RequestLogMiddleware:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, finished: RequestFinished | None = None) -> None:
         self.app = app
+        self.finished = finished
 
     async def __call__(
         self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -103,13 +110,14 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, counting_receive, tagging_send)
         finally:
+            seconds = time.perf_counter() - started
             access_log.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": logged_path(scope["path"]),
                     "status": counts["status"],
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(seconds * 1000, 3),
                     "bytes_in": counts["in"],
                     "bytes_out": counts["out"],
                     "request_id": request_id,
@@ -120,6 +128,10 @@ class RequestLogMiddleware:
                     "problem": _problem_type(problem) if in_problem else None,
                 },
             )
+            if self.finished is not None:
+                self.finished(
+                    notes, scope["method"], counts["status"], seconds, counts["in"], counts["out"]
+                )
 
 
 def _is_problem(headers: Any) -> bool:
@@ -186,8 +198,9 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def init_app(app: Quart, settings: Settings) -> None:
+def init_app(app: Quart, settings: Settings, finished: RequestFinished | None = None) -> None:
     """JSON logs, and the access line of every request (outside every
-    middleware but the trusted-proxy one, so it logs what the app saw)."""
+    middleware but the trusted-proxy one, so it logs what the app saw);
+    ``finished`` sees the same figures (the request metrics)."""
     configure_logging(settings.LOG_LEVEL)
-    app.asgi_app = RequestLogMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = RequestLogMiddleware(app.asgi_app, finished)  # type: ignore[method-assign]

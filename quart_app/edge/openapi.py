@@ -18,7 +18,7 @@ from quart_schema.openapi import OpenAPIProvider
 
 from quart_app.edge.problem_details import PROBLEM_CONTENT_TYPE
 from quart_app.edge.problems import Problem
-from quart_app.edge.schemas import FILE_ID_PATTERN, Binary, NoContent
+from quart_app.edge.schemas import FILE_ID_PATTERN, Binary, MetricsText, NoContent
 from quart_app.state import app_state
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,6 +102,8 @@ class ApiDocs(OpenAPIProvider):
             content[PROBLEM_CONTENT_TYPE] = {"schema": schema}
         elif model is Binary:
             content["*/*"] = {"schema": {"type": "string", "format": "binary"}}
+        elif model is MetricsText:
+            content["text/plain"] = {"schema": {"type": "string"}}
         elif model is not NoContent:
             content["application/json"] = {"schema": schema}
         if not content:

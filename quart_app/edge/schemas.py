@@ -220,6 +220,10 @@ class Binary(RootModel[bytes]):
     """The file's bytes, as stored."""
 
 
+class MetricsText(RootModel[str]):
+    """Prometheus' text exposition format, version 0.0.4."""
+
+
 class NoContent(BaseModel):
     """No body."""
 

@@ -16,8 +16,9 @@ saw a clean exit (measured on Hypercorn 0.18). Two causes:
 
 This command adds what the plain one cannot do: it checks the settings, the
 storage and instance directories, the database (creating and migrating it
-with QUART_APP_AUTO_MIGRATE) and the bind before any worker starts, logs one line
-saying what it serves, and exits non-zero when a worker fails to start even
+with QUART_APP_AUTO_MIGRATE) and the bind before any worker starts, gives the
+workers an empty directory to add their metrics up in (ops/metrics_directory.py),
+logs one line saying what it serves, and exits non-zero when a worker fails to start even
 with workers >= 1. Exit status: 0 after a shutdown signal, 2 for a bad
 setting or Hypercorn config, 1 when anything else stops startup.
 """
@@ -38,6 +39,7 @@ from quart_app.config import ConfigError, Settings, load_settings
 from quart_app.edge.access_log import configure_logging
 from quart_app.edge.server_internals import worker_failures
 from quart_app.ops.instance import load_secret_key, prepare_directories
+from quart_app.ops.metrics_directory import metrics_directory
 from quart_app.ops.opening import open_database, open_store
 from quart_app.ops.startup import StartupError, describe_database, startup_step
 
@@ -111,21 +113,23 @@ def serve(argv: list[str]) -> int:
         configure_logging(settings.LOG_LEVEL)
         revision = asyncio.run(preflight(settings))
         check_binds(config)
-        log.info(
-            "starting: database %s, storage %s, schema revision %s, bind %s",
-            describe_database(settings.database_url),
-            settings.STORAGE_URL or settings.STORAGE_DIR,
-            revision,
-            " ".join(config.bind),
-            extra={
-                "database": describe_database(settings.database_url),
-                "storage": settings.STORAGE_URL or str(settings.STORAGE_DIR),
-                "schema_revision": revision,
-                "bind": config.bind,
-                "workers": config.workers,
-            },
-        )
-        return run_hypercorn(config)
+        with metrics_directory(settings) as metrics_dir:
+            log.info(
+                "starting: database %s, storage %s, schema revision %s, bind %s",
+                describe_database(settings.database_url),
+                settings.STORAGE_URL or settings.STORAGE_DIR,
+                revision,
+                " ".join(config.bind),
+                extra={
+                    "database": describe_database(settings.database_url),
+                    "storage": settings.STORAGE_URL or str(settings.STORAGE_DIR),
+                    "schema_revision": revision,
+                    "bind": config.bind,
+                    "workers": config.workers,
+                    "metrics_dir": str(metrics_dir),
+                },
+            )
+            return run_hypercorn(config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2

@@ -31,6 +31,8 @@ from quart_app.storage import BlobStore
 class FileBatcher(GroupCommit[IncomingFile, File]):
     """One per serving process (state.AppState.file_batcher)."""
 
+    name = "files"
+
     def __init__(self, database: Database, store: BlobStore) -> None:
         super().__init__(database.commits)
         self._database = database

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import Generic, TypeVar
 
+from quart_app import metrics
 from quart_app.db.commits import CommitsInFlight
 
 Item = TypeVar("Item")
@@ -26,6 +27,8 @@ Result = TypeVar("Result")
 
 class GroupCommit(Generic[Item, Result]):
     max_batch = 128
+    # The batcher label of quart_app_group_commit_batch_size.
+    name = "group_commit"
 
     def __init__(self, commits: CommitsInFlight) -> None:
         self._commits = commits
@@ -58,6 +61,7 @@ class GroupCommit(Generic[Item, Result]):
         while self._queue:
             batch = self._queue[: self.max_batch]
             self._queue = self._queue[self.max_batch :]
+            metrics.group_commit_batch(self.name, len(batch))
             try:
                 results = await self.write_batch([item for item, _, _ in batch], batch[0][2])
             except BaseException as error:

@@ -21,7 +21,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quart_app.db.engine import Database
@@ -270,6 +270,14 @@ async def sweep_expired_jobs(database: Database, store: BlobStore, now: datetime
             if sha is not None:
                 await changes.release(session, sha)
     return len(expired)
+
+
+async def queue_state(session: AsyncSession) -> tuple[int, datetime | None]:
+    """Jobs queued and not yet claimed by a worker, and when the oldest of
+    them was created (None: none queued). One indexed read (status)."""
+    query = select(func.count(), func.min(ImportJob.created_at)).where(ImportJob.status == QUEUED)
+    depth, oldest = (await session.execute(query)).one()
+    return int(depth), oldest
 
 
 def job_problem(detail: str, entry: str | None, code: str = "import-failed") -> dict[str, Any]:

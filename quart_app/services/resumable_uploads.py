@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from quart_app import metrics
 from quart_app.db.engine import Database
 from quart_app.db.models import File, Upload, utc_now
 from quart_app.errors import (
@@ -165,6 +166,9 @@ async def create_upload(
     except BaseException:
         await store.delete_partial(upload_id)
         raise
+    metrics.resumable_upload_created()
+    if upload.completed_at is not None:
+        metrics.resumable_upload_finished()
     return upload
 
 
@@ -200,11 +204,13 @@ async def sweep_expired(database: Database, store: ResumableStore, now: datetime
         expired = list(
             await session.scalars(select(Upload).where(Upload.expires_at <= now).limit(1000))
         )
-    removed = 0
+    removed = unfinished = 0
     for upload in expired:
         try:
             await _remove(database, store, upload)
         except UploadLocked:
             continue
         removed += 1
+        unfinished += upload.completed_at is None
+    metrics.resumable_uploads_expired(unfinished)
     return removed

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from quart_app import metrics
 from quart_app.db.engine import Database
 from quart_app.db.models import Upload, utc_now
 from quart_app.errors import (
@@ -104,7 +105,8 @@ async def _record(
                         session, upload.owner_id, offset, 1, except_upload=upload_id
                     )
                 upload.expires_at = utc_now() + patch.expires_in
-                if upload.length is not None and offset == upload.length:
+                finished = upload.length is not None and offset == upload.length
+                if finished:
                     await complete_upload(session, changes, store, upload, state.hexdigest())
                 if before_commit is not None:
                     await before_commit(session, upload)
@@ -112,6 +114,8 @@ async def _record(
             await _roll_back(writer, lease)
             raise
         lease.settled()
+        if finished:
+            metrics.resumable_upload_finished()
         hashes.put(upload_id, offset, state)
         return upload
     finally:

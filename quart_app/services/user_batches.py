@@ -56,6 +56,7 @@ def _insert_unless_taken(is_sqlite: bool, rows: list[dict[str, Any]]) -> Returni
 class UserBatcher(GroupCommit[tuple[str, str], User]):
     """One per serving process (state.AppState.user_batcher)."""
 
+    name = "users"
     max_batch = 256  # 3 bound values a row: far below SQLite's 32766 limit
 
     def __init__(self, database: Database) -> None:

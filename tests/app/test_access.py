@@ -172,6 +172,7 @@ ROUTES = [
     *reads("/uploads/{upload}"),
     Route("PATCH", "/uploads/{upload}", "write", 204, headers=fields({**OCTETS, "Upload-Offset": "3"}), body=b"def", renew=renew_upload),
     Route("DELETE", "/uploads/{upload}", "write", 204, headers=fields(TUS), renew=renew_upload),
+    *(Route(method, "/metrics", "admin", 200, False, 403) for method in ("GET", "HEAD")),
 ]  # fmt: skip
 
 
@@ -235,6 +236,7 @@ PATHS = [
     "/batches/{batch}",
     "/uploads",
     "/uploads/{upload}",
+    "/metrics",
 ]
 
 

@@ -104,7 +104,7 @@ def not_logs(lines: list[str]) -> list[str]:
 
 def assert_fails_loudly(status: int, lines: list[str], seconds: float, *cause: str) -> None:
     assert status != 0
-    assert seconds < 10
+    assert seconds < 20  # not hung (a bound, not a speed figure: the run times out at 30)
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     [line] = not_logs(lines)
     assert line.startswith("quart_app: cannot start: "), line
@@ -196,7 +196,7 @@ def test_a_worker_that_cannot_start_fails_the_serve_command(place: Place, worker
         holder.execute("ROLLBACK")
         holder.close()
     assert status != 0
-    assert seconds < 10
+    assert seconds < 20  # not hung (a bound, not a speed figure: the run times out at 30)
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     causes = not_logs(lines)
     assert len(causes) == max(int(workers), 1)  # one line from each worker
