@@ -65,6 +65,7 @@ async def _check(settings: Settings, database: Database, repair: bool) -> tuple[
         ("stale temp file", report.stale_temp_files),
         ("trash file", report.trash_files),
         ("orphan partial upload", report.orphan_partials),
+        ("upload whose partial bytes are missing", report.missing_partials),
     ):
         lines += [f"{label}: {item}" for item in items]
     lines += [f"repaired: {line}" for line in report.repaired]

@@ -31,12 +31,15 @@ class Report:
     stale_temp_files: list[str] = field(default_factory=list)
     trash_files: list[str] = field(default_factory=list)
     orphan_partials: list[str] = field(default_factory=list)  # no live upload row
+    # Live uploads whose partial lacks bytes below their committed offset:
+    # they cannot go on; a person ends them (DELETE) or the expiry does.
+    missing_partials: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
 
     @property
     def damaged(self) -> bool:
         """Rows whose bytes are gone or wrong: only a person can decide."""
-        return bool(self.missing_bytes or self.corrupt_bytes)
+        return bool(self.missing_bytes or self.corrupt_bytes or self.missing_partials)
 
     @property
     def clean(self) -> bool:
@@ -88,13 +91,11 @@ async def check(
         files = list(await session.execute(select(File.id, File.sha256, File.size)))
         blob_rows = set(await session.scalars(select(Blob.sha256)))
         in_row = set(await session.scalars(select(Blob.sha256).where(Blob.content.is_not(None))))
-        live_uploads = set(
-            await session.scalars(
-                select(Upload.id).where(
-                    Upload.completed_at.is_(None), Upload.expires_at > utc_now()
-                )
-            )
+        live = select(Upload.id, Upload.offset).where(
+            Upload.completed_at.is_(None), Upload.expires_at > utc_now()
         )
+        live_offsets = {upload_id: offset for upload_id, offset in await session.execute(live)}
+    live_uploads = set(live_offsets)
     verified: dict[str, tuple[str, int] | None] = {}
     for file_id, sha256, size in files:
         report.checked_files += 1
@@ -113,9 +114,35 @@ async def check(
     report.stale_temp_files = await store.abandoned_temps(temp_max_age)
     report.trash_files = await store.trash_names()
     report.orphan_partials = await store.stale_partials(live_uploads, temp_max_age)
+    report.missing_partials = await _missing_partials(database, store, live_offsets)
     if repair:
         await _repair(database, store, report)
     return report
+
+
+async def _missing_partials(
+    database: Database, store: MaintainedStore, live_offsets: dict[str, int]
+) -> list[str]:
+    """Live uploads whose partial lacks committed bytes. Those that look so
+    are looked at again inside an exclusive write transaction, when no
+    PATCH is half-way through its commit (a completion moves the partial
+    to a blob before its row commits; a PATCH drops the older tail)."""
+    suspects = [
+        (upload_id, offset)
+        for upload_id, offset in sorted(live_offsets.items())
+        if not await store.partial_intact(upload_id, offset)
+    ]
+    if not suspects:
+        return []
+    missing = []
+    async with database.sessionmaker() as session, database.writing(session, exclusive=True):
+        for upload_id, _ in suspects:
+            row = await session.get(Upload, upload_id)
+            if row is None or row.completed_at is not None:
+                continue
+            if not await store.partial_intact(upload_id, row.offset):
+                missing.append(upload_id)
+    return missing
 
 
 async def _repair(database: Database, store: MaintainedStore, report: Report) -> None:

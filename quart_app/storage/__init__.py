@@ -215,6 +215,11 @@ class MaintainedStore(ResumableStore, Protocol):
     async def stale_partials(self, live: set[str], temp_max_age: float) -> list[str]:
         """Partial uploads that no live upload row names, older than the age."""
 
+    async def partial_intact(self, upload_id: str, length: int) -> bool:
+        """Whether the partial holds everything its committed ``length``
+        needs (so the upload can go on): the file, long enough; on S3 the
+        parts and the tail of that offset."""
+
     async def remove_blob(self, sha256: str) -> None: ...
 
     async def remove_partial(self, name: str) -> None: ...

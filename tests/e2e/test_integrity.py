@@ -140,3 +140,36 @@ async def test_startup_removes_bytes_published_by_a_transaction_that_never_commi
     assert blob_path(storage, shas["keep"]).exists()
     assert list((storage / "tmp").iterdir()) == []
     assert run_check(overrides).returncode == 0
+
+
+async def test_check_reports_a_live_upload_whose_partial_bytes_are_gone(
+    overrides: dict[str, Any],
+) -> None:
+    """A live upload whose partial file lost committed bytes cannot go on:
+    reported, never repaired (a person ends it); a healthy one is not."""
+    app = create_app(overrides)
+    tus = {"Tus-Resumable": "1.0.0"}
+    ids = []
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        for _ in range(2):
+            made = await client.post("/uploads", headers={**tus, "Upload-Length": "10"})
+            upload_id = made.headers["Location"].rsplit("/", 1)[1]
+            patched = await client.patch(
+                f"/uploads/{upload_id}",
+                data=b"abcd",
+                headers={
+                    **tus,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            assert patched.status_code == 204
+            ids.append(upload_id)
+    healthy, broken = ids
+    os.truncate(Path(overrides["STORAGE_DIR"]) / "partial" / broken, 2)
+    result = run_check(overrides, "--repair")
+    assert result.returncode == 1
+    assert f"upload whose partial bytes are missing: {broken}" in result.stdout
+    assert healthy not in result.stdout
+    assert (Path(overrides["STORAGE_DIR"]) / "partial" / broken).exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from quart import Quart
+from quart.testing import QuartClient
 
 from devtools import PROJECT_ROOT
 from devtools.app_settings import temp_app_settings
@@ -79,6 +80,19 @@ async def bucket(store: S3BlobStore) -> list[str]:
     )
 
 
+async def started_upload(client: QuartClient) -> str:
+    """An upload of 10 bytes with its first 3 committed: its id."""
+    made = await client.post("/uploads", headers={**TUS, "Upload-Length": "10"})
+    upload_id: str = made.headers["Location"].rsplit("/", 1)[1]
+    patched = await client.patch(
+        f"/uploads/{upload_id}",
+        data=b"abc",
+        headers={**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"},
+    )
+    assert patched.status_code == 204
+    return upload_id
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -89,21 +103,15 @@ async def test_check_and_repair_on_postgresql_and_s3(app: Quart) -> None:
     client = as_quart_client(app.test_client())
     assert (await client.put("/files/kept", data=b"kept")).status_code == 201
     assert (await client.put("/files/lost", data=b"lost bytes")).status_code == 201
-    live = await client.post("/uploads", headers={**TUS, "Upload-Length": "10"})
-    live_id = live.headers["Location"].rsplit("/", 1)[1]
-    patched = await client.patch(
-        f"/uploads/{live_id}",
-        data=b"abc",
-        headers={**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"},
-    )
-    assert patched.status_code == 204
+    live_id, broken_id = (await started_upload(client), await started_upload(client))
     store = store_of(app)
     s3 = await store.client()
     bucket_name, loc = store.location.bucket, store.location
     # An orphan object at a content address, no row.
     await s3.put_object(Bucket=bucket_name, Key=store.blob_key(sha(b"orphan")), Body=b"orphan")
-    # The object under a row gone.
+    # The object under a row gone, and the tail under a live upload's offset.
     await s3.delete_object(Bucket=bucket_name, Key=store.blob_key(sha(b"lost bytes")))
+    await s3.delete_object(Bucket=bucket_name, Key=loc.key("partial", broken_id, f"tail-{3:020d}"))
     # Multipart uploads a killed server never completed nor aborted: a
     # writer's (tmp/) and a composition's (at the address itself).
     stale_tmp = loc.key("tmp", "00000000000000000001-dead")
@@ -124,20 +132,24 @@ async def test_check_and_repair_on_postgresql_and_s3(app: Quart) -> None:
         "tmp/00000000000000000001-dead (multipart upload)",
     ]
     assert report.orphan_partials == ["nobody"]
+    assert report.missing_partials == [broken_id]
 
     repaired = await check(database, store, temp_max_age=-1.0, repair=True)
     # Bytes missing under a row are for a person to decide: still reported.
     assert repaired.missing_bytes == ["lost"] and not repaired.clean
+    assert repaired.missing_partials == [broken_id]
     assert await bucket(store) == sorted(
         [
             f"blobs/{sha(b'kept')}",
+            f"partial/{broken_id}/info",
             f"partial/{live_id}/info",
             f"partial/{live_id}/tail-{3:020d}",
         ]
     )
-    # Once the file whose bytes are gone is deleted, all is well; the live
-    # upload's partial was never touched and completes.
+    # Once the file and the upload whose bytes are gone are deleted, all is
+    # well; the live upload's partial was never touched and completes.
     assert (await client.delete("/files/lost")).status_code == 204
+    assert (await client.delete(f"/uploads/{broken_id}", headers=TUS)).status_code == 204
     done = await client.patch(
         f"/uploads/{live_id}",
         data=b"defghij",

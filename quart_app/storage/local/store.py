@@ -313,6 +313,13 @@ class LocalBlobStore:
             p.name for p in self.partial.iterdir() if p.name not in live and stale(p, temp_max_age)
         )
 
+    async def partial_intact(self, upload_id: str, length: int) -> bool:
+        try:
+            size = (await asyncio.to_thread(self.partial_path(upload_id).stat)).st_size
+        except FileNotFoundError:
+            return False
+        return size >= length  # bytes past it (never acknowledged) are cut by the next PATCH
+
     async def remove_blob(self, sha256: str) -> None:
         await asyncio.to_thread(self.path_for(sha256).unlink, True)
 

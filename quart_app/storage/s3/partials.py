@@ -127,6 +127,20 @@ class S3Partials:
         except S3_ERRORS as error:
             raise unwritable(error) from error
 
+    async def intact(self, upload_id: str, length: int) -> bool:
+        """``info``, every whole part below ``length`` and its tail are there."""
+        try:
+            part_bytes = await self.part_bytes(upload_id)
+        except BlobMissing:
+            return False
+        whole, rest = divmod(length, part_bytes)
+        needed = {part_name(k) for k in range(1, whole + 1)}
+        if rest:
+            needed.add(tail_name(length))
+        prefix = self.key(upload_id) + "/"
+        present = {key[len(prefix) :] async for key, _ in self.store.list_keys(prefix)}
+        return needed <= present
+
     async def delete(self, upload_id: str) -> None:
         keys = [key async for key, _ in self.store.list_keys(self.key(upload_id) + "/")]
         await self.store.delete_keys(keys)

@@ -434,6 +434,9 @@ class S3BlobStore:
     async def stale_partials(self, live: set[str], temp_max_age: float) -> list[str]:
         return await recovery.stale_partials(self, live, temp_max_age)
 
+    async def partial_intact(self, upload_id: str, length: int) -> bool:
+        return await self.partials.intact(upload_id, length)
+
     async def remove_blob(self, sha256: str) -> None:
         await self.delete_key(self.blob_key(sha256))
 
