@@ -457,11 +457,12 @@ def install(settings: Settings, on_shutdown_deadline: Any) -> None:
 
 
 def watch_worker(
-    serving_with: Callable[[list[str], int], None], signalled: Callable[[], None]
+    serving_with: Callable[[list[str], list[str], int], None], signalled: Callable[[], None]
 ) -> None:
     """Wrap ``hypercorn.asyncio.run.worker_serve`` (looked up by name when a
-    worker starts, after the app is loaded): ``serving_with(bind, workers)``
-    before the app's startup, ``signalled()`` when the shutdown trigger fires.
+    worker starts, after the app is loaded): ``serving_with(bind,
+    insecure_bind, workers)`` before the app's startup, ``signalled()`` when
+    the shutdown trigger fires.
     Without a trigger of its own (``workers = 0``) Hypercorn waits for SIGINT
     or SIGTERM; so does the one given here."""
     serve = getattr(hypercorn_run.worker_serve, "__wrapped__", hypercorn_run.worker_serve)
@@ -474,7 +475,7 @@ def watch_worker(
         sockets: Any = None,
         shutdown_trigger: Callable[[], Any] | None = None,
     ) -> None:
-        serving_with(list(config.bind), int(config.workers))
+        serving_with(list(config.bind), list(config.insecure_bind), int(config.workers))
         trigger = shutdown_trigger or _signal_trigger()
 
         async def noting_trigger() -> None:

@@ -30,6 +30,7 @@ class WorkerRun:
     """What this process knows of its own run (one per process)."""
 
     bind: list[str] | None = None
+    insecure_bind: list[str] | None = None
     workers: int | None = None
     started_at: float = field(default_factory=time.monotonic)
     signalled_at: float | None = None
@@ -40,9 +41,10 @@ class WorkerRun:
 WORKER = WorkerRun()
 
 
-def serving_with(bind: list[str], workers: int) -> None:
-    """Hypercorn's worker is about to start the app with this config."""
-    WORKER.bind, WORKER.workers = list(bind), workers
+def serving_with(bind: list[str], insecure_bind: list[str], workers: int) -> None:
+    """Hypercorn's worker is about to start the app with this config (bind
+    is TLS when a certificate is configured; insecure_bind is plain)."""
+    WORKER.bind, WORKER.insecure_bind, WORKER.workers = bind, insecure_bind, workers
 
 
 def shutdown_signalled() -> None:
@@ -76,6 +78,7 @@ def log_started(settings: Settings, schema_revision: str | None) -> None:
             "version": package_version(),
             "pid": os.getpid(),
             "bind": WORKER.bind,
+            "insecure_bind": WORKER.insecure_bind,
             "workers": WORKER.workers,
             "database": database_kind(settings),
             "storage": storage_kind(settings),

@@ -129,6 +129,8 @@ def serve(argv: list[str]) -> int:
                     "storage_kind": storage_kind(settings),
                     "schema_revision": revision,
                     "bind": config.bind,
+                    "insecure_bind": config.insecure_bind,
+                    "tls": config.ssl_enabled,
                     "workers": config.workers,
                     "metrics_dir": str(metrics_dir),
                 },
