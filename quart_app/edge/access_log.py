@@ -245,14 +245,20 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
-    """JSON lines to stderr for the quart_app loggers (once per process)."""
+    """JSON lines to stderr for the quart_app loggers, and for Python's
+    warnings (a RuntimeWarning would otherwise print plain text lines into
+    the JSON stream), once per process."""
     logger = logging.getLogger("quart_app")
     logger.setLevel(level.upper())
-    if not any(getattr(h, "quart_app_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JSONFormatter())
-        handler.quart_app_json = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.propagate = False
+    for target in (logger, warnings_logger):
+        if not any(getattr(h, "quart_app_json", False) for h in target.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JSONFormatter())
+            handler.quart_app_json = True  # type: ignore[attr-defined]
+            target.addHandler(handler)
 
 
 def init_app(app: Quart, settings: Settings, finished: RequestFinished | None = None) -> None:

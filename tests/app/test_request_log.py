@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
+import sys
 from importlib.metadata import version
 from typing import Any
 
@@ -159,3 +161,21 @@ async def test_a_worker_logs_one_line_when_it_starts_and_one_when_it_stops(
     assert started["bind"] is None and started["workers"] is None
     assert 0 <= stopped["shutdown_seconds"] < 5
     assert stopped["requests_in_flight_at_signal"] is None
+
+
+def test_python_warnings_are_json_lines_too() -> None:
+    """A RuntimeWarning (an un-awaited coroutine at shutdown, say) goes
+    through logging as a JSON line, not as plain text on stderr. In a
+    process of its own: pytest holds the warnings machinery of this one."""
+    program = (
+        "import warnings\n"
+        "from quart_app.edge.access_log import configure_logging\n"
+        "configure_logging('INFO')\n"
+        "warnings.warn('coroutine never awaited', RuntimeWarning)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    [line] = [json.loads(x) for x in result.stderr.splitlines()]
+    assert (line["logger"], line["level"]) == ("py.warnings", "WARNING")
+    assert "RuntimeWarning: coroutine never awaited" in line["message"]
