@@ -93,6 +93,7 @@ def log_stopped(shutdown_began: float) -> None:
     now = time.monotonic()
     began = WORKER.signalled_at if WORKER.signalled_at is not None else shutdown_began
     signalled = WORKER.signalled_at is not None
+    served = RequestLogMiddleware.requests_finished
     log.info(
         "worker stopped",
         extra={
@@ -103,9 +104,7 @@ def log_stopped(shutdown_began: float) -> None:
             # Requests running when the signal came, and requests that ended
             # after it (those, plus any a keep-alive connection sent meanwhile).
             "requests_in_flight_at_signal": WORKER.in_flight_at_signal if signalled else None,
-            "requests_drained": (
-                RequestLogMiddleware.requests_finished - WORKER.finished_at_signal if signalled else None
-            ),
-            "requests_served": RequestLogMiddleware.requests_finished,
+            "requests_drained": served - WORKER.finished_at_signal if signalled else None,
+            "requests_served": served,
         },
     )
