@@ -71,7 +71,10 @@ async def test_a_backup_taken_beside_a_serving_app_restores_every_file(
         for name, data in (("small", SMALL), ("large", LARGE)):
             answer = await client.get(f"/files/{name}/content", headers=bearer())
             assert answer.status_code == 200
-            assert hashlib.sha256(await answer.get_data()).digest() == hashlib.sha256(data).digest()
+            assert (
+                hashlib.sha256(await answer.get_data(as_text=False)).digest()
+                == hashlib.sha256(data).digest()
+            )
 
 
 def paths_outside_instance(root: Path) -> list[Path]:
