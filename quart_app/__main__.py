@@ -111,6 +111,12 @@ async def _run(name: str, settings: Settings, args: argparse.Namespace) -> tuple
             await upgrade_to_head(database.engine, settings)
         if name == "check":
             return await _check(settings, database, args.repair)
+        if name == "migrate" and (args.to or args.list):
+            from quart_app.ops.rollback import list_revisions, migrate_to_revision
+
+            if args.list:
+                return await list_revisions(settings, database), True
+            return await migrate_to_revision(settings, database, args.to), True
         if name == "users create":
             return await create_user_command(database, args.name, args.email), True
         if name == "keys create":
@@ -169,7 +175,20 @@ def _parser() -> argparse.ArgumentParser:
     # Parsed by ops/serve.py itself (main dispatches before this parser);
     # registered here so that --help lists it.
     command("serve", "run the server: Hypercorn with hypercorn.toml")
-    command("migrate", "create the database if need be, schema to head")
+    migrate = command(
+        "migrate",
+        "create the database if need be, schema to head",
+        epilog='Rolling back: README "Upgrades and rollback".',
+    )
+    migrate.add_argument(
+        "--to",
+        metavar="REVISION",
+        help="to this revision (or base) instead, down as well as up; blobs kept in "
+        "rows are moved to files before 0009 is undone",
+    )
+    migrate.add_argument(
+        "--list", action="store_true", help="the revisions, oldest first, the database's marked *"
+    )
     command("doctor", "check settings, database, storage, admin key, clock")
     smoke = command("smoke", "a short end-to-end run against a running server")
     smoke.add_argument(
