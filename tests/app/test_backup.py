@@ -205,3 +205,7 @@ async def test_restore_of_a_damaged_backup_fails_before_touching_the_instance(
     blob.unlink()
     assert await command("restore", str(backup)) == 1
     assert f"the backup lacks blob {sha256}" in capsys.readouterr().err
+    with (backup / "quart_app.sqlite3").open("ab") as database:
+        database.write(b"\0")
+    assert await command("restore", str(backup)) == 1
+    assert "quart_app.sqlite3 does not match the sha256 in MANIFEST.json" in capsys.readouterr().err
