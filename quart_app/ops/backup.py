@@ -8,8 +8,9 @@ lock (BEGIN IMMEDIATE): no upload, replace or delete, in any process, is
 then half-way between its blob and its row, so each blob a committed row
 refers to is at its address. Under the lock a read transaction begins (the
 snapshot the copy is made from) and the blobs it refers to are pinned by
-hard links (storage/local/snapshot.py); most were pinned before the lock, so
-it is held for one query and a few links. Then, writers running again, the
+hard links (storage/local/snapshot.py); most were pinned before the lock and
+are only checked (a stat each), so it is held for one query and a few
+microseconds per blob. Then, writers running again, the
 snapshot is copied by SQLite's online backup API (in WAL mode a reader's
 snapshot stays whole whatever is written meanwhile) and the pinned blobs are
 linked or copied into DEST.
@@ -167,12 +168,12 @@ def _copy_database(instance: LocalInstance, copy: Path, pins: Path) -> dict[str,
     with contextlib.closing(connect(instance.database)) as source:
         # Pinned before the lock, so that under it only the blobs of the
         # last moments are left to link.
-        pin(instance.store, pins, file_blobs(source))
+        pinned: dict[str, int] = {}
+        pin(instance.store, pins, file_blobs(source), pinned)
         with writers_held(instance.database):
             source.execute("BEGIN")
             blobs = file_blobs(source)  # the first read: the snapshot is taken here
-            pinned = set(os.listdir(pins))
-            missing = pin(instance.store, pins, set(blobs) - pinned)
+            missing = pin(instance.store, pins, blobs, pinned)
         if missing:
             source.execute("ROLLBACK")
             raise Failed(

@@ -44,17 +44,29 @@ def remove_work_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def pin(store: LocalBlobStore, pins: Path, sha256s: Iterable[str]) -> set[str]:
-    """Hard-link each blob at its address into ``pins`` (named by sha256);
-    returns those that were not there."""
+def pin(
+    store: LocalBlobStore, pins: Path, sha256s: Iterable[str], pinned: dict[str, int]
+) -> set[str]:
+    """Hard-link each blob at its address into ``pins`` (named by sha256),
+    recording its inode in ``pinned``; returns those that were not there.
+
+    A blob pinned earlier is only checked to be still the file at its
+    address (one stat), and pinned again if not: a tus upload's blob
+    published by a transaction that then failed goes back to being its
+    partial file, which the next PATCH cuts and writes to. Once the row
+    naming a blob is committed, its file is never written."""
     missing = set()
     for sha256 in sha256s:
+        address, pin_path = store.path_for(sha256), pins / sha256
         try:
-            os.link(store.path_for(sha256), pins / sha256)
+            inode = os.stat(address).st_ino
+            if pinned.get(sha256) == inode:
+                continue
+            pin_path.unlink(missing_ok=True)
+            os.link(address, pin_path)
+            pinned[sha256] = os.stat(pin_path).st_ino
         except FileNotFoundError:
             missing.add(sha256)
-        except FileExistsError:
-            pass
     return missing
 
 
