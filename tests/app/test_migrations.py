@@ -23,7 +23,7 @@ from quart_app import create_app
 from quart_app.__main__ import main
 from quart_app.config import load_settings
 from quart_app.db.engine import Database
-from quart_app.db.migrate import revisions
+from quart_app.db.migrate import migrate_to, revisions
 from quart_app.db.models import Base
 from quart_app.db.schema_version import schema_revision
 from quart_app.ops.rollback import migrate_to_revision
@@ -295,3 +295,24 @@ async def test_migrate_to_refuses_what_the_older_schema_cannot_hold(
     assert await asyncio.to_thread(run, "migrate") == 0
     assert await asyncio.to_thread(run, "migrate", "--list") == 0
     assert f"* {head}" in capsys.readouterr().out
+
+
+@pytest.mark.own_database
+async def test_undoing_inline_blobs_without_moving_them_refuses(overrides: dict[str, Any]) -> None:
+    """Alembic alone (not `migrate --to`, which moves them first) refuses
+    to drop the column that holds a blob's only copy, and changes nothing."""
+    chosen = {**overrides, "INLINE_BLOB_BYTES": 1024}
+    app = create_app(chosen)
+    async with app.test_app() as test_app:
+        put = await test_app.test_client().put("/files/small", data=b"in a row", headers=bearer())
+        assert put.status_code == 201
+    settings = load_settings(chosen, environ={})
+    database = Database.from_settings(settings)
+    try:
+        with pytest.raises(RuntimeError, match="moves them to files before it downgrades"):
+            await migrate_to(database.engine, settings, "0008_imports")
+        assert await schema_revision(database.engine) == revisions(settings)[-1]
+        async with database.engine.connect() as conn:
+            assert await conn.scalar(text("SELECT content FROM blobs")) == b"in a row"
+    finally:
+        await database.dispose()
