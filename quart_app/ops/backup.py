@@ -99,7 +99,8 @@ def local_instance(settings: Settings, command: str) -> LocalInstance:
 
 def connect(path: Path, timeout: float = LOCK_WAIT_SECONDS) -> sqlite3.Connection:
     """An existing database file (never creates one), autocommit."""
-    return sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
+    uri = f"{path.resolve().as_uri()}?mode=rw"  # as_uri: a ? or # in the path is escaped
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
 
 
 def file_blobs(connection: sqlite3.Connection) -> dict[str, int]:

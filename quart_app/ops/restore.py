@@ -92,7 +92,7 @@ def _verify_database(src: Path, manifest: dict[str, object]) -> dict[str, int]:
     if sha256_of(database) != expected.get("sha256"):
         raise Failed(f"{database} does not match the sha256 in {MANIFEST_NAME}")
     # Read-only and immutable: the backup is never changed by reading it.
-    uri = f"file:{database}?mode=ro&immutable=1"
+    uri = f"{database.resolve().as_uri()}?mode=ro&immutable=1"
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
         result = connection.execute("PRAGMA integrity_check").fetchone()[0]
         if result != "ok":

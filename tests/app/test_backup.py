@@ -57,12 +57,13 @@ async def test_a_backup_taken_beside_a_serving_app_restores_every_file(
     settings = await stored_app(overrides)
     use(monkeypatch, settings)
     app = create_app(settings)
+    backup = tmp_path / "back up #1?"  # read by SQLite through a URI: escaped
     async with app.test_app():  # serving while the copy is taken
-        assert await command("backup", str(tmp_path / "backup")) == 0
+        assert await command("backup", str(backup)) == 0
     assert "1 blob file(s)" in capsys.readouterr().out  # the small one is in the database
     fresh = {**temp_app_settings(tmp_path / "fresh"), "INLINE_BLOB_BYTES": 1024}
     use(monkeypatch, fresh)
-    assert await command("restore", str(tmp_path / "backup")) == 0
+    assert await command("restore", str(backup)) == 0
     assert "every sha256 verified" in capsys.readouterr().out
     assert await command("check") == 0
     restored = create_app(fresh)
