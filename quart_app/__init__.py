@@ -77,10 +77,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     app.register_blueprint(batches.blueprint)
     app.register_blueprint(resumable_uploads.blueprint)
     app.register_blueprint(imports.blueprint)
-    app.register_blueprint(docs.blueprint)
+    if settings.DOCS:
+        app.register_blueprint(docs.blueprint)
     app.register_blueprint(metrics_api.blueprint)
     if settings.UI:
         app.register_blueprint(page.blueprint)
+    if settings.UI or settings.DOCS:
+        app.register_blueprint(page.assets_blueprint)
     memory.init_app(app)  # last: it freezes what the startup steps before it made
     # ASGI middlewares, innermost first.
     public_url.init_app(app, settings)

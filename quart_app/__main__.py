@@ -1,8 +1,8 @@
 """Operator commands: ``python -m quart_app COMMAND`` (``--help`` lists them).
 
 The argparse registration lives here; each command's logic in its own module
-(ops/serve.py, ops/doctor.py, ops/smoke.py, ops/accounts.py, ops/integrity.py)
-or in a small function below.
+(ops/serve.py, ops/doctor.py, ops/smoke.py, ops/accounts.py, ops/integrity.py,
+ops/backup.py, ops/restore.py) or in a small function below.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from quart_app.config import ConfigError, Settings, load_settings
@@ -111,6 +112,12 @@ async def _run(name: str, settings: Settings, args: argparse.Namespace) -> tuple
             await upgrade_to_head(database.engine, settings)
         if name == "check":
             return await _check(settings, database, args.repair)
+        if name == "migrate" and (args.to or args.list):
+            from quart_app.ops.rollback import list_revisions, migrate_to_revision
+
+            if args.list:
+                return await list_revisions(settings, database), True
+            return await migrate_to_revision(settings, database, args.to), True
         if name == "users create":
             return await create_user_command(database, args.name, args.email), True
         if name == "keys create":
@@ -130,7 +137,8 @@ EPILOG = """\
 Every command but migrate, doctor and smoke (and serve with
 QUART_APP_AUTO_MIGRATE) refuses a database that does not exist yet: "no
 database at <path>", exit status 2. Exit status 0 when all went well, 1 when
-the command found a problem, 2 for a bad setting or command line."""
+the command found a problem, 2 for a bad setting or command line (and when
+backup or restore refuses: nothing was changed)."""
 
 
 class PlainHelp(argparse.RawDescriptionHelpFormatter):
@@ -168,7 +176,20 @@ def _parser() -> argparse.ArgumentParser:
     # Parsed by ops/serve.py itself (main dispatches before this parser);
     # registered here so that --help lists it.
     command("serve", "run the server: Hypercorn with hypercorn.toml")
-    command("migrate", "create the database if need be, schema to head")
+    migrate = command(
+        "migrate",
+        "create the database if need be, schema to head",
+        epilog='Rolling back: README "Upgrades and rollback".',
+    )
+    migrate.add_argument(
+        "--to",
+        metavar="REVISION",
+        help="to this revision (or base) instead, down as well as up; blobs kept in "
+        "rows are moved to files before 0009 is undone",
+    )
+    migrate.add_argument(
+        "--list", action="store_true", help="the revisions, oldest first, the database's marked *"
+    )
     command("doctor", "check settings, database, storage, admin key, clock")
     smoke = command("smoke", "a short end-to-end run against a running server")
     smoke.add_argument(
@@ -179,6 +200,13 @@ def _parser() -> argparse.ArgumentParser:
     command("sweep-uploads", "delete expired resumable uploads and their bytes")
     check = command("check", "verify every file's bytes, list orphans")
     check.add_argument("--repair", action="store_true", help="remove orphans (never rows)")
+    backup = command("backup", "copy the database and its blobs into DEST, while serving")
+    backup.add_argument("dest", metavar="DEST", type=Path, help="a new or empty directory")
+    restore = command("restore", "a backup into the configured (empty) database and storage")
+    restore.add_argument("src", metavar="SRC", type=Path, help="a directory `backup` made")
+    restore.add_argument(
+        "--force", action="store_true", help="replace an instance that is not empty"
+    )
     for noun, summary in (("users", "manage users (accounts)"), ("keys", "manage API keys")):
         group = command(noun, summary)
         actions = group.add_subparsers(title="actions", metavar="ACTION", required=True)
@@ -204,6 +232,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _copy_command(args: argparse.Namespace, settings: Settings) -> int:
+    from quart_app.ops.backup import Failed, Refused, backup
+    from quart_app.ops.restore import restore
+
+    try:
+        if args.command == "backup":
+            line = backup(settings, args.dest)
+        else:
+            line = restore(settings, args.src, args.force)
+    except Refused as error:
+        print(f"{args.command}: refused: {error}", file=sys.stderr)
+        return 2
+    except Failed as error:
+        print(f"{args.command}: failed: {error}", file=sys.stderr)
+        return 1
+    print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
@@ -226,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"configuration error: {error.cause}", file=sys.stderr)
         return 2
+    if args.command in ("backup", "restore"):
+        return _copy_command(args, settings)
     try:
         output, well = asyncio.run(_run(args.command, settings, args))
     except CommandFailed as error:

@@ -163,6 +163,9 @@ class Settings:
     # The browser upload page at / (and its assets). Off: / is not served;
     # /docs, the API's own documentation, stays.
     UI: bool = True
+    # Swagger UI at /docs. Off: /docs is not a route (404, as any unknown
+    # URL); /openapi.json, which clients and tools read, stays.
+    DOCS: bool = True
     # Seconds a worker trusts what it read about a key: a revoked key stops
     # working on every worker within this time. Also how often its last use
     # may be noted.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, TypeVar
 
 from quart import Quart, current_app, g
@@ -58,6 +59,7 @@ class AppState:
         self.import_wake = asyncio.Event()
         self._stop_importing = asyncio.Event()
         self._quotas: Quotas | None = None
+        self.schema_revision: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
         self._counted = False
@@ -128,7 +130,7 @@ class AppState:
         with startup_step(f"instance directory {settings.INSTANCE_DIR}"):
             prepare_directories(settings)
             self._cursor_codec = CursorCodec(load_secret_key(settings))
-        self._database, _ = await open_database(settings)
+        self._database, self.schema_revision = await open_database(settings)
         temp_max_age = settings.BODY_DEADLINE + TEMP_GRACE_SECONDS
         with startup_step(f"crash recovery on {describe_database(settings.database_url)}"):
             for line in await recover(self._database, self._store, temp_max_age):
@@ -197,13 +199,18 @@ def _serving(value: T | None, name: str) -> T:
 def init_app(app: Quart, state: AppState) -> None:
     app.extensions[EXTENSION_KEY] = state
 
+    from quart_app.ops import lifecycle
+
     @app.before_serving
     async def _start() -> None:
         await state.start()
+        lifecycle.log_started(state.settings, state.schema_revision)
 
     @app.after_serving
     async def _stop() -> None:
+        began = time.monotonic()
         await state.stop()
+        lifecycle.log_stopped(began)
 
     @app.teardown_appcontext
     async def _close_session(_: BaseException | None) -> None:

@@ -1,4 +1,5 @@
-"""The browser upload page at ``/`` and the assets under ``/static/``
+"""The browser upload page at ``/`` and the assets under ``/static/`` (for
+the page and /docs)
 (DESIGN section 7; README "The browser page").
 
 The page is public (it holds nothing of anyone's: the key is typed into
@@ -16,6 +17,8 @@ from quart_app.edge.assets import REVALIDATE, STATIC_ROOT, manifest, send_asset
 from quart_app.edge.authentication import public
 
 blueprint = Blueprint("page", __name__)
+# The assets, for the page and /docs alike: registered while either is on.
+assets_blueprint = Blueprint("assets", __name__)
 
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -43,7 +46,7 @@ async def upload_page() -> Response:
     return await render_page("page/index.html", PAGE_CSP)
 
 
-@blueprint.get("/static/<path:name>")
+@assets_blueprint.get("/static/<path:name>")
 @public
 @hide
 async def asset(name: str) -> Response:

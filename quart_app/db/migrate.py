@@ -34,6 +34,25 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
+def revisions(settings: Settings) -> list[str]:
+    """Every revision, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config(settings))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+def revisions_undone(settings: Settings, current: str | None, target: str) -> list[str]:
+    """The revisions whose downgrades run to go from ``current`` to
+    ``target``, newest first; none when ``target`` is not below ``current``.
+    Raises alembic's CommandError for a revision it does not know."""
+    if current is None or target == "head":
+        return []
+    script = ScriptDirectory.from_config(alembic_config(settings))
+    below = {r.revision for r in script.iterate_revisions(current, "base")}
+    if target != "base" and (script.get_revision(target) is None or target not in below):
+        return []
+    return [r.revision for r in script.iterate_revisions(current, target)]
+
+
 async def upgrade_to_head(engine: AsyncEngine, settings: Settings) -> None:
     """Bring the schema to head on the app's own engine. Servers (and
     workers, and ``python -m quart_app migrate``) starting at once take
@@ -54,10 +73,12 @@ async def migrate_to(engine: AsyncEngine, settings: Settings, revision: str) -> 
         config.attributes["connection"] = connection
         current = MigrationContext.configure(connection).get_current_revision()
         script = ScriptDirectory.from_config(config)
-        if (
-            current is not None
-            and revision != "head"
-            and revision in {r.revision for r in script.iterate_revisions(current, "base")}
+        if current is not None and (
+            revision == "base"
+            or (
+                revision != "head"
+                and revision in {r.revision for r in script.iterate_revisions(current, "base")}
+            )
         ):
             command.downgrade(config, revision)
         else:

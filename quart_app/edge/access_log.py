@@ -3,6 +3,13 @@
 An ASGI middleware, not a Quart hook: only at the ASGI level are the real
 bytes in and out of a streamed body known. ``X-Request-ID`` is taken from the
 request when it is usable (sanitised, bounded) or generated, and echoed.
+
+What a line says beyond the numbers: ``outcome`` (``answered``; ``client
+hung up`` when the client left before the whole answer was sent, ``status``
+then null if no answer had begun when it left, else the status it was
+getting; ``no answer`` when the app ended without one and Hypercorn answered
+500 itself), ``problem`` (the type of every problem answer), and ``query``
+with the values of secret-looking parameters replaced (:func:`logged_query`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 from hypercorn.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, ASGISendEvent
 from quart import Quart
@@ -33,6 +41,20 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
 # its start, is logged, whatever the answer was.
 _LINK_TOKEN = re.compile(rf"^(/links/[^/.]{{0,{LINK_ID_CHARS}}})[^/]+")
 
+# Query parameters whose values are credentials, by name (case-insensitive):
+# ours have none, but a client or a proxy may add them (an S3 presigned URL's
+# X-Amz-*, an OAuth access_token, an api_key), and the log is read by more
+# people than the keys are given to.
+_SECRET_PARAMETER = re.compile(
+    r"key|token|signature|^sig$|secret|passw|credential|auth|session|^x-amz-", re.IGNORECASE
+)
+REDACTED = "REDACTED"
+QUERY_MAX_CHARS = 1024
+
+ANSWERED = "answered"
+HUNG_UP = "client hung up"
+NO_ANSWER = "no answer"
+
 access_log = logging.getLogger("quart_app.access")
 
 
@@ -47,6 +69,21 @@ def sanitise_request_id(raw: bytes | None) -> str | None:
 def logged_path(path: str) -> str:
     """The path as the logs show it: a link's token cut to the link's id."""
     return _LINK_TOKEN.sub(r"\1...", path)
+
+
+def logged_query(raw: bytes) -> str | None:
+    """The query string as the logs show it: as sent, but for the value of
+    every parameter whose name looks like a secret's, which is REDACTED;
+    printable ASCII only, at most QUERY_MAX_CHARS characters; None if empty."""
+    if not raw:
+        return None
+    pairs = []
+    for pair in raw.decode("latin-1").split("&"):
+        name, equals, _ = pair.partition("=")
+        if equals and _SECRET_PARAMETER.search(unquote_plus(name)):
+            pair = f"{name}={REDACTED}"
+        pairs.append(pair)
+    return _printable("&".join(pairs).encode("latin-1"), QUERY_MAX_CHARS)
 
 
 def scope_request_id(scope: Any) -> str:
@@ -67,6 +104,11 @@ RequestFinished = Callable[[dict[str, Any], str, int, float, int, int], None]
 
 
 class RequestLogMiddleware:
+    # Requests this process has begun and not yet logged, and has logged:
+    # what a worker's shutdown line reports (ops/lifecycle.py).
+    requests_in_flight = 0
+    requests_finished = 0
+
     def __init__(self, app: Any, finished: RequestFinished | None = None) -> None:
         self.app = app
         self.finished = finished
@@ -82,21 +124,28 @@ class RequestLogMiddleware:
         notes: dict[str, Any] = {}
         scope[NOTES_KEY] = notes
         started = time.perf_counter()
-        counts = {"in": 0, "out": 0, "status": 0}
+        counts = {"in": 0, "out": 0}
+        status: int | None = None
+        outcome: str | None = None  # set once the answer ends or the client leaves
         problem = bytearray()  # the body of a problem response (small), for its type
         in_problem = False
 
         async def counting_receive() -> ASGIReceiveEvent:
+            nonlocal outcome
             message = await receive()
             if message["type"] == "http.request":
                 counts["in"] += len(message.get("body", b""))
+            elif message["type"] == "http.disconnect" and outcome is None:
+                outcome = HUNG_UP
             return message
 
         async def tagging_send(message: ASGISendEvent) -> None:
-            nonlocal in_problem
+            nonlocal in_problem, status, outcome
             if message["type"] == "http.response.start":
-                counts["status"] = message["status"]
-                in_problem = _is_problem(message["headers"])
+                # An answer begun after the client left (a handler that read
+                # what was buffered, then met the disconnect) reached nobody.
+                status = message["status"] if outcome is None else None
+                in_problem = status is not None and _is_problem(message["headers"])
                 headers = [(k, v) for k, v in message["headers"] if k.lower() != REQUEST_ID_HEADER]
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 message = {**message, "headers": headers}
@@ -105,18 +154,25 @@ class RequestLogMiddleware:
                 counts["out"] += len(body)
                 if in_problem and len(problem) < PROBLEM_BODY_MAX_BYTES:
                     problem.extend(body[: PROBLEM_BODY_MAX_BYTES - len(problem)])
+                if not message.get("more_body", False) and outcome is None:
+                    outcome = ANSWERED
             await send(message)
 
+        RequestLogMiddleware.requests_in_flight += 1
         try:
             await self.app(scope, counting_receive, tagging_send)
         finally:
             seconds = time.perf_counter() - started
+            RequestLogMiddleware.requests_in_flight -= 1
+            RequestLogMiddleware.requests_finished += 1
             access_log.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": logged_path(scope["path"]),
-                    "status": counts["status"],
+                    "query": logged_query(scope.get("query_string", b"")),
+                    "status": status,
+                    "outcome": outcome or NO_ANSWER,
                     "duration_ms": round(seconds * 1000, 3),
                     "bytes_in": counts["in"],
                     "bytes_out": counts["out"],
@@ -129,8 +185,9 @@ class RequestLogMiddleware:
                 },
             )
             if self.finished is not None:
+                # Metrics keep status 0 for "the client left before an answer".
                 self.finished(
-                    notes, scope["method"], counts["status"], seconds, counts["in"], counts["out"]
+                    notes, scope["method"], status or 0, seconds, counts["in"], counts["out"]
                 )
 
 
@@ -160,11 +217,11 @@ def _raw_header(scope: Any, name: bytes) -> bytes | None:
     return next((v for k, v in scope["headers"] if k.lower() == name), None)
 
 
-def _printable(raw: bytes | None) -> str | None:
-    """Header bytes as text, printable ASCII only, at most 256 characters."""
+def _printable(raw: bytes | None, limit: int = 256) -> str | None:
+    """Header bytes as text, printable ASCII only, at most ``limit`` characters."""
     if raw is None:
         return None
-    return "".join(ch for ch in raw.decode("latin-1") if " " <= ch <= "~")[:256]
+    return "".join(ch for ch in raw.decode("latin-1") if " " <= ch <= "~")[:limit]
 
 
 _RECORD_FIELDS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -188,14 +245,20 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
-    """JSON lines to stderr for the quart_app loggers (once per process)."""
+    """JSON lines to stderr for the quart_app loggers, and for Python's
+    warnings (a RuntimeWarning would otherwise print plain text lines into
+    the JSON stream), once per process."""
     logger = logging.getLogger("quart_app")
     logger.setLevel(level.upper())
-    if not any(getattr(h, "quart_app_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JSONFormatter())
-        handler.quart_app_json = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.propagate = False
+    for target in (logger, warnings_logger):
+        if not any(getattr(h, "quart_app_json", False) for h in target.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JSONFormatter())
+            handler.quart_app_json = True  # type: ignore[attr-defined]
+            target.addHandler(handler)
 
 
 def init_app(app: Quart, settings: Settings, finished: RequestFinished | None = None) -> None:

@@ -49,7 +49,10 @@ What each did when reproduced: README, "Why the code is shaped this way".
   their handlers answer and clean up instead of being cancelled;
 - the socket is read ``SOCKET_READ_BYTES`` at a time;
 - :func:`worker_failures` notes the exit statuses run()'s supervisor forgets
-  (ops/serve.py).
+  (ops/serve.py);
+- :func:`watch_worker` wraps ``worker_serve``, the coroutine a worker runs
+  Hypercorn in, to hand its bind and workers to the app's startup line and
+  note when the shutdown signal came (ops/lifecycle.py).
 
 Hypercorn 0.18, HTTP/2: rapid reset (CVE-2023-44487), runaway streams, h2c.
 
@@ -100,6 +103,8 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
+import signal
 import ssl
 import sys
 import termios
@@ -138,6 +143,7 @@ from quart_app.config import Settings
 from quart_app.edge.bodies import BoundedBody, end_bodies, shutting_down
 from quart_app.edge.connection_limits import ConnectionLimits, MemoryReturner, refusal
 from quart_app.edge.problem_details import raw_problem
+from quart_app.ops import lifecycle
 
 # Bytes asked of the socket per read. Hypercorn's own 64 KiB makes every GiB
 # 16,384 trips through h11, Hypercorn, Quart and the body reader, and that
@@ -448,6 +454,46 @@ def install(settings: Settings, on_shutdown_deadline: Any) -> None:
     GuardedTCPServer.on_shutdown_deadline = staticmethod(on_shutdown_deadline)
     # worker_serve looks the name up in its module for every new connection.
     setattr(hypercorn_run, "TCPServer", GuardedTCPServer)  # noqa: B010
+
+
+def watch_worker(
+    serving_with: Callable[[list[str], list[str], int], None], signalled: Callable[[], None]
+) -> None:
+    """Wrap ``hypercorn.asyncio.run.worker_serve`` (looked up by name when a
+    worker starts, after the app is loaded): ``serving_with(bind,
+    insecure_bind, workers)`` before the app's startup, ``signalled()`` when
+    the shutdown trigger fires.
+    Without a trigger of its own (``workers = 0``) Hypercorn waits for SIGINT
+    or SIGTERM; so does the one given here."""
+    serve = getattr(hypercorn_run.worker_serve, "__wrapped__", hypercorn_run.worker_serve)
+
+    @functools.wraps(serve)
+    async def watched_serve(
+        app: AppWrapper,
+        config: Any,
+        *,
+        sockets: Any = None,
+        shutdown_trigger: Callable[[], Any] | None = None,
+    ) -> None:
+        serving_with(list(config.bind), list(config.insecure_bind), int(config.workers))
+        trigger = shutdown_trigger or _signal_trigger()
+
+        async def noting_trigger() -> None:
+            await trigger()
+            signalled()
+
+        await serve(app, config, sockets=sockets, shutdown_trigger=noting_trigger)
+
+    setattr(hypercorn_run, "worker_serve", watched_serve)  # noqa: B010
+
+
+def _signal_trigger() -> Callable[[], Any]:
+    """What worker_serve does without a trigger: wait for SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    for name in ("SIGINT", "SIGTERM"):
+        loop.add_signal_handler(getattr(signal, name), received.set)
+    return received.wait
 
 
 @contextmanager
@@ -829,3 +875,4 @@ def init_app(app: Quart, settings: Settings) -> None:
     app.asgi_http_class = BackPressureHTTPConnection
     install(settings, end_bodies)
     install_http2_limits(settings)
+    watch_worker(lifecycle.serving_with, lifecycle.shutdown_signalled)

@@ -30,14 +30,34 @@ async def open_database(settings: Settings) -> tuple[Database, str | None]:
                     )
                 await asyncio.to_thread(database.create_file)
             if settings.AUTO_MIGRATE and not await schema_at_head(database.engine):
-                from quart_app.db.migrate import upgrade_to_head
-
-                await upgrade_to_head(database.engine, settings)
+                await _migrate(database, settings)
             revision = await schema_revision(database.engine)
         except BaseException:
             await database.dispose()
             raise
     return database, revision
+
+
+async def _migrate(database: Database, settings: Settings) -> None:
+    """The schema to head; a revision Alembic cannot follow (the database was
+    migrated by a newer release, or its history was edited) is a StartupError
+    naming the database and the revision, not a traceback."""
+    from alembic.util import CommandError
+
+    from quart_app.db.migrate import upgrade_to_head
+
+    try:
+        await upgrade_to_head(database.engine, settings)
+    except CommandError as error:
+        hint = ""
+        if "Can't locate revision" in str(error):
+            hint = (
+                " (a newer release migrated it: run that release, or restore the backup"
+                " taken before the upgrade)"
+            )
+        raise StartupError(
+            f"database {describe_database(settings.database_url)}: cannot migrate: {error}{hint}"
+        ) from None
 
 
 async def open_store(settings: Settings) -> MaintainedStore:

@@ -39,6 +39,7 @@ from quart_app.config import ConfigError, Settings, load_settings
 from quart_app.edge.access_log import configure_logging
 from quart_app.edge.server_internals import worker_failures
 from quart_app.ops.instance import load_secret_key, prepare_directories
+from quart_app.ops.lifecycle import database_kind, package_version, storage_kind
 from quart_app.ops.metrics_directory import metrics_directory
 from quart_app.ops.opening import open_database, open_store
 from quart_app.ops.startup import StartupError, describe_database, startup_step
@@ -121,10 +122,15 @@ def serve(argv: list[str]) -> int:
                 revision,
                 " ".join(config.bind),
                 extra={
+                    "version": package_version(),
                     "database": describe_database(settings.database_url),
+                    "database_kind": database_kind(settings),
                     "storage": settings.STORAGE_URL or str(settings.STORAGE_DIR),
+                    "storage_kind": storage_kind(settings),
                     "schema_revision": revision,
                     "bind": config.bind,
+                    "insecure_bind": config.insecure_bind,
+                    "tls": config.ssl_enabled,
                     "workers": config.workers,
                     "metrics_dir": str(metrics_dir),
                 },

@@ -103,4 +103,34 @@ async def test_ui_off_removes_the_page_and_keeps_the_docs(overrides: dict[str, A
         client = app.test_client()
         assert (await client.get("/")).status_code == 404
         assert (await anonymous(app).get("/")).status_code == 401  # strangers learn nothing
-        assert (await anonymous(app).get("/docs")).status_code == 200
+        html = await page_html(anonymous(app), "/docs", DOCS_CSP)
+        for name in ASSET.findall(html):  # its assets are still served
+            assert (await anonymous(app).get("/" + name)).status_code == 200, name
+
+
+async def test_docs_off_makes_docs_an_unknown_url(overrides: dict[str, Any]) -> None:
+    """QUART_APP_DOCS=0: /docs answers as a URL that never existed (404 to
+    a key holder, 401 to a stranger); the page and /openapi.json stay."""
+    app = create_app({**overrides, "DOCS": False})
+    async with app.test_app():
+        client = app.test_client()
+        docs, unknown = await client.get("/docs"), await client.get("/no-such-page")
+        assert docs.status_code == unknown.status_code == 404
+        problem, unknown_problem = await docs.get_json(), await unknown.get_json()
+        assert problem["type"] == unknown_problem["type"] == "urn:quart-app:problem:not-found"
+        assert problem["detail"] == unknown_problem["detail"].replace("/no-such-page", "/docs")
+        assert (await anonymous(app).get("/docs")).status_code == 401
+        assert (await client.get("/openapi.json")).status_code == 200
+        html = await page_html(anonymous(app), "/", PAGE_CSP)
+        for name in ASSET.findall(html):
+            assert (await anonymous(app).get("/" + name)).status_code == 200, name
+
+
+async def test_docs_and_ui_off_serve_no_assets(overrides: dict[str, Any]) -> None:
+    on = create_app(overrides)
+    async with on.test_app():
+        html = await page_html(anonymous(on), "/docs", DOCS_CSP)
+    app = create_app({**overrides, "DOCS": False, "UI": False})
+    async with app.test_app():
+        name = ASSET.findall(html)[0]
+        assert (await app.test_client().get("/" + name)).status_code == 404

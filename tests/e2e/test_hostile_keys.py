@@ -80,7 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     )
     try:
         yield running
-        assert not [line for line in running.access_lines() if line["status"] >= 500]
+        assert not [line for line in running.access_lines() if (line["status"] or 0) >= 500]
         assert "Traceback" not in running.log()
     finally:
         running.stop()

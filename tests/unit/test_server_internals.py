@@ -67,3 +67,14 @@ def test_hypercorn_supervisor_internals_serve_wraps_are_still_there() -> None:
     # worker_failures() wraps it to note the exit statuses run() forgets.
     assert callable(hypercorn.run._join_exited)
     assert "_join_exited(" in inspect.getsource(hypercorn.run.run)
+
+
+def test_hypercorn_worker_serve_that_watch_worker_wraps_is_still_there() -> None:
+    # Looked up by name when a worker starts, with these parameters.
+    assert "partial(worker_serve, app, config" in inspect.getsource(hypercorn_run.asyncio_worker)
+    serve = getattr(hypercorn_run.worker_serve, "__wrapped__", hypercorn_run.worker_serve)
+    params = inspect.signature(serve).parameters
+    assert list(params)[:2] == ["app", "config"]
+    assert params["shutdown_trigger"].kind is inspect.Parameter.KEYWORD_ONLY
+    # Without a trigger it waits for these signals, as _signal_trigger does.
+    assert '{"SIGINT", "SIGTERM", "SIGBREAK"}' in inspect.getsource(serve)

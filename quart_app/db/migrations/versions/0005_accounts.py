@@ -136,6 +136,15 @@ def downgrade() -> None:
             batch_op.drop_index(batch_op.f(f"ix_{table}_owner_id"))
             batch_op.drop_constraint(batch_op.f(f"fk_{table}_owner_id_users"), type_="foreignkey")
             batch_op.drop_column("owner_id")
+    # Without owners, one record per key: a key two owners used would
+    # replay one's answer to the other, so neither record is kept (a retry
+    # with it runs again).
+    op.execute(
+        sa.text(
+            "DELETE FROM idempotency_records WHERE key IN (SELECT key FROM "
+            "idempotency_records GROUP BY key HAVING COUNT(*) > 1)"
+        )
+    )
     op.execute(sa.text("UPDATE idempotency_records SET owner = 'anonymous'"))
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_keys_user_id"))

@@ -53,8 +53,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_quota_reservations_owner_id"))
         batch_op.drop_index(batch_op.f("ix_quota_reservations_expires_at"))
     op.drop_table("quota_reservations")
-    with op.batch_alter_table(
-        "users", schema=None, table_kwargs={"sqlite_autoincrement": True}
-    ) as batch_op:
-        batch_op.drop_column("quota_files")
-        batch_op.drop_column("quota_bytes")
+    # ALTER TABLE ... DROP COLUMN (SQLite 3.35+), not a batch rebuild: on
+    # SQLite a rebuild drops users, which api keys, files and uploads refer
+    # to, and with foreign keys on that fails once there are any.
+    op.drop_column("users", "quota_files")
+    op.drop_column("users", "quota_bytes")

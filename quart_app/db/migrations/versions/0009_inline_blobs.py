@@ -27,8 +27,8 @@ def downgrade() -> None:
     bind = op.get_bind()
     if bind.scalar(sa.text("SELECT 1 FROM blobs WHERE content IS NOT NULL LIMIT 1")):
         raise RuntimeError(
-            "blobs are kept in their rows; set QUART_APP_INLINE_BLOB_BYTES=0 and "
-            "move them to files before downgrading"
+            "blobs are kept in their rows; `python -m quart_app migrate --to REVISION` "
+            "moves them to files before it downgrades"
         )
     # ALTER TABLE ... DROP COLUMN (SQLite 3.35+): no rebuild of a table
     # that files and import jobs refer to.
