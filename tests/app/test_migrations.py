@@ -96,7 +96,6 @@ async def test_the_upload_lease_migration_goes_down_and_up_again(
     """0010_upload_leases on both databases: an upload made before it gets
     token 0 and no lease; its downgrade drops the columns, keeping rows."""
     from alembic import command
-    from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from quart_app.config import load_settings
