@@ -36,7 +36,7 @@ from quart_app.db.engine import Database
 from quart_app.db.models import Upload
 from quart_app.errors import NotFound, OffsetMismatch, UploadLeaseLost, UploadLocked
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("quart_app.uploads")
 
 # Seconds a PATCH waits for the upload's lease before 423: the request
 # before it (often the same client's previous PATCH, or the tail of one
