@@ -274,6 +274,7 @@ async def test_every_family_is_described(app: Quart) -> None:
     assert all(families[name].documentation for name in expected)
 
 
+@pytest.mark.sqlite_only  # takes the database away by moving its file
 async def test_a_metrics_scrape_with_the_database_down_still_answers(
     app: Quart, client: QuartClient
 ) -> None:
