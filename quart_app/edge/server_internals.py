@@ -48,8 +48,8 @@ What each did when reproduced: README, "Why the code is shaped this way".
   request bodies still arriving end with a 503 (bodies.end_bodies), so
   their handlers answer and clean up instead of being cancelled;
 - the socket is read ``SOCKET_READ_BYTES`` at a time;
-- :func:`worker_failures` notes the exit statuses run()'s supervisor forgets
-  (ops/serve.py);
+- :func:`worker_function` is what a worker process runs, for the
+  supervisor that replaces run()'s (ops/supervisor.py);
 - :func:`watch_worker` wraps ``worker_serve``, the coroutine a worker runs
   Hypercorn in, to hand its bind and workers to the app's startup line and
   note when the shutdown signal came (ops/lifecycle.py).
@@ -109,9 +109,7 @@ import ssl
 import sys
 import termios
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from multiprocessing.process import BaseProcess
+from collections.abc import Callable
 from ssl import SSLError
 from typing import Any
 
@@ -496,29 +494,18 @@ def _signal_trigger() -> Callable[[], Any]:
     return received.wait
 
 
-@contextmanager
-def worker_failures() -> Iterator[list[int]]:
-    """The non-zero exit statuses of workers, which Hypercorn 0.18's run()
-    sees and then forgets (see the module docstring): its private
-    _join_exited() is wrapped to note them while the server runs (its canary
-    in tests/unit/test_server_internals.py, and tests/e2e/test_startup.py,
-    fail if that name goes away)."""
-    import hypercorn.run
-
-    failures: list[int] = []
-    join_exited: Callable[[list[BaseProcess]], int] = hypercorn.run._join_exited
-
-    def noting(processes: list[BaseProcess]) -> int:
-        status = join_exited(processes)
-        if status != 0:
-            failures.append(status)
-        return status
-
-    hypercorn.run._join_exited = noting
-    try:
-        yield failures
-    finally:
-        hypercorn.run._join_exited = join_exited  # type: ignore[assignment]
+def worker_function(config: Any) -> Callable[..., None]:
+    """The function a Hypercorn worker process runs for ``worker_class``
+    (``asyncio_worker(config, sockets, shutdown_event)``): what
+    ops/supervisor.py starts in each worker, as Hypercorn's run() does (its
+    canary in tests/unit/test_server_internals.py)."""
+    workers: dict[str, Callable[..., None]] = {
+        "asyncio": hypercorn_run.asyncio_worker,
+        "uvloop": hypercorn_run.uvloop_worker,
+    }
+    if config.worker_class not in workers:
+        raise ValueError(f"worker_class {config.worker_class!r}: asyncio or uvloop")
+    return workers[config.worker_class]
 
 
 # -- Hypercorn, HTTP/2 -------------------------------------------------------------

@@ -8,8 +8,10 @@ saw a clean exit (measured on Hypercorn 0.18). Two causes:
 - run() in a supervisor with workers >= 1 loses a failed worker's exit
   status: its last _join_exited() runs over the already emptied list of
   workers and returns 0 (pgjones/hypercorn#269; the fix proposed in #372
-  is not merged). With ``workers = 0`` (hypercorn.toml) the one process serves, and
-  an app that cannot start ends it with status 1.
+  is not merged); and it shuts down only the first worker gracefully
+  (ops/supervisor.py, which this command uses instead). With ``workers = 0``
+  (hypercorn.toml) the one process serves, and an app that cannot start
+  ends it with status 1.
 - the app's failures were plain exceptions, printed with tracebacks by
   Quart, Hypercorn and multiprocessing; they are StartupErrors now
   (startup.py): one line, status 1, whichever command started the app.
@@ -37,12 +39,12 @@ from hypercorn.config import Config
 
 from quart_app.config import ConfigError, Settings, load_settings
 from quart_app.edge.access_log import configure_logging
-from quart_app.edge.server_internals import worker_failures
 from quart_app.ops.instance import load_secret_key, prepare_directories
 from quart_app.ops.lifecycle import database_kind, package_version, storage_kind
 from quart_app.ops.metrics_directory import metrics_directory
 from quart_app.ops.opening import open_database, open_store
 from quart_app.ops.startup import StartupError, describe_database, startup_step
+from quart_app.ops.supervisor import supervise
 
 APPLICATION = "quart_app:create_app()"
 log = logging.getLogger("quart_app.serve")
@@ -89,12 +91,11 @@ def check_binds(config: Config) -> None:
 
 
 def run_hypercorn(config: Config) -> int:
+    if config.workers >= 1 and not config.use_reloader:
+        return supervise(config)  # every worker shut down gracefully (ops/supervisor.py)
     from hypercorn.run import run
 
-    with worker_failures() as failures:
-        status: int = run(config)
-    if status == 0 and failures:
-        return failures[0]  # each worker has printed its own line
+    status: int = run(config)
     return status
 
 

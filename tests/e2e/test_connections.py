@@ -518,6 +518,57 @@ def test_sigterm_with_uploads_running_answers_503_or_closes(tmp_path: Path) -> N
         server.stop()
 
 
+def steady_put(port: int, file_id: str, results: list[tuple[str, int]]) -> None:
+    """A PUT of 3 MB sent at ~1 MB/s: it outlasts the shutdown signal but
+    not the graceful timeout."""
+    size, chunk = 3 * 1000 * 1000, 100_000
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                f"PUT /files/{file_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n{bearer_line()}"
+                f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+            )
+            for _ in range(size // chunk):
+                sock.sendall(b"y" * chunk)
+                time.sleep(0.1)
+            sock.settimeout(20)
+            head, _ = read_response(sock)
+            results.append((file_id, status_of(head)))
+    except OSError:
+        results.append((file_id, 0))
+
+
+def test_sigterm_lets_every_worker_finish_its_uploads(tmp_path: Path) -> None:
+    """`serve --workers 2`: after SIGTERM each worker finishes the uploads
+    it has (within graceful_timeout, 30 s in hypercorn.toml) and says so.
+    Hypercorn 0.18's own supervisor waited for the first worker to exit and
+    killed the others at once, cutting their uploads (ops/supervisor.py)."""
+    server = start_server(tmp_path / "server", args=["--workers", "2"], serve=True)
+    try:
+        results: list[tuple[str, int]] = []
+        threads = [
+            threading.Thread(target=steady_put, args=(server.port, f"w{i}", results))
+            for i in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(40)
+        for thread in threads:
+            thread.join(30)
+        assert sorted(results) == [(f"w{i}", 201) for i in range(6)], server.log()
+        assert server.process.returncode == 0
+        lines = [json.loads(x) for x in server.log().splitlines() if x.startswith("{")]
+        stopped = [x for x in lines if x.get("message") == "worker stopped"]
+        assert len(stopped) == 2, server.log()
+        assert sum(x["requests_drained"] for x in stopped) >= 6
+        assert_clean_log(server)
+    finally:
+        server.stop()
+
+
 def test_an_early_answer_to_a_client_that_sends_nothing_more_lingers_briefly(
     tmp_path: Path,
 ) -> None:

@@ -61,12 +61,11 @@ def test_quart_internals_streaming_replaces_are_still_there() -> None:
     assert hasattr(Request, "body_class")
 
 
-def test_hypercorn_supervisor_internals_serve_wraps_are_still_there() -> None:
-    import hypercorn.run
-
-    # worker_failures() wraps it to note the exit statuses run() forgets.
-    assert callable(hypercorn.run._join_exited)
-    assert "_join_exited(" in inspect.getsource(hypercorn.run.run)
+def test_hypercorn_worker_functions_the_supervisor_starts_are_still_there() -> None:
+    # ops/supervisor.py starts them as Hypercorn's run() does, by keyword.
+    for worker in (hypercorn_run.asyncio_worker, hypercorn_run.uvloop_worker):
+        params = inspect.signature(worker).parameters
+        assert list(params) == ["config", "sockets", "shutdown_event"]
 
 
 def test_hypercorn_worker_serve_that_watch_worker_wraps_is_still_there() -> None:
