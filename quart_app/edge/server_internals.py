@@ -87,6 +87,10 @@ So, on HTTP/2 connections only (HTTP/1.1 never reaches this code):
   app gets ``http.disconnect``, on which Quart cancels the handler. Its
   send buffer and priority place go; a closed connection lets its apps'
   pending sends finish and never restarts its idle timer.
+- Request body still arriving for a stream that has gone (its app answered
+  early: a 401, a 413) is dropped and its bytes given back to the window.
+  Hypercorn 0.18 fails on it with a KeyError that ends the connection's
+  task, and with it every stream on the connection (pgjones/hypercorn#329).
 
 h2c is off: ``Upgrade: h2c`` is not acted on (answered over HTTP/1.1, as
 RFC 9110 section 7.8 allows) and the prior-knowledge preface gets
@@ -729,33 +733,28 @@ class LimitedH2Protocol(H2Protocol):
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
         passed: list[h2.events.Event] = []
         admitted: set[int] = set()
-        for event in events:
-            if isinstance(event, h2.events.RequestReceived):
-                if not self.context.terminated.is_set():  # else Hypercorn refuses it
-                    if not self._admit(event.stream_id):
-                        self._refuse(event.stream_id)
-                        if self.going_away:
-                            break
-                        continue
-                    admitted.add(event.stream_id)
-            elif isinstance(event, h2.events.DataReceived):
-                if event.stream_id not in self.streams and event.stream_id not in admitted:
-                    # A refused stream's body (parsed with its HEADERS) or
-                    # one still coming after the response: Hypercorn would
-                    # fail on the missing stream; the window wants it back.
-                    self.connection.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
-                    continue
-            elif (
-                isinstance(event, h2.events.StreamReset)
-                and event.stream_id in self.stream_apps
-                and not self.reset_budget.spend()
-            ):
-                self.going_away = True
-                break
-            passed.append(event)
         try:
+            for event in events:
+                if isinstance(event, h2.events.RequestReceived):
+                    if not self.context.terminated.is_set():  # else Hypercorn refuses it
+                        if not self._admit(event.stream_id):
+                            self._refuse(event.stream_id)
+                            if self.going_away:
+                                break
+                            continue
+                        admitted.add(event.stream_id)
+                elif isinstance(event, h2.events.DataReceived):
+                    await self._handle_data(passed, event)
+                    passed = []
+                    continue
+                elif (
+                    isinstance(event, h2.events.StreamReset)
+                    and event.stream_id in self.stream_apps
+                    and not self.reset_budget.spend()
+                ):
+                    self.going_away = True
+                    break
+                passed.append(event)
             await super()._handle_events(passed)
         finally:
             for stream_id in admitted:
@@ -767,6 +766,26 @@ class LimitedH2Protocol(H2Protocol):
                 error_code=ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self.last_admitted
             )
             await self._go_away()
+
+    async def _handle_data(
+        self, before: list[h2.events.Event], event: h2.events.DataReceived
+    ) -> None:
+        """Hypercorn looks a DATA event's stream up when it reaches it and
+        fails if the stream has gone (KeyError out of the connection's task:
+        the connection and all its streams torn down; pgjones/hypercorn#329,
+        unfixed in 0.18). A stream goes when its app has answered, and an
+        app answering early (401, 413) can do so while the events before
+        this one, parsed from the same read, are handled (they await). So
+        those go first, and the stream is looked up right before Hypercorn
+        does, with no await between."""
+        if before:
+            await super()._handle_events(before)
+        if event.stream_id not in self.streams:
+            # A refused stream's body (parsed with its HEADERS) or one still
+            # coming after the response: the window wants it back.
+            self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        await super()._handle_events([event])
 
     def _admit(self, stream_id: int) -> bool:
         if len(self.stream_apps) >= self.config.h2_max_concurrent_streams:

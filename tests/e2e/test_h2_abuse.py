@@ -27,6 +27,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import httpx
 import pytest
@@ -366,6 +367,7 @@ class H2Client:
         )
         self.conn.initiate_connection()
         self.flush()
+        self.closed = False  # the server ended the connection
 
     def flush(self) -> None:
         self.sock.sendall(self.conn.data_to_send())
@@ -403,6 +405,7 @@ class H2Client:
             except TimeoutError:
                 continue
             if not data:
+                self.closed = True
                 break
             events += self.conn.receive_data(data)
             self.flush()
@@ -592,3 +595,102 @@ def test_an_early_answer_asks_the_client_to_stop_sending(
         assert answered(events) == {stream_id: b"404"}
         resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
         assert [(e.stream_id, e.error_code) for e in resets] == [(stream_id, ErrorCodes.NO_ERROR)]
+
+
+# Rounds of streams, and streams of each kind per round, opened at once on
+# one connection by test_early_answers_leave_the_connection_and_others_up.
+EARLY_ANSWER_ROUNDS = 10
+EARLY_ANSWER_STREAMS = 4
+# Bodies go a few KiB per stream per turn, in small DATA frames: many
+# frames parsed from one read, each an await in the server (its app's
+# receive queue holds max_app_queue_size messages), for the app of a stream
+# to answer in between.
+BODY_STEP = 8 * KIB
+BODY_FRAME = 512
+
+
+def test_early_answers_leave_the_connection_and_others_up(
+    h2_server: RunningServer, tls_files: tuple[Path, Path]
+) -> None:
+    """PUTs without a key, each announcing 4 MiB and sending it slowly, are
+    answered 401 before their bodies arrive, while keyed uploads and GETs
+    run beside them on the same connection. DATA parsed from the same read
+    as the 401's stream then reaches a stream that has gone, which
+    Hypercorn 0.18 fails on (KeyError, pgjones/hypercorn#329): the
+    connection's task ends, and the connection is dropped or (here) stuck,
+    with every stream on it. Every stream not refused gets its answer, and
+    the connection stays up."""
+    content = os.urandom(64 * KIB)
+    unread = b"y" * 4 * 1024 * KIB
+    expected: dict[int, bytes] = {}
+    events: list[h2.events.Event] = []
+    with H2Client(h2_server, tls_files[0]) as client:
+        for round_ in range(EARLY_ANSWER_ROUNDS):
+            bodies: dict[int, tuple[bytes, int]] = {}  # stream -> (body, bytes sent)
+            for i in range(EARLY_ANSWER_STREAMS):
+                for name, body, status in (
+                    (f"nokey-{round_}-{i}", unread, b"401"),
+                    (f"h2-{round_}-{i}", content, b"201"),
+                ):
+                    headers = request_headers(h2_server, "PUT", f"/files/{name}")
+                    if status == b"401":
+                        headers = [h for h in headers if h[0] != b"authorization"]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    stream_id = client.conn.get_next_available_stream_id()
+                    client.conn.send_headers(stream_id, headers)
+                    bodies[stream_id], expected[stream_id] = (body, 0), status
+                stream_id = client.conn.get_next_available_stream_id()
+                client.conn.send_headers(
+                    stream_id, request_headers(h2_server, "GET", "/healthz"), end_stream=True
+                )
+                expected[stream_id] = b"200"
+            deadline = time.monotonic() + 20
+            while bodies:  # the first turn goes in the same write as the HEADERS
+                # Unfixed, the connection's task stopped on the KeyError
+                # and the bodies stalled on flow control.
+                assert time.monotonic() < deadline, "bodies still unsent: connection stuck"
+                for stream_id, (body, sent) in list(bodies.items()):
+                    sent = send_step(client.conn, stream_id, body, sent)
+                    if sent < len(body):
+                        bodies[stream_id] = (body, sent)
+                    else:
+                        del bodies[stream_id]
+                client.flush()
+                events += client.events(0.01)
+                assert not client.closed, f"connection dropped in round {round_}"
+            # Every answer in before the next round: the connection idle.
+            while len(answered(events)) + len(refused(events)) < len(expected):
+                assert time.monotonic() < deadline, "answers still missing"
+                events += client.events(0.05)
+                assert not client.closed, f"connection dropped in round {round_}"
+        assert not [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        turned_away = set(refused(events))
+        assert len(turned_away) < len(expected) // 2
+        assert answered(events) == {
+            stream_id: status
+            for stream_id, status in expected.items()
+            if stream_id not in turned_away
+        }
+        again = client.request("GET", "/healthz")
+        assert answered(client.events(1.0)) == {again: b"200"}
+    download = httpx.get(f"{h2_server.url}/files/h2-0-0/content", headers=bearer())
+    assert download.status_code == 200 and download.content == content
+    assert httpx.get(f"{h2_server.url}/files/nokey-0-0", headers=bearer()).status_code == 404
+
+
+def send_step(conn: h2.connection.H2Connection, stream_id: int, body: bytes, sent: int) -> int:
+    """The next BODY_STEP bytes of ``body`` at most (fewer if flow control
+    says so) in BODY_FRAME frames, the last with END_STREAM; the bytes sent
+    so far, all of them once the server has ended the stream."""
+    step_end = min(sent + BODY_STEP, len(body))
+    try:
+        while sent < step_end:
+            room = min(conn.local_flow_control_window(stream_id), BODY_FRAME, step_end - sent)
+            if room <= 0:
+                break
+            end = sent + room
+            conn.send_data(stream_id, body[sent:end], end_stream=end == len(body))
+            sent = end
+    except h2.exceptions.StreamClosedError:  # answered and reset: stop sending
+        return len(body)
+    return sent

@@ -64,9 +64,18 @@ class Connection:
     """A LimitedH2Protocol over no socket."""
 
     def __init__(
-        self, task_group: TaskGroup, app: Any, ssl: bool = True, config: Config | None = None
+        self,
+        task_group: TaskGroup,
+        app: Any,
+        ssl: bool = True,
+        config: Config | None = None,
+        yielding: bool = False,
     ) -> None:
         self.sent: list[Event] = []
+        # Let every other task run when a stream starts, as the real
+        # connection's task can be held up there (by the socket, the app's
+        # full receive queue) in the middle of a read's events.
+        self.yielding = yielding
         self.protocol = LimitedH2Protocol(
             app,
             config or Config(),
@@ -86,6 +95,8 @@ class Connection:
 
     async def _send(self, event: Event) -> None:
         self.sent.append(event)
+        if self.yielding and isinstance(event, Updated):
+            await asyncio.sleep(0.01)
 
     async def start(self) -> None:
         await self.protocol.initiate()
@@ -227,6 +238,13 @@ def test_the_hypercorn_internals_relied_on_are_there() -> None:
     # which is what lets LimitedH2Protocol hand each stream its own app.
     source = inspect.getsource(H2Protocol._create_stream)
     assert source.index("self.app,") < source.index("await ")
+    # LimitedH2Protocol._handle_data checks a DATA event's stream is there,
+    # then hands the event on alone: Hypercorn must look the stream up
+    # before its first await. (Once Hypercorn skips a missing stream itself,
+    # pgjones/hypercorn#329, _handle_data can go.)
+    source = inspect.getsource(H2Protocol._handle_events)
+    data = source[source.index("h2.events.DataReceived") :]
+    assert data.index("await ") == data.index("await self.streams[event.stream_id].handle(")
 
 
 async def test_each_stream_gets_its_own_app_and_gives_its_place_back(
@@ -484,3 +502,36 @@ async def test_a_closed_connection_lets_its_apps_finish_and_stays_closed(
     await settle()
     assert h2_limits.WORKER_STREAMS.running == 0
     assert not [e for e in connection.sent[closed_at:] if isinstance(e, Updated)]
+
+
+async def test_body_still_coming_after_an_early_answer_leaves_the_connection_up(
+    task_group: TaskGroup,
+) -> None:
+    """An app that answers before the body arrived (a 401, a 413) can end
+    its stream while h2 events parsed from the same read are still being
+    handled: DATA for it comes after the stream has gone. Hypercorn 0.18
+    looks the stream up and fails on it (KeyError, pgjones/hypercorn#329),
+    which tore down the connection and every other stream on it."""
+
+    async def early_answer(scope: Any, receive: Any, send: Any, *_: Any) -> None:
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    connection = Connection(task_group, early_answer, yielding=True)
+    await connection.start()
+    put: Headers = [(b":method", b"PUT"), *POST[1:]]
+    # Twice the connection's window in all: it goes through only if the
+    # server gives the bytes nobody read back.
+    for _ in range(10):
+        assert connection.client.outbound_flow_control_window >= 16000
+        (stream_id,) = connection.open(1, put, end_stream=False)
+        for _ in range(4):  # one read: HEADERS, then DATA the app never reads
+            connection.client.send_data(stream_id, b"x" * 4000)
+        await connection.flush()
+        await settle()
+        events = connection.received()
+        assert [e.stream_id for e in events if isinstance(e, h2.events.ResponseReceived)] == [
+            stream_id
+        ]
+        assert not connection.protocol.closed
+    assert h2_limits.WORKER_STREAMS.running == 0
