@@ -106,6 +106,17 @@ def postgres_module_database(postgres: PostgresServer, postgres_template: str) -
 
 
 @pytest.fixture
+def own_postgres_url(postgres: PostgresServer, postgres_template: str) -> Iterator[str]:
+    """A database at head for this test alone (for servers started apart
+    from ``overrides``), dropped afterwards."""
+    name = postgres.create_database(postgres_template)
+    try:
+        yield postgres.url(name)
+    finally:
+        postgres.drop_later(name)
+
+
+@pytest.fixture
 def postgres_url(request: pytest.FixtureRequest, postgres: PostgresServer) -> Iterator[str]:
     """A database for this test alone: its module's, at head with every
     table emptied and every id sequence restarted, as a new SQLite file

@@ -19,6 +19,7 @@ from quart.testing import QuartClient
 from sqlalchemy import select
 
 from devtools.auth import TEST_ADMIN_KEY, KeyedClient, bearer
+from devtools.metrics import FAMILIES
 from devtools.quart_client import as_http_connection
 from quart_app.db.engine import Database
 from quart_app.db.models import ImportJob, utc_now
@@ -255,21 +256,7 @@ async def test_every_family_is_described(app: Quart) -> None:
     client = app.test_client()
     text = await (await client.get("/metrics")).get_data(as_text=True)
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    expected = {
-        "quart_app_http_requests": "counter",
-        "quart_app_http_request_duration_seconds": "histogram",
-        "quart_app_http_received_bytes": "counter",
-        "quart_app_http_sent_bytes": "counter",
-        "quart_app_uploads_in_flight": "gauge",
-        "quart_app_workers": "gauge",
-        "quart_app_resumable_uploads_created": "counter",
-        "quart_app_resumable_uploads_finished": "counter",
-        "quart_app_resumable_uploads_expired": "counter",
-        "quart_app_group_commit_batch_size": "histogram",
-        "quart_app_database_errors": "counter",
-        "quart_app_import_queue_depth": "gauge",
-        "quart_app_import_queue_age_seconds": "gauge",
-    }
+    expected = FAMILIES
     assert {name: families[name].type for name in expected if name in families} == expected
     assert all(families[name].documentation for name in expected)
 

@@ -17,25 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools import PROJECT_ROOT
 from devtools.auth import bearer
+from devtools.metrics import FAMILIES
 from devtools.server import RunningServer, start_server
 
 REQUESTS = 40  # each on a new connection: the kernel spreads them over both workers
 SCRAPES = 6
-FAMILIES = {
-    "quart_app_http_requests": "counter",
-    "quart_app_http_request_duration_seconds": "histogram",
-    "quart_app_http_received_bytes": "counter",
-    "quart_app_http_sent_bytes": "counter",
-    "quart_app_uploads_in_flight": "gauge",
-    "quart_app_workers": "gauge",
-    "quart_app_resumable_uploads_created": "counter",
-    "quart_app_resumable_uploads_finished": "counter",
-    "quart_app_resumable_uploads_expired": "counter",
-    "quart_app_group_commit_batch_size": "histogram",
-    "quart_app_database_errors": "counter",
-    "quart_app_import_queue_depth": "gauge",
-    "quart_app_import_queue_age_seconds": "gauge",
-}
 MISSES = {"name": "quart_app_http_requests_total", "route": "/files/<file_id>", "status": "404"}
 
 

@@ -10,7 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +22,6 @@ from quart.testing import QuartClient
 from devtools import PROJECT_ROOT
 from devtools.app_settings import temp_app_settings
 from devtools.auth import bearer
-from devtools.postgres import PostgresServer
 from devtools.quart_client import as_quart_client
 from devtools.server import start_server
 from quart_app import create_app
@@ -37,22 +36,13 @@ TUS = {"Tus-Resumable": "1.0.0"}
 
 
 @pytest.fixture
-def database_url(postgres: PostgresServer, postgres_template: str) -> Iterator[str]:
-    name = postgres.create_database(postgres_template)
-    try:
-        yield postgres.url(name)
-    finally:
-        postgres.drop_later(name)
-
-
-@pytest.fixture
 async def app(
-    database_url: str, s3_app_env: dict[str, str], tmp_path: Path
+    own_postgres_url: str, s3_app_env: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[Quart]:
     application = create_app(
         {
             **temp_app_settings(tmp_path),
-            "DATABASE_URL": database_url,
+            "DATABASE_URL": own_postgres_url,
             "STORAGE_URL": s3_app_env["QUART_APP_STORAGE_URL"],
             "S3_PART_BYTES": 5 * MiB,
         }
@@ -168,12 +158,12 @@ def run_check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     )  # fmt: skip
 
 
-def app_env(database_url: str, s3_env: dict[str, str], root: Path) -> dict[str, str]:
+def app_env(own_postgres_url: str, s3_env: dict[str, str], root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUART_APP_", "AWS_"))}
     env.update(
         {
             **s3_env,
-            "QUART_APP_DATABASE_URL": database_url,
+            "QUART_APP_DATABASE_URL": own_postgres_url,
             "QUART_APP_INSTANCE_DIR": str(root / "instance"),
             "QUART_APP_STORAGE_DIR": str(root / "uploads"),
             "PYTHONPATH": str(PROJECT_ROOT),
@@ -183,20 +173,20 @@ def app_env(database_url: str, s3_env: dict[str, str], root: Path) -> dict[str, 
 
 
 async def test_the_check_command_and_recovery_after_kill_9(
-    database_url: str, s3_env: dict[str, str], tmp_path: Path
+    own_postgres_url: str, s3_env: dict[str, str], tmp_path: Path
 ) -> None:
     """A real server on PostgreSQL + S3, killed with SIGKILL while a delete
     had moved a blob to trash (as a transaction that never committed
     leaves it); restarted, it puts the blob back. The command reports an
     orphan object and a missing one, repairs the orphan, exit 0 at the end."""
-    shared = {**s3_env, "QUART_APP_DATABASE_URL": database_url}
+    shared = {**s3_env, "QUART_APP_DATABASE_URL": own_postgres_url}
     server = start_server(tmp_path / "server", shared)
     try:
         async with httpx.AsyncClient(base_url=server.url, headers=bearer(), timeout=30) as http:
             for name in ("keep", "gone"):
                 stored = await http.put(f"/files/{name}", content=f"{name} bytes".encode())
                 assert stored.status_code == 201
-        env = app_env(database_url, s3_env, tmp_path / "operator")
+        env = app_env(own_postgres_url, s3_env, tmp_path / "operator")
         clean = run_check(env)
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert "checked 2 file(s)" in clean.stdout and "all is well" in clean.stdout

@@ -25,7 +25,6 @@ import httpx
 import pytest
 
 from devtools.auth import bearer, bearer_line
-from devtools.postgres import PostgresServer
 from devtools.server import RunningServer, start_servers
 
 MiB = 1024 * 1024
@@ -37,21 +36,12 @@ OCTETS = {**TUS, "Content-Type": "application/offset+octet-stream"}
 
 
 @pytest.fixture
-def database_url(postgres: PostgresServer, postgres_template: str) -> Iterator[str]:
-    name = postgres.create_database(postgres_template)
-    try:
-        yield postgres.url(name)
-    finally:
-        postgres.drop_later(name)
-
-
-@pytest.fixture
 def servers(
-    database_url: str, s3_env: dict[str, str], tmp_path: Path
+    own_postgres_url: str, s3_env: dict[str, str], tmp_path: Path
 ) -> Iterator[list[RunningServer]]:
     shared = {
         **s3_env,
-        "QUART_APP_DATABASE_URL": database_url,
+        "QUART_APP_DATABASE_URL": own_postgres_url,
         "QUART_APP_SECRET_KEY": "shared-secret",
         # One origin for all three, as behind a proxy: a stored response
         # replays only to the origin it answered.
@@ -339,7 +329,7 @@ async def fenced_after_sigstop(
 
 
 def test_three_servers_on_postgresql_and_s3(
-    servers: list[RunningServer], database_url: str, s3_env: dict[str, str]
+    servers: list[RunningServer], own_postgres_url: str, s3_env: dict[str, str]
 ) -> None:
     from devtools.seaweed import BUCKET
 
@@ -348,7 +338,7 @@ def test_three_servers_on_postgresql_and_s3(
     async def run() -> RunningServer:
         import aioboto3
 
-        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        connection = await asyncpg.connect(own_postgres_url.replace("+asyncpg", ""))
         session = aioboto3.Session(
             aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
