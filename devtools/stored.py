@@ -1,12 +1,24 @@
-"""What an app or a running server left behind: rows, blobs, temp files."""
+"""What an app or a running server left behind: rows, blobs, temp files.
+
+A test names its store by its storage directory. Under
+``QUART_APP_TEST_STORAGE=s3`` the ``overrides`` fixture registers that
+directory's S3 prefix (:func:`use_s3_for`), and the same functions list the
+prefix's objects instead (blobs/, tmp/, trash/, partial/, publishing/, and
+multipart uploads not completed or aborted), so one assertion holds for
+both stores."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
 from contextlib import closing
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
 
+from botocore.config import Config
+from botocore.session import get_session
 from quart import Quart
 from sqlalchemy import func, select
 
@@ -38,8 +50,91 @@ async def database_rows(app: Quart) -> dict[str, list[tuple[object, ...]]]:
     return tables
 
 
+@dataclass(frozen=True)
+class S3Prefix:
+    """A test's prefix in the run's object store, read synchronously."""
+
+    endpoint: str
+    region: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    prefix: str
+
+    def _client(self) -> Any:
+        return get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def objects(self, folder: str = "") -> dict[str, int]:
+        """Keys (relative to the prefix) under ``folder``, with sizes."""
+        start = f"{self.prefix}/{folder}" if folder else f"{self.prefix}/"
+        found: dict[str, int] = {}
+        client = self._client()
+        try:
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    found[item["Key"][len(self.prefix) + 1 :]] = item["Size"]
+        finally:
+            client.close()
+        return found
+
+    def multipart_uploads(self, folder: str = "") -> list[str]:
+        """Multipart uploads neither completed nor aborted, by key."""
+        start = f"{self.prefix}/{folder}" if folder else f"{self.prefix}/"
+        client = self._client()
+        try:
+            answer = client.list_multipart_uploads(Bucket=self.bucket, Prefix=start)
+        finally:
+            client.close()
+        return sorted(u["Key"][len(self.prefix) + 1 :] for u in answer.get("Uploads", []))
+
+    def names(self, *folders: str) -> list[PurePath]:
+        """Objects and unfinished multipart uploads under these folders."""
+        keys: set[str] = set()
+        for folder in folders:
+            keys.update(self.objects(folder + "/"))
+            keys.update(self.multipart_uploads(folder + "/"))
+        return [PurePosixPath(key) for key in sorted(keys)]
+
+
+_S3_PREFIXES: dict[Path, S3Prefix] = {}
+
+
+def use_s3_for(storage: Path, env: dict[str, str]) -> None:
+    """From now on ``storage`` names this S3 prefix (``Seaweed.env``'s
+    variables) for the functions below."""
+    url = urlsplit(env["QUART_APP_STORAGE_URL"])
+    _S3_PREFIXES[Path(storage)] = S3Prefix(
+        endpoint=env["AWS_ENDPOINT_URL"],
+        region=env["AWS_REGION"],
+        access_key=env["AWS_ACCESS_KEY_ID"],
+        secret_key=env["AWS_SECRET_ACCESS_KEY"],
+        bucket=url.netloc,
+        prefix=url.path.strip("/"),
+    )
+
+
+def s3_prefix(storage: Path) -> S3Prefix | None:
+    """The S3 prefix ``storage`` stands for, or None for a directory."""
+    return _S3_PREFIXES.get(Path(storage))
+
+
 def storage_files(storage: Path) -> dict[str, int]:
-    """Every file under the storage directory, with its size."""
+    """Every file under the storage directory (every object under the
+    prefix, and every unfinished multipart upload, size 0), with its size."""
+    s3 = s3_prefix(storage)
+    if s3 is not None:
+        uploads = {f"multipart:{key}": 0 for key in s3.multipart_uploads()}
+        return {**s3.objects(), **uploads}
     return {
         str(path.relative_to(storage)): path.stat().st_size
         for path in sorted(storage.rglob("*"))
@@ -53,12 +148,30 @@ async def everything_held(app: Quart, storage: Path) -> dict[str, object]:
     return {"rows": await database_rows(app), "files": storage_files(storage)}
 
 
-def blob_files(storage: Path) -> list[Path]:
+def blob_files(storage: Path) -> list[PurePath]:
+    """Published blobs (a path's ``name`` is the sha256)."""
+    s3 = s3_prefix(storage)
+    if s3 is not None:
+        return s3.names("blobs")
     return [p for p in (storage / "blobs").rglob("*") if p.is_file()]
 
 
-def temp_files(storage: Path) -> list[Path]:
+def temp_files(storage: Path) -> list[PurePath]:
+    """Temp files and retired blobs awaiting removal (on S3 also the
+    multipart uploads of temp objects and publishing markers)."""
+    s3 = s3_prefix(storage)
+    if s3 is not None:
+        return s3.names("tmp", "trash", "publishing")
     return [p for d in ("tmp", "trash") for p in (storage / d).iterdir()]
+
+
+def partial_files(storage: Path) -> list[PurePath]:
+    """What resumable uploads hold (on S3 their tails, parts and multipart
+    uploads)."""
+    s3 = s3_prefix(storage)
+    if s3 is not None:
+        return s3.names("partial")
+    return list((storage / "partial").iterdir())
 
 
 async def assert_nothing_stored(app: Quart, storage: Path) -> None:

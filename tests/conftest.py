@@ -9,6 +9,15 @@ tests marked ``postgresql`` (README "Running the tests").
 ``postgresql`` (every test on PostgreSQL instead of SQLite), ``both``
 (every test on both). A test that is about SQLite itself is marked
 ``sqlite_only`` and skipped on PostgreSQL.
+
+The store ``overrides`` names: the local directory, or with
+``QUART_APP_TEST_STORAGE=s3`` a key prefix of the test's own in the run's
+SeaweedFS (devtools/stored.py then inspects that prefix wherever a test
+inspects its storage). A test about the local directory itself (paths,
+permissions, fsync, hard links) is marked ``local_storage_only`` and skipped
+on S3. ``--configured-only`` keeps only the tests that use ``overrides``,
+the ones a configuration changes: devtools/test_matrix.py runs them on
+PostgreSQL + local and PostgreSQL + S3 (README "Running the tests").
 """
 
 from __future__ import annotations
@@ -29,12 +38,44 @@ from devtools.app_settings import temp_app_settings
 from devtools.auth import KeyedClient
 from devtools.postgres import PostgresServer, migrated_template, postgres_server
 from devtools.seaweed import Seaweed, start_seaweed, weed_binary
+from devtools.stored import use_s3_for
 from quart_app.config import load_settings
 from quart_app.db.migrate import upgrade_to_head
 from quart_app.db.models import Base
 from quart_app.services.accounts import operator_id
 
 BACKENDS = ("sqlite", "postgresql")
+STORAGES = ("local", "s3")
+
+
+def chosen_storage() -> str:
+    """``local`` or ``s3``: where ``overrides`` puts a test's blobs."""
+    chosen = os.environ.get("QUART_APP_TEST_STORAGE", "").strip().lower() or "local"
+    if chosen not in STORAGES:
+        raise pytest.UsageError(f"QUART_APP_TEST_STORAGE={chosen!r}: local or s3")
+    return chosen
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--configured-only",
+        action="store_true",
+        help="only the tests a configuration changes (those using the overrides fixture)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    chosen_storage()  # a misspelt QUART_APP_TEST_STORAGE fails the run at once
+    if not config.getoption("--configured-only"):
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        uses = "overrides" in getattr(item, "fixturenames", ())
+        (kept if uses else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _backends(definition: pytest.Function) -> list[str]:
@@ -143,7 +184,15 @@ def overrides(
     tmp_path: Path, database_backend: str, request: pytest.FixtureRequest
 ) -> dict[str, Any]:
     """Settings overrides for a fresh app: a temp database (an SQLite file,
-    or a PostgreSQL database of its own) and temp storage."""
+    or a PostgreSQL database of its own) and temp storage (a directory, or
+    a prefix of its own on S3)."""
+    settings = temp_app_settings(tmp_path)
+    if chosen_storage() == "s3":
+        if request.node.get_closest_marker("local_storage_only") is not None:
+            pytest.skip("about the local storage directory itself")
+        s3 = request.getfixturevalue("s3_app_env")
+        settings["STORAGE_URL"] = s3["QUART_APP_STORAGE_URL"]
+        use_s3_for(settings["STORAGE_DIR"], s3)
     if database_backend == "postgresql":
         database_url: str = request.getfixturevalue("postgres_url")
     else:
@@ -154,7 +203,7 @@ def overrides(
             # schema at head, as a deployed server does after its first start.
             database.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(request.getfixturevalue("sqlite_template"), database)
-    return {**temp_app_settings(tmp_path), "DATABASE_URL": database_url}
+    return {**settings, "DATABASE_URL": database_url}
 
 
 @pytest.fixture(scope="session")

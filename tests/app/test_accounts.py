@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from quart import Quart
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devtools.auth import KeyedClient
@@ -215,7 +216,10 @@ async def test_rows_made_before_accounts_belong_to_the_operator(
     (tmp_path / "instance").mkdir(exist_ok=True)
     engine = create_async_engine(settings.database_url)
     await migrate_to(engine, settings, "0004_idempotency")
-    now = "2026-11-30 12:00:00"
+    # Naive UTC, as the schema keeps times on both dialects; now, so that
+    # the Idempotency-Key record is not yet old enough to be purged.
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+    later = datetime(2099, 1, 1)
     async with engine.begin() as connection:
         for statement in (
             "INSERT INTO users (name, email, created_at) VALUES ('Ada', 'ada@example.com', :t)",
@@ -226,12 +230,11 @@ async def test_rows_made_before_accounts_belong_to_the_operator(
             + "0" * 64
             + "', 'b1', :t, :t)",
             "INSERT INTO uploads (id, length, received, filename, content_type, created_at,"
-            " expires_at) VALUES ('u1', 10, 0, 'u.bin', 'application/octet-stream', :t,"
-            " '2099-01-01 00:00:00')",
+            " expires_at) VALUES ('u1', 10, 0, 'u.bin', 'application/octet-stream', :t, :later)",
             "INSERT INTO idempotency_records (owner, key, created_at)"
             " VALUES ('anonymous', 'k', :t)",
         ):
-            await connection.execute(text(statement), {"t": now})
+            await connection.execute(text(statement), {"t": now, "later": later})
     await engine.dispose()
     app = create_app(overrides)  # migrates to head at startup
     async with app.test_app():
@@ -278,7 +281,9 @@ async def test_the_accounts_migration_goes_down_and_up_again_with_data(
     await migrate_to(engine, settings, "0004_idempotency")
     async with engine.connect() as connection:
         ids = set(await connection.scalars(text("SELECT id FROM files")))
-        columns = [row[1] for row in await connection.execute(text("PRAGMA table_info(files)"))]
+        columns = await connection.run_sync(
+            lambda sync: [column["name"] for column in inspect(sync).get_columns("files")]
+        )
     await engine.dispose()
     assert "kept.txt" in ids and "owner_id" not in columns
     app = create_app(overrides)

@@ -18,6 +18,7 @@ TUS = {"Tus-Resumable": "1.0.0"}
 CHUNK = 64 * 1024
 
 
+@pytest.mark.local_storage_only  # slows the local writer down
 async def test_bytes_queued_when_the_client_hangs_up_are_kept(
     app: Quart, client: QuartClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

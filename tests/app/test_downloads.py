@@ -171,6 +171,7 @@ def blob_path(overrides: dict[str, Any], sha256: str) -> Path:
     return Path(overrides["STORAGE_DIR"]) / "blobs" / sha256[:2] / sha256[2:4] / sha256
 
 
+@pytest.mark.local_storage_only
 async def test_missing_bytes_are_503_before_any_body(
     client: QuartClient, overrides: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -198,6 +199,7 @@ async def test_missing_bytes_are_503_before_any_body(
     assert missing[0].__dict__["sha256"] == body["sha256"]
 
 
+@pytest.mark.local_storage_only
 async def test_bytes_of_the_wrong_size_are_503(
     client: QuartClient, overrides: dict[str, Any]
 ) -> None:

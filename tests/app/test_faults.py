@@ -67,6 +67,7 @@ async def test_a_commit_into_a_file_deleted_meanwhile_is_not_acknowledged(app: Q
     assert isinstance(database_fault(raised.value), DatabaseUnavailable)
 
 
+@pytest.mark.local_storage_only
 async def test_storage_that_cannot_be_written_is_503_and_leaves_nothing(
     app: Quart, client: QuartClient, overrides: dict[str, Any]
 ) -> None:

@@ -300,6 +300,7 @@ async def test_a_1000_character_filename_is_400(
     await assert_nothing_stored(app, storage)
 
 
+@pytest.mark.local_storage_only
 async def test_disk_full_is_507_and_leaves_nothing(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:
@@ -376,6 +377,7 @@ async def upload_then_hang_up(app: Quart, body: bytes, hang_up_at: int) -> None:
         await conn.disconnect()
 
 
+@pytest.mark.sqlite_only  # batches wait on this process's write lock
 async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_file(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:

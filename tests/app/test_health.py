@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from quart import Quart
 from quart.testing import QuartClient
 
@@ -25,6 +26,7 @@ async def test_readyz_when_all_is_well(client: QuartClient) -> None:
     assert await response.get_json() == {"status": "ready"}
 
 
+@pytest.mark.local_storage_only
 async def test_readyz_503_when_storage_is_not_writable(
     app: Quart, client: QuartClient, overrides: dict[str, Any]
 ) -> None:

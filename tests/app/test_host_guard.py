@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from werkzeug.datastructures import Headers
 
 from devtools.malformed_hosts import MALFORMED
 from devtools.quart_client import as_http_connection, as_quart_client
-from devtools.stored import count_rows
+from devtools.stored import count_rows, temp_files
 from quart_app import create_app
 from quart_app.config import ConfigError
 from quart_app.db.models import User
@@ -160,4 +159,4 @@ async def test_an_upload_to_a_refused_host_is_not_read_and_leaves_nothing(
         body = await connection.receive()  # no body sent: answered from the head
     assert connection.status_code == 400
     assert json.loads(body)["type"] == "urn:quart-app:problem:host-not-allowed"
-    assert list((Path(overrides["STORAGE_DIR"]) / "tmp").iterdir()) == []
+    assert temp_files(overrides["STORAGE_DIR"]) == []

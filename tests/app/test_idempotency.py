@@ -14,7 +14,7 @@ from quart.testing import QuartClient
 
 from devtools.form_data import multipart, multipart_headers, part
 from devtools.quart_client import as_http_connection, as_quart_client
-from devtools.stored import blob_files, count_rows
+from devtools.stored import blob_files, count_rows, temp_files
 from quart_app.db.models import Blob, File, IdempotencyRecord, Upload, User, utc_now
 from quart_app.services.idempotency import purge_expired
 from quart_app.state import app_state
@@ -105,7 +105,7 @@ async def test_upload_replay_consumes_the_body_and_stores_no_second_blob(
     assert await count_rows(app, Blob) == 1
     storage = Path(overrides["STORAGE_DIR"])
     assert len(blob_files(storage)) == 1
-    assert list((storage / "tmp").iterdir()) == []
+    assert temp_files(storage) == []
     changed = multipart(part("file", data[:-1] + b"!", "a.bin"))
     other = await client.post("/files", data=changed, headers={**multipart_headers(), **KEY})
     assert other.status_code == 422

@@ -233,6 +233,7 @@ async def make_representative_rows(app: Quart) -> dict[str, bytes]:
     return sent
 
 
+@pytest.mark.local_storage_only
 @pytest.mark.own_database
 async def test_every_migration_goes_down_and_up_again_with_data(
     overrides: dict[str, Any],
@@ -342,6 +343,7 @@ async def test_migrate_to_refuses_what_the_older_schema_cannot_hold(
     assert f"* {head}" in capsys.readouterr().out
 
 
+@pytest.mark.local_storage_only
 @pytest.mark.own_database
 async def test_undoing_inline_blobs_without_moving_them_refuses(overrides: dict[str, Any]) -> None:
     """Alembic alone (not `migrate --to`, which moves them first) refuses

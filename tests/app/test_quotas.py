@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from devtools.auth import TEST_ADMIN_KEY, KeyedClient
 from devtools.form_data import multipart, multipart_headers, part
 from devtools.quart_client import as_http_connection
-from devtools.stored import blob_files, count_rows, temp_files
+from devtools.stored import blob_files, count_rows, partial_files, temp_files
 from quart_app import create_app
 from quart_app.db.models import File, QuotaReservation, Upload, utc_now
 from quart_app.errors import QuotaExceeded
@@ -402,7 +402,7 @@ async def test_tus_upload_length_reserves_room_at_creation(
     client.key = key
     await assert_refused(await create_upload(client, **{"Upload-Length": "1001"}), "bytes")
     assert await count_rows(app, Upload) == 0
-    assert list((overrides["STORAGE_DIR"]).rglob("partial*/*")) == []
+    assert partial_files(overrides["STORAGE_DIR"]) == []
     first = await create_upload(client, **{"Upload-Length": "600"})
     assert first.status_code == 201
     # the first holds 600 until it ends: 500 more do not fit

@@ -155,7 +155,9 @@ async def test_a_worker_logs_one_line_when_it_starts_and_one_when_it_stops(
     started, stopped = lines
     assert started["version"] == version("quart_app")
     assert started["pid"] == stopped["pid"] == os.getpid()
-    assert (started["database"], started["storage"]) == ("sqlite", "local")
+    database = "postgresql" if overrides["DATABASE_URL"].startswith("postgresql") else "sqlite"
+    storage = "s3" if overrides.get("STORAGE_URL") else "local"
+    assert (started["database"], started["storage"]) == (database, storage)
     assert started["schema_revision"]
     # Under the test app there is no Hypercorn: no bind, no signal.
     assert started["bind"] is None and started["workers"] is None

@@ -10,6 +10,7 @@ from typing import Any
 from quart import Quart
 
 from devtools.quart_client import as_http_connection, as_quart_client
+from devtools.stored import temp_files
 from quart_app import create_app
 from quart_app.edge.bodies import BoundedBody
 from quart_app.edge.server_internals import BackPressureHTTPConnection
@@ -46,7 +47,7 @@ async def test_chunked_body_over_the_limit_is_413_as_it_passes(
         assert connection.status_code == 413
         assert connection.headers is not None
         assert connection.headers["Content-Type"] == "application/problem+json"
-    assert list((overrides["STORAGE_DIR"] / "tmp").iterdir()) == []
+    assert temp_files(overrides["STORAGE_DIR"]) == []
 
 
 async def test_upload_idle_timeout_is_408_and_leaves_nothing(overrides: dict[str, Any]) -> None:
@@ -61,7 +62,7 @@ async def test_upload_idle_timeout_is_408_and_leaves_nothing(overrides: dict[str
             await connection.send_complete()
             await connection.receive()
         assert connection.status_code == 408
-    assert list((overrides["STORAGE_DIR"] / "tmp").iterdir()) == []
+    assert temp_files(overrides["STORAGE_DIR"]) == []
 
 
 async def test_whole_body_deadline_is_408_even_for_a_steady_trickle(

@@ -158,6 +158,7 @@ async def test_a_patch_waiting_for_the_lease_sees_the_offset_move(servers: list[
     assert await content(client_of(first_app), url) == b"0123456789ABCDEFGHIJ"
 
 
+@pytest.mark.local_storage_only
 async def test_a_patch_whose_lease_was_taken_over_commits_nothing(servers: list[Quart]) -> None:
     """The first server's renewals stop holding (here: its lease is made to
     run out in the database, as when its process stalls past it); the

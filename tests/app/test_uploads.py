@@ -14,7 +14,7 @@ from quart import Quart, Response
 from quart.testing import QuartClient
 
 from devtools.quart_client import as_http_connection, as_quart_client
-from devtools.stored import count_rows
+from devtools.stored import count_rows, partial_files
 from quart_app import create_app
 from quart_app.db.models import File, Upload
 from quart_app.state import app_state
@@ -146,7 +146,7 @@ async def test_a_patch_at_the_end_of_a_completed_upload(
     assert (await head(client, url)).headers["Upload-Offset"] == "5"
     assert await (await client.get(f"/files/{upload_id}/content")).get_data() == b"hello"
     assert await count_rows(app, File) == 1
-    assert list((Path(overrides["STORAGE_DIR"]) / "partial").iterdir()) == []
+    assert partial_files(overrides["STORAGE_DIR"]) == []
 
 
 async def test_head_reports_offset_length_metadata_no_store(client: QuartClient) -> None:
@@ -210,6 +210,7 @@ async def test_creation_errors(overrides: dict[str, Any]) -> None:
         assert await count_rows(app, Upload) == 0
 
 
+@pytest.mark.local_storage_only
 async def test_patch_errors_change_nothing(client: QuartClient, overrides: dict[str, Any]) -> None:
     url = await create(client, 10)
     await patch(client, url, 0, b"12345")
@@ -225,6 +226,7 @@ async def test_patch_errors_change_nothing(client: QuartClient, overrides: dict[
     assert partial_size(overrides, url) == 5
 
 
+@pytest.mark.local_storage_only
 async def test_checksum_mismatch_is_460_and_keeps_the_offset(
     client: QuartClient, overrides: dict[str, Any]
 ) -> None:
@@ -249,7 +251,7 @@ async def test_termination(app: Quart, client: QuartClient, overrides: dict[str,
     await patch(client, url, 0, b"abc")
     assert (await client.delete(url, headers=TUS)).status_code == 204
     assert (await head(client, url)).status_code == 404
-    assert list((Path(overrides["STORAGE_DIR"]) / "partial").iterdir()) == []
+    assert partial_files(overrides["STORAGE_DIR"]) == []
     assert await count_rows(app, Upload) == 0
 
 
@@ -271,7 +273,7 @@ async def test_expiry_answers_410_and_the_sweep_removes_the_bytes(
         removed = await sweep_expired(app_state(app).database, app_state(app).store, utc_now())
         assert removed == 2
         assert (await head(client, url)).status_code == 404
-        assert list((Path(overrides["STORAGE_DIR"]) / "partial").iterdir()) == []
+        assert partial_files(overrides["STORAGE_DIR"]) == []
         # The completed upload's file outlives the upload.
         assert (await client.get(f"/files/{done.rsplit('/', 1)[1]}")).status_code == 200
 
@@ -292,6 +294,7 @@ async def test_two_patches_at_once_one_gets_423(client: QuartClient) -> None:
     assert (await head(client, url)).headers["Upload-Offset"] == "10"
 
 
+@pytest.mark.local_storage_only
 async def test_bytes_past_the_offset_from_a_crash_are_cut_off(
     client: QuartClient, overrides: dict[str, Any]
 ) -> None:
@@ -328,7 +331,7 @@ async def test_identical_content_shares_the_blob(app: Quart, client: QuartClient
 
     assert await count_rows(app, Blob) == 1
     assert await count_rows(app, File) == 2
-    assert list((Path(app_state(app).settings.STORAGE_DIR) / "partial").iterdir()) == []
+    assert partial_files(app_state(app).settings.STORAGE_DIR) == []
 
 
 async def test_method_override(client: QuartClient) -> None:
@@ -380,4 +383,4 @@ async def test_the_background_sweep_runs_by_itself(overrides: dict[str, Any]) ->
                 break
         assert await count_rows(app, Upload) == 0
         assert (await head(client, url)).status_code == 404
-        assert list((Path(overrides["STORAGE_DIR"]) / "partial").iterdir()) == []
+        assert partial_files(overrides["STORAGE_DIR"]) == []

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import httpx
@@ -75,7 +75,7 @@ def assert_retry_later(
     assert elapsed < TIMEOUT + 1, f"answered after {elapsed:.2f} s"
 
 
-def part_files(server: RunningServer) -> list[Path]:
+def part_files(server: RunningServer) -> list[PurePath]:
     return [p for p in temp_files(server.storage_dir) if p.name.endswith(".part")]
 
 

