@@ -48,8 +48,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The whole suite on SQLite + local disk, and what a configuration changes on
+# PostgreSQL + local disk and PostgreSQL + S3 where those can run, each with
+# a status line (devtools/test_matrix.py, README "Running the tests").
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/python -m devtools.test_matrix
 
 # The browser page's tests drive Debian's Chromium (tests/e2e/test_page.py;
 # never `playwright install`, which downloads a browser). Installed here when
