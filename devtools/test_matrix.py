@@ -49,18 +49,20 @@ class Configuration:
     needs: list[str] = field(default_factory=list)
 
 
+# The unit and app tiers on every core (pyproject's addopts: -n auto); the
+# e2e tier, and the two runs beside it, in one process each (-n 0).
 CONFIGURATIONS = [
-    Configuration("SQLite + local disk", {}, [["-m", "not e2e"], ["-m", "e2e"]]),
+    Configuration("SQLite + local disk", {}, [["-m", "not e2e"], ["-m", "e2e", "-n", "0"]]),
     Configuration(
         "PostgreSQL + local disk",
         {"QUART_APP_TEST_DATABASE": "postgresql", "QUART_APP_TEST_STORAGE": "local"},
-        [["-m", "not e2e and not postgresql", *CONFIGURED]],
+        [["-m", "not e2e and not postgresql", "-n", "0", *CONFIGURED]],
         ["postgresql"],
     ),
     Configuration(
         "PostgreSQL + S3",
         {"QUART_APP_TEST_DATABASE": "postgresql", "QUART_APP_TEST_STORAGE": "s3"},
-        [["-m", "not e2e", *CONFIGURED]],
+        [["-m", "not e2e", "-n", "0", *CONFIGURED]],
         ["postgresql", "s3"],
     ),
 ]
@@ -99,17 +101,15 @@ class Run:
     configuration: Configuration
     process: subprocess.Popen[bytes]
     log: Path
-    started: float
 
     def result(self) -> tuple[bool, str, str]:
-        """Passed, pytest's summary line with the time taken, the output."""
+        """Passed, pytest's summary line (with the time it took), the output."""
         code = self.process.wait()
         output = self.log.read_text(errors="replace")
-        took = time.monotonic() - self.started
         # 5: every test deselected or skipped: nothing failed.
         passed = code in (0, 5)
-        word = "" if passed else f"FAILED (pytest exit {code}): "
-        return passed, f"{word}{summary(output)} ({took / 60:.1f} min)", output
+        word = "" if passed else f"pytest exit {code}: "
+        return passed, f"{word}{summary(output)}", output
 
 
 def status(configuration: Configuration, runs: list[Run]) -> tuple[bool, str]:
@@ -142,7 +142,7 @@ def start(configuration: Configuration, step: int, logs: Path, quiet: bool) -> R
             cwd=PROJECT_ROOT,
             env=env,
         )
-    return Run(configuration, process, log, time.monotonic())
+    return Run(configuration, process, log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [c for c in CONFIGURATIONS if options.only in (None, c.name)]
     if not chosen:
         parser.error(f"--only: one of {', '.join(c.name for c in CONFIGURATIONS)}")
+    began = time.monotonic()
     lines: dict[str, str] = {}  # status lines, printed in CONFIGURATIONS' order
     runnable: list[Configuration] = []
     for configuration in chosen:
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             passed, line = status(configuration, runs[configuration.name])
             failed |= not passed
             lines[configuration.name] = line
-    print("\n== configurations")
+    print(f"\n== configurations (all in {(time.monotonic() - began) / 60:.1f} min)")
     for configuration in chosen:
         print(f"== {lines[configuration.name]}")
     return 1 if failed else 0

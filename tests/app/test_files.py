@@ -377,7 +377,7 @@ async def upload_then_hang_up(app: Quart, body: bytes, hang_up_at: int) -> None:
         await conn.disconnect()
 
 
-@pytest.mark.sqlite_only  # batches wait on this process's write lock
+@pytest.mark.sqlite_only  # writes wait on this process's write lock
 async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_file(
     app: Quart, client: QuartClient, storage: Path
 ) -> None:
@@ -401,6 +401,7 @@ async def test_a_client_hanging_up_neither_fails_its_group_commit_nor_loses_its_
     assert temp_files(storage) == []
 
 
+@pytest.mark.sqlite_only  # writes wait on this process's write lock
 @pytest.mark.parametrize("request_kind", ["put", "batch"])
 async def test_a_client_hanging_up_during_its_commit_leaves_it_to_finish(
     app: Quart, storage: Path, request_kind: str
@@ -436,6 +437,7 @@ async def test_a_client_hanging_up_during_its_commit_leaves_it_to_finish(
     assert temp_files(storage) == []
 
 
+@pytest.mark.sqlite_only  # writes wait on this process's write lock
 async def test_shutdown_lets_the_group_commit_in_flight_finish(
     overrides: dict[str, Any], storage: Path
 ) -> None:
@@ -456,6 +458,7 @@ async def test_shutdown_lets_the_group_commit_in_flight_finish(
     assert temp_files(storage) == []
 
 
+@pytest.mark.sqlite_only  # writes wait on this process's write lock
 async def test_shutdown_lets_a_commit_whose_client_hung_up_finish(
     overrides: dict[str, Any], storage: Path
 ) -> None:

@@ -23,6 +23,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(TIER):
             item.add_marker(pytest.mark.e2e)
+            # Under pytest-xdist (addopts: -n auto) every e2e test goes to
+            # one worker, one after the other: their budgets (/healthz under
+            # 1 s during a flood, a smoke bench) assume no other e2e beside.
+            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 # Each phase's report, kept on the test item: a fixture's teardown reads it
