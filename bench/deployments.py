@@ -143,7 +143,7 @@ class Deployments:
             if count == 1:
                 servers = [start_ours(self.root / key, extra_env=env)]
             else:
-                roots = [self.root / f"{key}-{i}" for i in range(1, count + 1)]
+                roots = [self.root / key / f"server-{i}" for i in range(1, count + 1)]
                 servers = start_ours_together(roots, extra_env=env)
             with running(servers):
                 found = self.deployments[key] = {
@@ -209,13 +209,20 @@ class Deployments:
         # Requests in flight when wrk stops commit but are not counted: rows
         # may exceed the 201s by at most the number of connections.
         figures["rows"] = float(rows() - before)
-        self.log(f"  {servers[0].root.name} x{len(servers)}: POST /users {figures}")
+        self.log(f"  {label(servers)}: POST /users {figures}")
         return figures
 
     def small_files(self, servers: list[Server]) -> dict[str, float]:
         figures = self.load(servers, "/files", "small_files.lua", SMALL_CONNECTIONS, admin=False)
-        self.log(f"  {servers[0].root.name} x{len(servers)}: 4 KiB uploads {figures}")
+        self.log(f"  {label(servers)}: 4 KiB uploads {figures}")
         return figures
+
+
+def label(servers: list[Server]) -> str:
+    """The deployment's name: its root's, or the parent of its servers' roots."""
+    if len(servers) == 1:
+        return servers[0].root.name
+    return f"{servers[0].root.parent.name}, {len(servers)} servers"
 
 
 def ratios(deployments: dict[str, Any]) -> dict[str, float | None]:
