@@ -92,6 +92,20 @@ class PostgresServer:
         finally:
             self.drop_database(name)
 
+    def settings(self, *names: str) -> dict[str, str]:
+        """``SHOW`` of each setting named (fsync, synchronous_commit...)."""
+
+        async def show() -> dict[str, str]:
+            connection = await asyncpg.connect(
+                host=self.host, port=self.port, user=self.user, database="postgres", timeout=10
+            )
+            try:
+                return {name: str(await connection.fetchval(f"SHOW {name}")) for name in names}
+            finally:
+                await connection.close()
+
+        return run_in_thread(show())
+
     def count_rows(self, database: str, table: str) -> int:
         """The number of rows in one table of ``database``."""
 
