@@ -73,6 +73,7 @@ class Deployments:
         self.sha256 = sha256_of(self.file)
         self.deployments: dict[str, dict[str, Any] | None] = {k: None for k, _ in DEPLOYMENTS}
         self.skipped: dict[str, str] = {}
+        self.postgresql: dict[str, str] | None = None
         self.started = time.monotonic()
 
     def log(self, text: str) -> None:
@@ -107,7 +108,11 @@ class Deployments:
                     for count in (1, SCALED_SERVERS):
                         env = seaweed.env(f"bench-{secrets.token_hex(4)}")
                         self.on_postgresql(postgres, f"postgresql_s3_{count}", count, env)
-        return {"deployments": self.deployments, "skipped": self.skipped}
+        return {
+            "deployments": self.deployments,
+            "postgresql": self.postgresql,
+            "skipped": self.skipped,
+        }
 
     def seaweed(self, stack: ExitStack) -> Seaweed | None:
         if weed_binary() is None:
@@ -125,11 +130,16 @@ class Deployments:
     def postgres(self, stack: ExitStack) -> PostgresServer | None:
         try:
             server = stack.enter_context(postgres_server())
-            server.run("SELECT 1")
+            # Durability as deployed or not (a throwaway cluster runs with
+            # fsync off): the figures depend on it.
+            self.postgresql = {
+                "server": f"{server.host}:{server.port}",
+                **server.settings("server_version", "fsync", "synchronous_commit"),
+            }
         except Exception as error:  # no server, no binaries, refused: say which
             self.skip("postgresql", f"no PostgreSQL: {str(error)[:300]}")
             return None
-        self.log(f"PostgreSQL at {server.host}:{server.port}")
+        self.log(f"PostgreSQL: {self.postgresql}")
         return server
 
     def on_postgresql(
