@@ -96,7 +96,9 @@ class Deployments:
                 found = self.deployments["sqlite_local"] = {"upload": self.uploads(local)}
                 if wrk:
                     database = local.root / "instance" / "db.sqlite3"
-                    found["create"] = self.creates([local], lambda: measure.rows(database, "users"))
+                    found["create"] = self.creates(
+                        "sqlite_local", [local], lambda: measure.rows(database, "users")
+                    )
             if seaweed is not None:
                 env = seaweed.env(f"bench-{secrets.token_hex(4)}")
                 with running([start_ours(self.root / "sqlite-s3", extra_env=env)]) as [on_s3]:
@@ -150,18 +152,16 @@ class Deployments:
         with postgres.temporary_database() as name:
             self.log(f"{key}: {count} server(s) on database {name}")
             env = {**extra_env, "QUART_APP_DATABASE_URL": postgres.url(name)}
-            if count == 1:
-                servers = [start_ours(self.root / key, extra_env=env)]
-            else:
-                roots = [self.root / key / f"server-{i}" for i in range(1, count + 1)]
-                servers = start_ours_together(roots, extra_env=env)
-            with running(servers):
+            roots = [self.root / key / f"server-{i}" for i in range(1, count + 1)]
+            with running(start_ours_together(roots, extra_env=env)) as servers:
                 found = self.deployments[key] = {
                     "servers": count,
-                    "create": self.creates(servers, lambda: postgres.count_rows(name, "users")),
+                    "create": self.creates(
+                        key, servers, lambda: postgres.count_rows(name, "users")
+                    ),
                 }
                 if "QUART_APP_STORAGE_URL" in extra_env:
-                    found["small_files"] = self.small_files(servers)
+                    found["small_files"] = self.small_files(key, servers)
 
     def uploads(self, server: Server) -> dict[str, Any]:
         figures: dict[str, Any] = {}
@@ -184,7 +184,7 @@ class Deployments:
                 "mb_s": spread(speeds),
                 "worker_peak_rss_mib": round(max(peaks), 1),
             }
-            self.log(f"  {server.root.name:14} {how:9} {figures[how]['mb_s']} MB/s")
+            self.log(f"  {server.root.name:16} {how:9} {figures[how]['mb_s']} MB/s")
         return figures
 
     def load(
@@ -213,26 +213,19 @@ class Deployments:
             figures["created"] = sum(r["created"] for r in runs)
         return figures
 
-    def creates(self, servers: list[Server], rows: Callable[[], int]) -> dict[str, float]:
+    def creates(self, key: str, servers: list[Server], rows: Callable[[], int]) -> dict[str, float]:
         before = rows()
         figures = self.load(servers, "/users", "post_users.lua", CREATE_CONNECTIONS, admin=True)
         # Requests in flight when wrk stops commit but are not counted: rows
         # may exceed the 201s by at most the number of connections.
         figures["rows"] = float(rows() - before)
-        self.log(f"  {label(servers)}: POST /users {figures}")
+        self.log(f"  {key}: POST /users {figures}")
         return figures
 
-    def small_files(self, servers: list[Server]) -> dict[str, float]:
+    def small_files(self, key: str, servers: list[Server]) -> dict[str, float]:
         figures = self.load(servers, "/files", "small_files.lua", SMALL_CONNECTIONS, admin=False)
-        self.log(f"  {label(servers)}: 4 KiB uploads {figures}")
+        self.log(f"  {key}: 4 KiB uploads {figures}")
         return figures
-
-
-def label(servers: list[Server]) -> str:
-    """The deployment's name: its root's, or the parent of its servers' roots."""
-    if len(servers) == 1:
-        return servers[0].root.name
-    return f"{servers[0].root.parent.name}, {len(servers)} servers"
 
 
 def ratios(deployments: dict[str, Any]) -> dict[str, float | None]:
