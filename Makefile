@@ -86,6 +86,7 @@ bench: $(STAMP)
 		|| echo "wrk could not be installed: the load figures will be skipped"
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 	$(BIN)/python -m bench.imports $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.deployments $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -7,6 +7,8 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,16 +90,20 @@ def _wait_ready(server: Server, path: str) -> Server:
     raise RuntimeError(f"{server.name} did not start")
 
 
-def _spawn(name: str, root: Path, argv: list[str], env: dict[str, str], ready: str) -> Server:
+def _launch(name: str, root: Path, argv: list[str], env: dict[str, str], port: int) -> Server:
+    """Start the process; not waited for."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
     environment = {**os.environ, **env, "PYTHONPATH": str(PROJECT_ROOT)}
     with (root / "server.log").open("ab") as log:
         process = subprocess.Popen(
             argv, cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT
         )
-    return _wait_ready(Server(name, root, port, process), ready)
+    return Server(name, root, port, process)
+
+
+def _spawn(name: str, root: Path, argv: list[str], env: dict[str, str], ready: str) -> Server:
+    return _wait_ready(_launch(name, root, argv, env, free_port()), ready)
 
 
 def hypercorn(*args: str) -> list[str]:
@@ -117,36 +123,81 @@ def start_ours(
     path a deployment's clients take: the key cache, not the environment
     key's comparison. ``extra_args`` / ``extra_env``: Hypercorn arguments and
     settings for A/B runs."""
+    return start_ours_together([root], extra_args, extra_env, app)[0]
+
+
+def start_ours_together(
+    roots: list[Path],
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+    app: str = "quart_app:create_app()",
+) -> list[Server]:
+    """One quart_app server per root, as several servers are deployed
+    (README "PostgreSQL and several servers"): one database and one storage,
+    which ``extra_env`` must name when there are several, one admin key and
+    one secret key; the schema migrated once, then every server started at
+    the same moment, each on its own port. The keys (start_ours) live in
+    the shared database, so every server takes them."""
     admin_key = "qa_bench-admin-" + secrets.token_urlsafe(24)
-    env = {
-        "QUART_APP_STORAGE_DIR": str(root / "uploads"),
-        "QUART_APP_INSTANCE_DIR": str(root / "instance"),
-        "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
-        "QUART_APP_ADMIN_KEY": admin_key,
-        **(extra_env or {}),
-    }
+    shared = {"QUART_APP_ADMIN_KEY": admin_key, **(extra_env or {})}
+    if len(roots) > 1:
+        if "QUART_APP_DATABASE_URL" not in shared or not (
+            {"QUART_APP_STORAGE_URL", "QUART_APP_STORAGE_DIR"} & shared.keys()
+        ):
+            raise ValueError("several servers need one database and one storage in extra_env")
+        # A paging cursor signed by one server is then good at any other.
+        shared.setdefault("QUART_APP_SECRET_KEY", secrets.token_urlsafe(32))
+    envs = [
+        {
+            "QUART_APP_STORAGE_DIR": str(root / "uploads"),
+            "QUART_APP_INSTANCE_DIR": str(root / "instance"),
+            "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
+            **shared,
+        }
+        for root in roots
+    ]
     # As deployed: the schema migrated first (so workers never load Alembic,
     # ~9 MiB each), then the project's own hypercorn.toml, access logs and all.
-    root.mkdir(parents=True, exist_ok=True)
+    for root in roots:
+        root.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "quart_app", "migrate"],
-        env={**os.environ, **env, "PYTHONPATH": str(PROJECT_ROOT)},
-        cwd=root, check=True, capture_output=True,
+        env={**os.environ, **envs[0], "PYTHONPATH": str(PROJECT_ROOT)},
+        cwd=roots[0], check=True, capture_output=True,
     )  # fmt: skip
     argv = hypercorn(
         "-c", str(PROJECT_ROOT / "hypercorn.toml"), "--bind", "127.0.0.1:{port}",
         *extra_args, app,
     )  # fmt: skip
-    server = _spawn("quart_app", root, argv, env, "/healthz")
+    servers: list[Server] = []
     try:
-        _, user_key = create_user_key(server.url, ("read", "write"), admin_key)
-        operator_key = create_operator_key(server.url, admin_key)
+        for index, (root, env) in enumerate(zip(roots, envs, strict=True)):
+            name = "quart_app" if len(roots) == 1 else f"quart_app #{index + 1}"
+            servers.append(_launch(name, root, argv, env, free_port()))
+        for server in servers:
+            _wait_ready(server, "/healthz")
+        _, user_key = create_user_key(servers[0].url, ("read", "write"), admin_key)
+        operator_key = create_operator_key(servers[0].url, admin_key)
     except BaseException:
-        server.stop()
+        for server in servers:
+            server.stop()
         raise
-    server.headers = bearer(user_key)
-    server.admin_headers = bearer(operator_key)
-    return server
+    for server in servers:
+        server.headers = bearer(user_key)
+        server.admin_headers = bearer(operator_key)
+    return servers
+
+
+@contextmanager
+def running(servers: list[Server]) -> Iterator[list[Server]]:
+    """``with running(start_ours_together(...)) as servers:``, or
+    ``with running([start_ours(...)]) as [server]:``: every one stopped at
+    the end, whatever happened."""
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def create_operator_key(url: str, admin_key: str) -> str:

@@ -82,6 +82,45 @@ class PostgresServer:
         self.run(f'CREATE DATABASE "{name}" TEMPLATE "{template or "template0"}"')
         return name
 
+    @contextmanager
+    def temporary_database(self, template: str | None = None) -> Iterator[str]:
+        """``create_database``, dropped at the end of the block (connections
+        still open to it are ended); yields its name."""
+        name = self.create_database(template)
+        try:
+            yield name
+        finally:
+            self.drop_database(name)
+
+    def settings(self, *names: str) -> dict[str, str]:
+        """``SHOW`` of each setting named (fsync, synchronous_commit...)."""
+
+        async def show() -> dict[str, str]:
+            connection = await asyncpg.connect(
+                host=self.host, port=self.port, user=self.user, database="postgres", timeout=10
+            )
+            try:
+                return {name: str(await connection.fetchval(f"SHOW {name}")) for name in names}
+            finally:
+                await connection.close()
+
+        return run_in_thread(show())
+
+    def count_rows(self, database: str, table: str) -> int:
+        """The number of rows in one table of ``database``."""
+
+        async def count() -> int:
+            connection = await asyncpg.connect(
+                host=self.host, port=self.port, user=self.user, database=database, timeout=10
+            )
+            try:
+                found: int = await connection.fetchval(f'SELECT count(*) FROM "{table}"')
+            finally:
+                await connection.close()
+            return found
+
+        return run_in_thread(count())
+
     def empty_tables(self, database: str, tables: list[str]) -> None:
         """Empty these tables of ``database`` and restart their id sequences."""
         names = ", ".join(f'"{table}"' for table in tables)

@@ -1,6 +1,15 @@
 -- POST /users with a unique email per request; counts the 201s.
 -- The API key comes from wrk -H (bench/measure.py): wrk.format uses
 -- wrk.headers, which holds it; init only adds Content-Type.
+-- Seeded from /dev/urandom, not the clock: wrks started in the same second
+-- (one per server, bench/deployments.py) would otherwise send the same emails.
+local function urandom_seed()
+  local source = io.open("/dev/urandom", "rb")
+  local a, b, c, d = source:read(4):byte(1, 4)
+  source:close()
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+
 -- Globals, not locals: done() reads them from each thread with thread:get.
 counter = 0
 created = 0
@@ -8,7 +17,7 @@ threads = {}
 
 function setup(thread)
   thread:set("id", #threads)
-  thread:set("seed", os.time() + #threads)
+  thread:set("seed", urandom_seed())
   table.insert(threads, thread)
 end
 

@@ -8,6 +8,14 @@ local head = "--" .. boundary .. "\r\n" ..
   'Content-Disposition: form-data; name="file"; filename="small.bin"\r\n' ..
   "Content-Type: application/octet-stream\r\n\r\n"
 local tail = "\r\n--" .. boundary .. "--\r\n"
+-- Seeded from /dev/urandom, not the clock: wrks started in the same second
+-- (one per server, bench/deployments.py) would otherwise send the same bytes.
+local function urandom_seed()
+  local source = io.open("/dev/urandom", "rb")
+  local a, b, c, d = source:read(4):byte(1, 4)
+  source:close()
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
 local threads = 0
 local counter = 0
 
@@ -17,7 +25,7 @@ function setup(thread)
 end
 
 function init(args)
-  math.randomseed(os.time() * 1000 + thread_id)
+  math.randomseed(urandom_seed())
   run = math.random(0, 999999999)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
