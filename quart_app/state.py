@@ -149,6 +149,7 @@ class AppState:
             self._database,
             Limits(settings.DEFAULT_QUOTA_BYTES, settings.DEFAULT_QUOTA_FILES),
             settings.BODY_DEADLINE + RESERVATION_GRACE_SECONDS,
+            limits_cache_seconds=settings.KEY_CACHE_SECONDS,
         )
         self._stop_sweeping.clear()
         self._sweeper = asyncio.ensure_future(sweep_loop(self, self._stop_sweeping))

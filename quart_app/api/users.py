@@ -152,6 +152,7 @@ async def patch_one(user_id: int) -> Response:
             user.quota_bytes = data.quota_bytes
         if "quota_files" in data.model_fields_set:
             user.quota_files = data.quota_files
+    app_state().quotas.forget(user_id)  # other workers: within KEY_CACHE_SECONDS
     return jsonify((await user_bodies(request_session(), [user]))[0])
 
 

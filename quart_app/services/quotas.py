@@ -23,6 +23,7 @@ reservation at all.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,8 @@ from quart_app.errors import NotFound, QuotaExceeded
 from quart_app.storage import BlobWriter, SealedBlob
 
 MIB = 1024**2
+# Past this many owners' limits cached, those too old to use are dropped.
+CACHED_OWNERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,44 @@ class Quotas:
     another while it runs, and a process that died holding some gives it
     back by then."""
 
-    def __init__(self, database: Database, defaults: Limits, reservation_seconds: float) -> None:
+    def __init__(
+        self,
+        database: Database,
+        defaults: Limits,
+        reservation_seconds: float,
+        limits_cache_seconds: float = 0.0,
+    ) -> None:
         self.database = database
         self.defaults = defaults
         self.reservation_ttl = timedelta(seconds=reservation_seconds)
+        # owner id -> (monotonic time read, limits): see current_limits.
+        self._read: dict[int, tuple[float, Limits]] = {}
+        self._cache_seconds = limits_cache_seconds
+
+    async def current_limits(self, owner_id: int) -> Limits:
+        """The owner's limits as this process read them less than
+        ``limits_cache_seconds`` ago (KEY_CACHE_SECONDS, as keys), else read
+        now. Before an upload's first byte: read every time, in a session of
+        its own, it was what held 4 KiB uploads back (README "Performance":
+        2.6-2.8x with it gone). Room itself is only ever taken with the limits
+        read again under the owner's lock (``_grow``), so a cached limit never
+        lets two uploads share the last room; what the cache delays is a new
+        limit on an owner that had none, on the workers that did not set it
+        (``forget`` drops this process's copy at once)."""
+        now = time.monotonic()
+        found = self._read.get(owner_id)
+        if found is not None and now - found[0] < self._cache_seconds:
+            return found[1]
+        async with self.database.sessionmaker() as session:
+            limits = await self.limits(session, owner_id)
+        if len(self._read) >= CACHED_OWNERS:
+            self._read = {k: v for k, v in self._read.items() if now - v[0] < self._cache_seconds}
+        self._read[owner_id] = (now, limits)
+        return limits
+
+    def forget(self, owner_id: int) -> None:
+        """The owner's limits changed here: read them again next time."""
+        self._read.pop(owner_id, None)
 
     async def limits(self, session: AsyncSession, owner_id: int, lock: bool = False) -> Limits:
         """The owner's limits; with ``lock``, inside a write transaction,
@@ -261,8 +298,7 @@ class Reservation:
         ``declared`` bytes (less up to ``slack`` if that is all that is left:
         multipart framing), or a first step when nothing is declared."""
         self.credit = credit or Usage()
-        async with self.quotas.database.sessionmaker() as session:
-            self.limits = await self.quotas.limits(session, self.owner_id)
+        self.limits = await self.quotas.current_limits(self.owner_id)
         if self.limits.unlimited:
             return
         files = max(0, files - self.credit.files)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from quart import Quart, Response
 from quart import typing as quart_typing
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql
 
 from devtools.auth import TEST_ADMIN_KEY, KeyedClient
@@ -21,7 +21,7 @@ from devtools.form_data import multipart, multipart_headers, part
 from devtools.quart_client import as_http_connection
 from devtools.stored import blob_files, count_rows, partial_files, temp_files
 from quart_app import create_app
-from quart_app.db.models import File, QuotaReservation, Upload, utc_now
+from quart_app.db.models import File, QuotaReservation, Upload, User, utc_now
 from quart_app.errors import QuotaExceeded
 from quart_app.ops.sweeps import sweep_once
 from quart_app.state import app_state
@@ -134,6 +134,56 @@ async def test_an_admin_sets_a_users_quota_and_null_restores_the_default(
         assert (body["quota_bytes"], body["quota_files"]) == (5000, 7)
         listed = await (await client.get("/users")).get_json()
         assert listed["items"] == [body]
+
+
+async def set_quota_elsewhere(app: Quart, user_id: int, quota_bytes: int | None) -> None:
+    """As another worker's PATCH would: in the database, not this process."""
+    database = app_state(app).database
+    async with database.sessionmaker() as session, database.writing(session):
+        await session.execute(
+            update(User).where(User.id == user_id).values(quota_bytes=quota_bytes)
+        )
+
+
+async def test_a_workers_limits_are_read_at_most_once_per_key_cache_time(
+    overrides: dict[str, Any],
+) -> None:
+    """Before an upload the owner's limits come from what this worker read
+    less than KEY_CACHE_SECONDS ago (no read per upload). A limit set on
+    another worker reaches an owner that had none within that time; one set
+    here, at once; and an owner that had a limit is held to the new one at
+    once everywhere, since room is taken with the limits read again under
+    the owner's lock."""
+    for cache_seconds in (60.0, 0.001):
+        app = create_app({**overrides, "KEY_CACHE_SECONDS": cache_seconds})
+        async with app.test_app() as test_app:
+            client = keyed(test_app.test_client())
+            run = int(cache_seconds > 1)
+            free_id, free_key = await new_user(client, f"free{run}")
+            limited_id, limited_key = await new_user(client, f"limited{run}", quota_bytes=1000)
+            client.key = free_key
+            assert (await put(client, "first", b"x" * 100)).status_code == 201
+            client.key = limited_key
+            assert (await put(client, "first", b"x" * 100)).status_code == 201
+
+            await set_quota_elsewhere(app, free_id, 150)
+            await set_quota_elsewhere(app, limited_id, 150)
+            client.key = free_key
+            answer = await put(client, "second", b"x" * 100)
+            if cache_seconds > 1:
+                assert answer.status_code == 201  # no limit, as this worker read it
+            else:
+                await assert_refused(answer, "bytes")
+            client.key = limited_key
+            await assert_refused(await put(client, "second", b"x" * 100), "bytes")
+
+            client.key = TEST_ADMIN_KEY
+            for user_id in (free_id, limited_id):
+                patched = await client.patch(f"/users/{user_id}", json={"quota_bytes": 50})
+                assert patched.status_code == 200
+            for key in (free_key, limited_key):
+                client.key = key
+                await assert_refused(await put(client, "third", b"x"), "bytes")
 
 
 async def test_only_an_admin_may_set_a_quota(client: KeyedClient) -> None:
