@@ -20,7 +20,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,29 +321,48 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+def mode_arguments(prog: str, out: str) -> argparse.ArgumentParser:
+    """What every benchmark takes: its mode (--quick, --smoke; full
+    without) and where its JSON goes (see :func:`chosen_mode`)."""
+    parser = argparse.ArgumentParser(prog=prog)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true")
     group.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
-    parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
-    args = parser.parse_args()
-    mode = MODES["quick" if args.quick else "smoke" if args.smoke else "full"]
-    root = args.dir or Path(tempfile.mkdtemp(prefix="quart-app-bench-", dir="."))
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
+def chosen_mode(args: argparse.Namespace) -> Mode:
+    return MODES["quick" if args.quick else "smoke" if args.smoke else "full"]
+
+
+@contextmanager
+def work_directory(root: Path, keep: bool = False) -> Iterator[Path]:
+    """``root`` for a run's servers; on a failure the last lines of every
+    log under it are printed (they say why), and it is removed afterwards
+    unless ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     try:
-        results = Bench(mode, root).run()
+        yield root
     except Exception:
-        # The servers' logs say why; the work directory is about to go.
-        for log in sorted(root.rglob("server.log")):
+        for log in sorted(root.rglob("*.log")):
             print(f"--- last lines of {log.relative_to(root)}")
             print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
         raise
     finally:
-        if args.dir is None:
+        if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    parser = mode_arguments("python -m bench", "bench/results/latest.json")
+    parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
+    args = parser.parse_args()
+    mode = chosen_mode(args)
+    root = args.dir or Path(tempfile.mkdtemp(prefix="quart-app-bench-", dir="."))
+    started = time.time()
+    with work_directory(root, keep=args.dir is not None):
+        results = Bench(mode, root).run()
     results["seconds"] = round(time.time() - started, 1)
     results["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,9 @@ ratios, and writes JSON (--out).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,7 +40,7 @@ from devtools.postgres import PostgresServer, postgres_server
 from devtools.seaweed import Seaweed, start_seaweed, weed_binary
 
 from . import measure
-from .__main__ import MODES, Mode, spread
+from .__main__ import Mode, chosen_mode, mode_arguments, spread, work_directory
 from .servers import Server, running, start_ours, start_ours_together
 
 CREATE_CONNECTIONS = 50
@@ -294,27 +292,15 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.deployments")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true")
-    group.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/deployments.json"))
+    parser = mode_arguments("python -m bench.deployments", "bench/results/deployments.json")
     args = parser.parse_args()
-    mode = MODES["quick" if args.quick else "smoke" if args.smoke else "full"]
+    mode = chosen_mode(args)
     root = Path(tempfile.mkdtemp(prefix="quart-app-bench-deployments-", dir="."))
     started = time.time()
     load_before = os.getloadavg()
-    try:
+    with work_directory(root):
         results: dict[str, Any] = {"mode": mode.name, "size_bytes": mode.size}
         results.update(Deployments(mode, root).run())
-    except Exception:
-        # The servers' logs say why; the work directory is about to go.
-        for log in sorted(root.rglob("*.log")):
-            print(f"--- last lines of {log.relative_to(root)}")
-            print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
-        raise
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     results["ratios"] = ratios(results["deployments"])
     results["note"] = note()
     results["cores"] = os.cpu_count()
