@@ -59,7 +59,8 @@ DEPLOYMENTS = (
 def note() -> str:
     return (
         f"client (curl, wrk), servers, PostgreSQL and SeaweedFS share {os.cpu_count()} cores:"
-        " the scaling factor measures contention, not hardware you would deploy"
+        " the scaling factor measures contention, not hardware you would deploy;"
+        " three servers get a wrk each (2 threads each, 6 against one server's 2)"
     )
 
 

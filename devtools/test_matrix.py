@@ -106,8 +106,9 @@ class Run:
         """Passed, pytest's summary line (with the time it took), the output."""
         code = self.process.wait()
         output = self.log.read_text(errors="replace")
-        # 5: every test deselected or skipped: nothing failed.
-        passed = code in (0, 5)
+        # Nothing ran (pytest's 5: nothing collected; or all skipped) is no
+        # pass: a configuration that silently tests nothing must show.
+        passed = code == 0 and " passed" in summary(output)
         word = "" if passed else f"pytest exit {code}: "
         return passed, f"{word}{summary(output)}", output
 

@@ -146,13 +146,15 @@ async def patch_one(user_id: int) -> Response:
     a number (0: unlimited) or null (the configured default)."""
     access = current_access()
     data = await read_model(QuotaUpdate)
-    async with app_state().database.writing(request_session()) as session:
-        user = await get_user(session, access, user_id)
-        if "quota_bytes" in data.model_fields_set:
-            user.quota_bytes = data.quota_bytes
-        if "quota_files" in data.model_fields_set:
-            user.quota_files = data.quota_files
-    app_state().quotas.forget(user_id)  # other workers: within KEY_CACHE_SECONDS
+    try:
+        async with app_state().database.writing(request_session()) as session:
+            user = await get_user(session, access, user_id)
+            if "quota_bytes" in data.model_fields_set:
+                user.quota_bytes = data.quota_bytes
+            if "quota_files" in data.model_fields_set:
+                user.quota_files = data.quota_files
+    finally:
+        app_state().quotas.forget(user_id)  # other workers: within KEY_CACHE_SECONDS
     return jsonify((await user_bodies(request_session(), [user]))[0])
 
 

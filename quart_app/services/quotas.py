@@ -126,6 +126,8 @@ class Quotas:
         # owner id -> (monotonic time read, limits): see current_limits.
         self._read: dict[int, tuple[float, Limits]] = {}
         self._cache_seconds = limits_cache_seconds
+        # Counts forget(): a read that began before one is not kept.
+        self._forgotten = 0
 
     async def current_limits(self, owner_id: int) -> Limits:
         """The owner's limits as this process read them less than
@@ -141,8 +143,11 @@ class Quotas:
         found = self._read.get(owner_id)
         if found is not None and now - found[0] < self._cache_seconds:
             return found[1]
+        forgotten = self._forgotten
         async with self.database.sessionmaker() as session:
             limits = await self.limits(session, owner_id)
+        if forgotten != self._forgotten or self._cache_seconds <= 0:
+            return limits  # a change committed meanwhile: this read may predate it
         if len(self._read) >= CACHED_OWNERS:
             self._read = {k: v for k, v in self._read.items() if now - v[0] < self._cache_seconds}
         self._read[owner_id] = (now, limits)
@@ -150,6 +155,7 @@ class Quotas:
 
     def forget(self, owner_id: int) -> None:
         """The owner's limits changed here: read them again next time."""
+        self._forgotten += 1
         self._read.pop(owner_id, None)
 
     async def limits(self, session: AsyncSession, owner_id: int, lock: bool = False) -> Limits:

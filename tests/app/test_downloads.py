@@ -218,6 +218,7 @@ def open_files() -> set[str]:
     return names
 
 
+@pytest.mark.local_storage_only  # it looks for the blob's file among open files
 async def test_no_blob_stays_open_whatever_the_answer(
     client: QuartClient, overrides: dict[str, Any]
 ) -> None:
