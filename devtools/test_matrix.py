@@ -49,10 +49,13 @@ class Configuration:
     needs: list[str] = field(default_factory=list)
 
 
-# The unit and app tiers on every core (pyproject's addopts: -n auto); the
-# e2e tier, and the two runs beside it, in one process each (-n 0).
+# Every step in one process (-n 0, against pyproject's -n auto): one
+# unexplained failure in three runs of the unit and app tiers on every core
+# (2026-12-02) is not something `make test` may depend on.
 CONFIGURATIONS = [
-    Configuration("SQLite + local disk", {}, [["-m", "not e2e"], ["-m", "e2e", "-n", "0"]]),
+    Configuration(
+        "SQLite + local disk", {}, [["-m", "not e2e", "-n", "0"], ["-m", "e2e", "-n", "0"]]
+    ),
     Configuration(
         "PostgreSQL + local disk",
         {"QUART_APP_TEST_DATABASE": "postgresql", "QUART_APP_TEST_STORAGE": "local"},

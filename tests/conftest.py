@@ -45,6 +45,7 @@ from quart_app.db.models import Base
 from quart_app.services.accounts import operator_id
 
 BACKENDS = ("sqlite", "postgresql")
+E2E = Path(__file__).parent / "e2e"
 STORAGES = ("local", "s3")
 
 
@@ -64,8 +65,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# tryfirst: the groups must be on before pytest-xdist reads them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     chosen_storage()  # a misspelt QUART_APP_TEST_STORAGE fails the run at once
+    # Under pytest-xdist a module's tests run on one worker, in their order:
+    # some share a module-scoped fixture that a later test changes (as in
+    # one process). The e2e tier is one group of its own (tests/e2e/conftest.py).
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and not item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     if not config.getoption("--configured-only"):
         return
     kept: list[pytest.Item] = []
