@@ -354,6 +354,14 @@ def work_directory(root: Path, keep: bool = False) -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def write_results(results: dict[str, Any], out: Path, started: float) -> None:
+    """Stamp a run's results with its duration and date and write its JSON."""
+    results["seconds"] = round(time.time() - started, 1)
+    results["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+
 def main() -> int:
     parser = mode_arguments("python -m bench", "bench/results/latest.json")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
@@ -363,10 +371,7 @@ def main() -> int:
     started = time.time()
     with work_directory(root, keep=args.dir is not None):
         results = Bench(mode, root).run()
-    results["seconds"] = round(time.time() - started, 1)
-    results["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(results, args.out, started)
     print(table(results))
     print(json.dumps(results["ratios"], indent=2))
     print(f"written to {args.out} in {results['seconds']} s")

@@ -40,7 +40,14 @@ from devtools.postgres import PostgresServer, postgres_server
 from devtools.seaweed import Seaweed, start_seaweed, weed_binary
 
 from . import measure
-from .__main__ import Mode, chosen_mode, mode_arguments, spread, work_directory
+from .__main__ import (
+    Mode,
+    chosen_mode,
+    mode_arguments,
+    spread,
+    work_directory,
+    write_results,
+)
 from .servers import Server, running, start_ours, start_ours_together
 
 CREATE_CONNECTIONS = 50
@@ -309,10 +316,7 @@ def main() -> int:
         "start": [round(x, 2) for x in load_before],
         "end": [round(x, 2) for x in os.getloadavg()],
     }
-    results["seconds"] = round(time.time() - started, 1)
-    results["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(results, args.out, started)
     print(table(results))
     print(json.dumps(results["ratios"], indent=2))
     print(f"note: {results['note']}")
