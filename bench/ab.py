@@ -4,6 +4,7 @@ minutes of a shared machine. What the README's A/B figures come from.
 
     python -m bench.ab uvloop,asyncio small,users,put,multipart
     python -m bench.ab inline,files,fastapi small --rounds 3 --seconds 8
+    python -m bench.ab uvloop put,tus --size-mib 512
 
 Prints each variant's figures per round and their medians.
 """
@@ -48,13 +49,16 @@ def measure_once(server: Server, what: list[str], seconds: int, payload: Path) -
             figures[f"{how}_mb_s"] = upload.mb_s
             gib = payload.stat().st_size / (1 << 30)
             figures[f"{how}_server_cpu_s_per_gib"] = upload.server_cpu_s / gib
+    if "tus" in what:
+        measure.warm_disk(payload.parent, payload.stat().st_size)
+        figures["tus_mb_s"] = measure.tus_upload(server, payload, 8 * MiB)
     return figures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab")
     parser.add_argument("variants", help=f"comma-separated, of {', '.join(VARIANTS)}")
-    parser.add_argument("what", help="comma-separated, of small, users, multipart, put")
+    parser.add_argument("what", help="comma-separated, of small, users, multipart, put, tus")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--size-mib", type=int, default=256)

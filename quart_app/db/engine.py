@@ -53,6 +53,7 @@ BUSY_SLACK_MS = 100
 # Keys in a pooled connection's info dict.
 _FILE = "quart_app.sqlite_file"  # (st_dev, st_ino) of the file it opened
 _BUSY_MS = "quart_app.busy_timeout_ms"
+_SYNCHRONOUS = "quart_app.synchronous"  # the connection's PRAGMA synchronous now
 
 # SQLite primary result codes (the low byte of the extended code).
 _SQLITE_FULL = 13
@@ -192,7 +193,11 @@ class Database:
 
     @asynccontextmanager
     async def writing(
-        self, session: AsyncSession, since: float | None = None, exclusive: bool = False
+        self,
+        session: AsyncSession,
+        since: float | None = None,
+        exclusive: bool = False,
+        durable: bool = True,
     ) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block ends, rolled back if
         it raises. On SQLite it holds this process's write lock and starts
@@ -210,7 +215,15 @@ class Database:
         (a loop time; default now): a group commit passes the time its
         oldest request queued, so no request waits longer than that.
         After the commit, the file must still be the one the path names:
-        a write into a deleted or replaced file is not acknowledged."""
+        a write into a deleted or replaced file is not acknowledged.
+
+        ``durable=False`` (SQLite only; a no-op on PostgreSQL): the commit
+        does not wait for the WAL's fsync (``synchronous=NORMAL`` for this
+        transaction). For a change whose loss in an operating-system crash
+        harms nothing because everything that relied on it dies in the same
+        crash (an upload's lease: README "Resumable uploads"). The next
+        durable commit's fsync covers it, as the WAL is written in order;
+        a process that dies without the machine loses nothing."""
         if session.in_transaction():
             await session.commit()  # end any read snapshot first
         if not self.is_sqlite:
@@ -229,7 +242,11 @@ class Database:
         try:
             busy_ms = max(0, round((deadline - loop.time()) * 1000))
             connection = await session.connection(
-                execution_options={"sqlite_begin": "IMMEDIATE", "sqlite_busy_ms": busy_ms}
+                execution_options={
+                    "sqlite_begin": "IMMEDIATE",
+                    "sqlite_busy_ms": busy_ms,
+                    "sqlite_synchronous": "FULL" if durable else "NORMAL",
+                }
             )
             committed_to = connection.info.get(_FILE)
             try:
@@ -310,6 +327,7 @@ def _create_engine(
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
         record.info[_BUSY_MS] = timeout_ms
+        record.info[_SYNCHRONOUS] = "FULL"
 
     if path is not None:
 
@@ -331,6 +349,12 @@ def _create_engine(
         if abs(busy_ms - conn.info.get(_BUSY_MS, timeout_ms)) > BUSY_SLACK_MS:
             conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_ms}")
             conn.info[_BUSY_MS] = busy_ms
+        # Every transaction but one that asks otherwise (Database.writing's
+        # durable=False) commits with the WAL fsynced; set outside it.
+        synchronous = options.get("sqlite_synchronous", "FULL")
+        if conn.info.get(_SYNCHRONOUS) != synchronous:
+            conn.exec_driver_sql(f"PRAGMA synchronous={synchronous}")
+            conn.info[_SYNCHRONOUS] = synchronous
         mode = options.get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
 

@@ -195,10 +195,13 @@ async def append(
     verified then): then nothing of it is kept."""
     async with database.sessionmaker() as session:
         upload = await get_upload(session, upload_id, access)
-        limits = await quotas.limits(session, upload.owner_id)
-        # Bytes a deferred-length upload may hold in all, as read now.
-        room = None
-        if upload.length is None and patch.new_length is None and not limits.unlimited:
+    # As cached for every upload (Quotas.current_limits): room is only ever
+    # taken with the limits read again in the transaction that takes it.
+    limits = await quotas.current_limits(upload.owner_id)
+    # Bytes a deferred-length upload may hold in all, as read now.
+    room = None
+    if upload.length is None and patch.new_length is None and not limits.unlimited:
+        async with database.sessionmaker() as session:
             room = await quotas.room(session, upload.owner_id, except_upload=upload_id)
     length = upload.length
     if patch.new_length is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from quart import Quart
 from quart.testing import QuartClient, connections
-from sqlalchemy import update
+from sqlalchemy import event, text, update
 
 from devtools.quart_client import as_http_connection, as_quart_client
 from quart_app import create_app
@@ -108,6 +108,46 @@ async def test_a_patch_holds_a_lease_and_no_connection_while_its_body_streams(
     done = await upload_row(app, url)
     assert (done.offset, done.lease_owner, done.lease_expires_at) == (20, None, None)
     assert done.lease_token == 1
+
+
+async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_one(
+    servers: list[Quart],
+) -> None:
+    """The lease's transaction runs with ``synchronous=NORMAL`` on SQLite
+    (no WAL fsync: one less per PATCH), and the offset's commit, like every
+    other transaction, with FULL again on the same pooled connection. On
+    PostgreSQL both are durable: no setting changes."""
+    app = servers[0]
+    database = app_state(app).database
+    url = await create(client_of(app), 10)
+    level: dict[int, str] = {}  # each DBAPI connection's PRAGMA synchronous
+    updates: list[tuple[str, str]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        key = id(conn.connection.dbapi_connection)
+        if statement.startswith("PRAGMA synchronous="):
+            level[key] = statement.split("=", 1)[1]
+        elif statement.startswith("UPDATE uploads"):
+            updates.append((level.get(key, "FULL"), statement))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        for offset in (0, 5):
+            assert (await patch(client_of(app), url, offset, b"12345")).status_code == 204
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", seen)
+    leases = [sync for sync, statement in updates if "lease_token=" in statement]
+    offsets = [sync for sync, statement in updates if "received=" in statement]
+    assert len(leases) == 2 and len(offsets) == 2, updates
+    assert leases == ["NORMAL" if database.is_sqlite else "FULL"] * 2
+    assert offsets == ["FULL"] * 2
+    if not database.is_sqlite:
+        assert not level
+        return
+    # The transactions after them, on whichever pooled connection, are FULL.
+    for _ in range(3):
+        async with database.sessionmaker() as session:
+            assert await session.scalar(text("PRAGMA synchronous")) == 2
 
 
 async def test_a_patch_renews_its_lease_however_slow_its_client(
