@@ -77,6 +77,12 @@ class UploadSpec:
     content_type: str
 
 
+def check_live(upload: Upload | None, upload_id: str, access: Access | None = None) -> Upload:
+    """The upload as read, if it is live and ``access`` reaches it (None:
+    the caller has already checked); else NotFound or Gone."""
+    return _check_live(upload, upload_id, utc_now(), access)
+
+
 def _check_live(
     upload: Upload | None, upload_id: str, now: datetime, access: Access | None = None
 ) -> Upload:

@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
@@ -46,6 +47,9 @@ from quart_app.db.models import Upload
 from quart_app.errors import NotFound, OffsetMismatch, UploadLeaseLost, UploadLocked
 
 log = logging.getLogger("quart_app.uploads")
+
+# Sees an upload's row, read under the lock, before its lease is taken.
+UploadCheck = Callable[[Upload], None]
 
 # Seconds a PATCH waits for the upload's lease before 423: the request
 # before it (often the same client's previous PATCH, or the tail of one
@@ -70,9 +74,19 @@ def lease_is_live(upload: Upload, now: datetime) -> bool:
 class UploadLease:
     """The lease a PATCH holds on one upload (see the module docstring)."""
 
-    def __init__(self, database: Database, upload_id: str, token: int, seconds: float) -> None:
+    def __init__(
+        self,
+        database: Database,
+        upload_id: str,
+        token: int,
+        seconds: float,
+        upload: Upload | None = None,
+    ) -> None:
         self.database = database
         self.upload_id = upload_id
+        # The row as read when the lease was taken (its offset is where the
+        # PATCH starts), for the holder to read from.
+        self.upload = upload
         self.token = token
         self.seconds = seconds
         # Loop time of the last renewal known to have held (its start).
@@ -192,13 +206,24 @@ async def _free_at(database: Database, upload_id: str, offset: int) -> bool:
     return expires is None or expires <= lease_now()
 
 
-async def _take(database: Database, upload_id: str, offset: int, seconds: float) -> int | None:
+async def _take(
+    database: Database, upload_id: str, offset: int, seconds: float, check: UploadCheck | None
+) -> tuple[int, Upload] | None:
     async with database.sessionmaker() as session, database.writing(session, durable=False):
         # FOR UPDATE (PostgreSQL; SQLite's writer excludes all others): two
         # servers taking over one lapsed lease would both think they hold it.
         upload = await session.get(Upload, upload_id, with_for_update=True)
         if upload is None:
             raise NotFound("There is no such upload.")
+        if check is not None:
+            try:
+                check(upload)
+            except Exception:
+                # Rolled back, nothing taken; the row stays readable (out of
+                # the session, the rollback does not expire it) for an
+                # exception that carries it.
+                session.expunge(upload)
+                raise
         if upload.offset != offset:
             raise OffsetMismatch(f"The upload's offset is now {upload.offset}.")
         now = lease_now()
@@ -207,27 +232,34 @@ async def _take(database: Database, upload_id: str, offset: int, seconds: float)
         upload.lease_token += 1
         upload.lease_owner = holder_name()
         upload.lease_expires_at = now + timedelta(seconds=seconds)
-        return upload.lease_token
+        return upload.lease_token, upload
 
 
 async def take_lease(
-    database: Database, upload_id: str, offset: int, seconds: float
+    database: Database,
+    upload_id: str,
+    offset: int,
+    seconds: float,
+    check: UploadCheck | None = None,
 ) -> UploadLease:
     """The upload's lease for a PATCH at ``offset``: waits up to
     LEASE_WAIT_SECONDS for another holder to let go, then UploadLocked (423).
     OffsetMismatch when the offset moved meanwhile, NotFound when the upload
-    went."""
+    went. ``check`` sees the row, read under the lock, before anything is
+    taken (what it raises is raised); the lease's ``upload`` is that row.
+    The one transaction a PATCH needs before its bytes (the usual case)."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + LEASE_WAIT_SECONDS
-    # Taken at once when free (the usual case: one transaction). While it
-    # is held, a read first sees when it frees: waiting requests do not
-    # take SQLite's write lock only to find it held.
-    token = await _take(database, upload_id, offset, seconds)
+    # Taken at once when free (the usual case). While it is held, a read
+    # first sees when it frees: waiting requests do not take SQLite's write
+    # lock only to find it held.
+    taken = await _take(database, upload_id, offset, seconds, check)
     while True:
-        if token is not None:
-            return UploadLease(database, upload_id, token, seconds)
+        if taken is not None:
+            token, upload = taken
+            return UploadLease(database, upload_id, token, seconds, upload)
         if loop.time() >= give_up:
             raise UploadLocked("Another request is writing to this upload; retry later.")
         await asyncio.sleep(LEASE_POLL_SECONDS)
         if await _free_at(database, upload_id, offset):
-            token = await _take(database, upload_id, offset, seconds)
+            taken = await _take(database, upload_id, offset, seconds, check)

@@ -40,10 +40,11 @@ from quart_app.services.resumable_uploads import (
     CHECKSUM_ALGORITHMS,
     HashStates,
     UploadHook,
+    check_live,
     complete_upload,
     get_upload,
 )
-from quart_app.services.upload_leases import UploadLease, take_lease
+from quart_app.services.upload_leases import UploadCheck, UploadLease, take_lease
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
 
@@ -161,8 +162,8 @@ async def _starting_hash(
     database: Database, store: ResumableStore, hashes: HashStates, upload: Upload
 ) -> Any:
     """The running sha256 at the upload's offset: this worker's, or rebuilt
-    by reading the partial back (before the lease: it may take a while, and
-    the bytes below the committed offset never change)."""
+    by reading the partial back (the bytes below the committed offset never
+    change; under the lease, renewed meanwhile, however long that takes)."""
     state = hashes.take(upload.id, upload.offset)
     if state is not None:
         return state
@@ -192,52 +193,39 @@ async def append(
     """Append a PATCH body at ``patch.offset``, under the upload's lease
     (services/upload_leases.py). A body cut off part-way is kept up to
     where it stopped, unless it carried a checksum (which cannot be
-    verified then): then nothing of it is kept."""
-    async with database.sessionmaker() as session:
-        upload = await get_upload(session, upload_id, access)
-    # As cached for every upload (Quotas.current_limits): room is only ever
-    # taken with the limits read again in the transaction that takes it.
-    limits = await quotas.current_limits(upload.owner_id)
-    # Bytes a deferred-length upload may hold in all, as read now.
-    room = None
-    if upload.length is None and patch.new_length is None and not limits.unlimited:
-        async with database.sessionmaker() as session:
-            room = await quotas.room(session, upload.owner_id, except_upload=upload_id)
-    length = upload.length
-    if patch.new_length is not None:
-        if length is not None and length != patch.new_length:
-            raise InvalidInput(
-                "Upload-Length cannot change once set.",
-                errors=[{"field": "Upload-Length", "message": "already set"}],
-            )
-        if patch.new_length > patch.max_length:
-            raise TooLarge(f"Upload-Length is over the limit of {patch.max_length} bytes.")
-        if patch.new_length < upload.offset:
-            raise InvalidInput(
-                "Upload-Length is below the bytes already received.",
-                errors=[{"field": "Upload-Length", "message": "below the offset"}],
-            )
-        length = patch.new_length
-    if patch.offset != upload.offset:
-        raise OffsetMismatch(f"The upload's offset is {upload.offset}, not {patch.offset}.")
-    if upload.completed_at is not None:
-        return await _past_completion(upload, chunks, patch)
-    bounds = _Bounds(
-        limit=patch.max_length if length is None else length,
-        room=room,
-        bytes_limit=limits.bytes,
-        # A deferred length set now takes its room in the quota first.
-        reserve=upload.length is None and patch.new_length is not None and not limits.unlimited,
-        # A deferred length's bytes are checked against the quota at commit.
-        checked=quotas if upload.length is None and room is not None else None,
-    )
-    state = await _starting_hash(database, store, hashes, upload)
+    verified then): then nothing of it is kept.
+
+    The row is read, checked and leased in one transaction (a PATCH's only
+    one before its bytes): the upload, if ``access`` reaches it, live, at
+    ``patch.offset``, and whether the PATCH's Upload-Length fits it."""
     try:
-        lease = await take_lease(database, upload_id, upload.offset, patch.lease_seconds)
-    except UploadLocked:
-        hashes.put(upload_id, upload.offset, state)  # untouched: the next PATCH may use it
-        raise
+        lease = await take_lease(
+            database, upload_id, patch.offset, patch.lease_seconds, _checker(access, patch)
+        )
+    except _Completed as completed:
+        return await _past_completion(completed.upload, chunks, patch)
     try:
+        upload = lease.upload
+        assert upload is not None
+        # As cached for every upload (Quotas.current_limits): room is only
+        # ever taken with the limits read again in the transaction taking it.
+        limits = await quotas.current_limits(upload.owner_id)
+        # Bytes a deferred-length upload may hold in all, as read now.
+        room = None
+        if upload.length is None and patch.new_length is None and not limits.unlimited:
+            async with database.sessionmaker() as session:
+                room = await quotas.room(session, upload.owner_id, except_upload=upload_id)
+        length = upload.length if patch.new_length is None else patch.new_length
+        bounds = _Bounds(
+            limit=patch.max_length if length is None else length,
+            room=room,
+            bytes_limit=limits.bytes,
+            # A deferred length set now takes its room in the quota first.
+            reserve=upload.length is None and patch.new_length is not None and not limits.unlimited,
+            # A deferred length's bytes are checked against the quota at commit.
+            checked=quotas if upload.length is None and room is not None else None,
+        )
+        state = await _starting_hash(database, store, hashes, upload)
         if bounds.reserve:
             assert patch.new_length is not None
             await _reserve_length(database, quotas, lease, upload.offset, patch.new_length)
@@ -247,6 +235,41 @@ async def append(
         )  # fmt: skip
     finally:
         await database.commits.run_to_completion(lease.release())
+
+
+class _Completed(Exception):
+    """The upload is complete: a PATCH on it takes no lease."""
+
+    def __init__(self, upload: Upload) -> None:
+        super().__init__(upload.id)
+        self.upload = upload
+
+
+def _checker(access: Access, patch: Patch) -> UploadCheck:
+    """What a PATCH checks of its upload's row, under the lock, before it
+    takes the lease: nothing is taken when one of these raises."""
+
+    def check(upload: Upload) -> None:
+        check_live(upload, upload.id, access)
+        if patch.new_length is not None:
+            if upload.length is not None and upload.length != patch.new_length:
+                raise InvalidInput(
+                    "Upload-Length cannot change once set.",
+                    errors=[{"field": "Upload-Length", "message": "already set"}],
+                )
+            if patch.new_length > patch.max_length:
+                raise TooLarge(f"Upload-Length is over the limit of {patch.max_length} bytes.")
+            if patch.new_length < upload.offset:
+                raise InvalidInput(
+                    "Upload-Length is below the bytes already received.",
+                    errors=[{"field": "Upload-Length", "message": "below the offset"}],
+                )
+        if patch.offset != upload.offset:
+            raise OffsetMismatch(f"The upload's offset is {upload.offset}, not {patch.offset}.")
+        if upload.completed_at is not None:
+            raise _Completed(upload)
+
+    return check
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
     url = await create(client_of(app), 10)
     level: dict[int, str] = {}  # each DBAPI connection's PRAGMA synchronous
     updates: list[tuple[str, str]] = []
+    reads: list[str] = []
 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         key = id(conn.connection.dbapi_connection)
@@ -129,6 +130,8 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
             level[key] = statement.split("=", 1)[1]
         elif statement.startswith("UPDATE uploads"):
             updates.append((level.get(key, "FULL"), statement))
+        elif statement.startswith("SELECT") and "FROM uploads" in statement:
+            reads.append(statement)
 
     event.listen(database.engine.sync_engine, "before_cursor_execute", seen)
     try:
@@ -141,6 +144,9 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
     assert len(leases) == 2 and len(offsets) == 2, updates
     assert leases == ["NORMAL" if database.is_sqlite else "FULL"] * 2
     assert offsets == ["FULL"] * 2
+    # The row is read twice a PATCH: when its lease is taken (checked there:
+    # access, offset, length) and when its offset is committed.
+    assert len(reads) == 4, reads
     if not database.is_sqlite:
         assert not level
         return
@@ -148,6 +154,29 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
     for _ in range(3):
         async with database.sessionmaker() as session:
             assert await session.scalar(text("PRAGMA synchronous")) == 2
+
+
+async def test_a_patch_its_checks_refuse_takes_no_lease(servers: list[Quart]) -> None:
+    """Offset, length and completion are checked on the row read under the
+    lock, in the transaction that would take the lease: refused, it is
+    rolled back and the lease is as it was."""
+    app = servers[0]
+    client = client_of(app)
+    url = await create(client, 10)
+    assert (await patch(client, url, 0, b"12345")).status_code == 204
+    before = await upload_row(app, url)
+    wrong_offset = await patch(client, url, 3, b"67890")
+    new_length = await patch(client, url, 5, b"67890", **{"Upload-Length": "11"})
+    assert (wrong_offset.status_code, new_length.status_code) == (409, 400)
+    after = await upload_row(app, url)
+    assert (after.lease_token, after.lease_owner, after.offset) == (before.lease_token, None, 5)
+    assert (await patch(client, url, 5, b"67890")).status_code == 204
+    # Complete: an empty PATCH at its end is answered as the last one was,
+    # and takes no lease either.
+    repeat = await patch(client, url, 10, b"")
+    assert (repeat.status_code, repeat.headers["Upload-Offset"]) == (204, "10")
+    done = await upload_row(app, url)
+    assert (done.lease_token, done.lease_owner) == (before.lease_token + 1, None)
 
 
 async def test_a_patch_renews_its_lease_however_slow_its_client(
