@@ -336,10 +336,11 @@ async def _append_leased(
                 _record(database, store, hashes, writer, lease, state, patch, None, bounds.checked)
             )
             raise
-        await writer.flush()
-        if checker is not None and patch.checksum and checker.digest() != patch.checksum[1]:
-            await _roll_back(writer, lease)
-            raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
+        if checker is not None and patch.checksum:
+            await writer.flush()  # every byte through the checker (else make_durable does it)
+            if checker.digest() != patch.checksum[1]:
+                await _roll_back(writer, lease)
+                raise ChecksumMismatch("The body's checksum does not match Upload-Checksum.")
         recording = True
         return await database.commits.run_to_completion(
             _record(
