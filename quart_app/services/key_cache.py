@@ -17,6 +17,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy import select
 
@@ -34,6 +35,7 @@ from quart_app.services.accounts import (
     record_last_used,
     secret_hash,
 )
+from quart_app.services.single_flight import SingleFlight
 
 MAX_ENTRIES = 10_000
 
@@ -55,6 +57,7 @@ class KeyCache:
         # key id -> time.time() of its last use: a float, as this is noted
         # on every request and made a datetime only when written.
         self._used: dict[str, float] = {}
+        self._flights: SingleFlight[str, Access | None] = SingleFlight()
 
     async def start(self) -> None:
         """Make the operator account now, when the environment has an admin
@@ -87,6 +90,11 @@ class KeyCache:
         known = self.known(secret)
         if known is not None:
             return known
+        # One read per key at a time: the requests in flight when its entry
+        # lapses wait for it instead of each reading (single_flight.py).
+        return await self._flights.run(hashed, partial(self._read, secret, hashed))
+
+    async def _read(self, secret: str, hashed: str) -> Access | None:
         async with self._database.sessionmaker() as session:
             key = await find_key(session, secret)
         if key is None or not key_is_live(key, utc_now()):

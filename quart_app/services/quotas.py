@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from quart_app.db.engine import Database
 from quart_app.db.models import File, QuotaReservation, Upload, User, utc_now
 from quart_app.errors import NotFound, QuotaExceeded
+from quart_app.services.single_flight import SingleFlight
 from quart_app.storage import BlobWriter, SealedBlob
 
 MIB = 1024**2
@@ -128,6 +130,7 @@ class Quotas:
         self._cache_seconds = limits_cache_seconds
         # Counts forget(): a read that began before one is not kept.
         self._forgotten = 0
+        self._flights: SingleFlight[int, Limits] = SingleFlight()
 
     async def current_limits(self, owner_id: int) -> Limits:
         """The owner's limits as this process read them less than
@@ -139,10 +142,15 @@ class Quotas:
         lets two uploads share the last room; what the cache delays is a new
         limit on an owner that had none, on the workers that did not set it
         (``forget`` drops this process's copy at once)."""
-        now = time.monotonic()
         found = self._read.get(owner_id)
-        if found is not None and now - found[0] < self._cache_seconds:
+        if found is not None and time.monotonic() - found[0] < self._cache_seconds:
             return found[1]
+        # One read per owner at a time: uploads in flight when the entry
+        # lapses wait for it instead of each reading (single_flight.py).
+        return await self._flights.run(owner_id, partial(self._read_limits, owner_id))
+
+    async def _read_limits(self, owner_id: int) -> Limits:
+        now = time.monotonic()
         forgotten = self._forgotten
         async with self.database.sessionmaker() as session:
             limits = await self.limits(session, owner_id)
@@ -157,6 +165,7 @@ class Quotas:
         """The owner's limits changed here: read them again next time."""
         self._forgotten += 1
         self._read.pop(owner_id, None)
+        self._flights.forget(owner_id)
 
     async def limits(self, session: AsyncSession, owner_id: int, lock: bool = False) -> Limits:
         """The owner's limits; with ``lock``, inside a write transaction,

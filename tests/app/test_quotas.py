@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from quart import Quart, Response
 from quart import typing as quart_typing
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.dialects import postgresql
 
 from devtools.auth import TEST_ADMIN_KEY, KeyedClient
@@ -184,6 +184,34 @@ async def test_a_workers_limits_are_read_at_most_once_per_key_cache_time(
             for key in (free_key, limited_key):
                 client.key = key
                 await assert_refused(await put(client, "third", b"x"), "bytes")
+
+
+async def test_requests_arriving_together_read_a_key_and_its_limits_once(
+    client: KeyedClient, app: Quart
+) -> None:
+    """A key not yet cached (or whose entry lapsed) and its owner's limits
+    are each read once for all the requests that need them at that moment,
+    not once per request (services/single_flight.py)."""
+    user_id, key = await new_user(client, "together", quota_bytes=10_000)
+    state = app_state(app)
+    reads: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT"):
+            reads.append(statement)
+
+    engine = state.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        accesses = await asyncio.gather(*(state.keys.lookup(key) for _ in range(20)))
+        limits = await asyncio.gather(*(state.quotas.current_limits(user_id) for _ in range(20)))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert {access.user_id for access in accesses if access is not None} == {user_id}
+    assert None not in accesses
+    assert {limit.bytes for limit in limits} == {10_000}
+    assert len([r for r in reads if "FROM api_keys" in r]) == 1, reads
+    assert len([r for r in reads if "FROM users" in r]) == 1, reads
 
 
 async def test_only_an_admin_may_set_a_quota(client: KeyedClient) -> None:
