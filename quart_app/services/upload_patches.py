@@ -207,28 +207,12 @@ async def append(
     try:
         upload = lease.upload
         assert upload is not None
-        # As cached for every upload (Quotas.current_limits): room is only
-        # ever taken with the limits read again in the transaction taking it.
-        limits = await quotas.current_limits(upload.owner_id)
-        # Bytes a deferred-length upload may hold in all, as read now.
-        room = None
-        if upload.length is None and patch.new_length is None and not limits.unlimited:
-            async with database.sessionmaker() as session:
-                room = await quotas.room(session, upload.owner_id, except_upload=upload_id)
-        length = upload.length if patch.new_length is None else patch.new_length
-        bounds = _Bounds(
-            limit=patch.max_length if length is None else length,
-            room=room,
-            bytes_limit=limits.bytes,
-            # A deferred length set now takes its room in the quota first.
-            reserve=upload.length is None and patch.new_length is not None and not limits.unlimited,
-            # A deferred length's bytes are checked against the quota at commit.
-            checked=quotas if upload.length is None and room is not None else None,
-        )
-        state = await _starting_hash(database, store, hashes, upload)
+        bounds = await _bounds(database, quotas, upload, patch)
         if bounds.reserve:
             assert patch.new_length is not None
             await _reserve_length(database, quotas, lease, upload.offset, patch.new_length)
+        # Taken last: a PATCH refused before its bytes leaves it for the next.
+        state = await _starting_hash(database, store, hashes, upload)
         return await _append_leased(
             database, store, hashes, lease, upload.offset, bounds, state, chunks, patch,
             before_commit,
@@ -272,6 +256,31 @@ def _checker(access: Access, patch: Patch) -> UploadCheck:
     return check
 
 
+async def _bounds(database: Database, quotas: Quotas, upload: Upload, patch: Patch) -> _Bounds:
+    """What the PATCH's bytes may reach. Only an upload whose length is
+    still deferred reads its owner's quota, and reads it now (not the
+    worker's cache): a limit set a moment ago on another worker holds."""
+    length = upload.length if patch.new_length is None else patch.new_length
+    limit = patch.max_length if length is None else length
+    if upload.length is not None:
+        return _Bounds(limit=limit, room=None, bytes_limit=0, reserve=False, checked=None)
+    async with database.sessionmaker() as session:
+        limits = await quotas.limits(session, upload.owner_id)
+        # Bytes a deferred-length upload may hold in all, as read now.
+        room = None
+        if patch.new_length is None and not limits.unlimited:
+            room = await quotas.room(session, upload.owner_id, except_upload=upload.id)
+    return _Bounds(
+        limit=limit,
+        room=room,
+        bytes_limit=limits.bytes,
+        # A deferred length set now takes its room in the quota first.
+        reserve=patch.new_length is not None and not limits.unlimited,
+        # A deferred length's bytes are checked against the quota at commit.
+        checked=quotas if room is not None else None,
+    )
+
+
 @dataclass(frozen=True)
 class _Bounds:
     """What a PATCH's bytes may reach, as read when it began."""
@@ -304,6 +313,7 @@ async def _append_leased(
     except PartialBusy:
         # On disk: a PATCH whose lease ran out is still writing (a stalled
         # process); its bytes must not mix with ours.
+        hashes.put(upload_id, start, state)  # untouched: the next PATCH may use it
         raise UploadLocked("Another request is writing to this upload; retry later.") from None
     except BlobMissing:
         async with database.sessionmaker() as session:

@@ -529,6 +529,37 @@ async def test_tus_expired_uploads_give_their_room_back(app: Quart, client: Keye
     assert (await create_upload(client, **{"Upload-Length": "1000"})).status_code == 201
 
 
+async def test_a_deferred_length_is_held_to_a_limit_set_a_moment_ago_elsewhere(
+    overrides: dict[str, Any],
+) -> None:
+    """The worker's cached limits (KEY_CACHE_SECONDS) say the owner has
+    none, and another worker has just set one: a PATCH that sets a deferred
+    length, or brings bytes, is still held to it (a deferred upload reads
+    its owner's quota itself)."""
+    app = create_app({**overrides, "KEY_CACHE_SECONDS": 60.0})
+    async with app.test_app() as test_app:
+        client = keyed(test_app.test_client())
+        user_id, key = await new_user(client, "deferred")
+        client.key = key
+        assert (await put(client, "first", b"x" * 100)).status_code == 201  # limits cached
+        for sizing in ({"Upload-Length": "1000"}, {}):
+            created = await create_upload(client, **{"Upload-Defer-Length": "1"})
+            assert created.status_code == 201
+            await set_quota_elsewhere(app, user_id, 150)
+            answer = await client.patch(
+                created.headers["Location"],
+                data=b"y" * 60,
+                headers={
+                    **TUS,
+                    "Upload-Offset": "0",
+                    "Content-Type": "application/offset+octet-stream",
+                    **sizing,
+                },
+            )
+            await assert_refused(answer, "bytes")
+            await set_quota_elsewhere(app, user_id, None)
+
+
 async def test_tus_deferred_length_is_checked_when_a_patch_sets_it_or_bytes_pass(
     app: Quart, client: KeyedClient
 ) -> None:
