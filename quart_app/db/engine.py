@@ -221,8 +221,9 @@ class Database:
         does not wait for the WAL's fsync (``synchronous=NORMAL`` for this
         transaction). For a change whose loss in an operating-system crash
         harms nothing because everything that relied on it dies in the same
-        crash (an upload's lease: README "Resumable uploads"). The next
-        durable commit's fsync covers it, as the WAL is written in order;
+        crash (an upload's lease: README "Resumable uploads across
+        servers"). The next durable commit's fsync covers it, as the WAL is
+        written in order;
         a process that dies without the machine loses nothing."""
         if session.in_transaction():
             await session.commit()  # end any read snapshot first

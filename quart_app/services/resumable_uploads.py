@@ -80,16 +80,10 @@ class UploadSpec:
 def check_live(upload: Upload | None, upload_id: str, access: Access | None = None) -> Upload:
     """The upload as read, if it is live and ``access`` reaches it (None:
     the caller has already checked); else NotFound or Gone."""
-    return _check_live(upload, upload_id, utc_now(), access)
-
-
-def _check_live(
-    upload: Upload | None, upload_id: str, now: datetime, access: Access | None = None
-) -> Upload:
     # Another owner's upload is absent, expired or not (no existence leak).
     if upload is None or (access is not None and not access.owns(upload.owner_id)):
         raise NotFound("There is no such upload.")
-    if upload.expires_at <= now:
+    if upload.expires_at <= utc_now():
         raise Gone(f"The upload {upload_id} expired at {upload.expires_at.isoformat()}.")
     return upload
 
@@ -97,7 +91,7 @@ def _check_live(
 async def get_upload(session: AsyncSession, upload_id: str, access: Access | None = None) -> Upload:
     """The live upload; with ``access``, only if it reaches it (None: the
     caller has already checked)."""
-    return _check_live(await session.get(Upload, upload_id), upload_id, utc_now(), access)
+    return check_live(await session.get(Upload, upload_id), upload_id, access)
 
 
 async def complete_upload(

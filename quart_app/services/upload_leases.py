@@ -80,7 +80,7 @@ class UploadLease:
         upload_id: str,
         token: int,
         seconds: float,
-        upload: Upload | None = None,
+        upload: Upload,
     ) -> None:
         self.database = database
         self.upload_id = upload_id

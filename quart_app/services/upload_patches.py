@@ -206,7 +206,6 @@ async def append(
         return await _past_completion(completed.upload, chunks, patch)
     try:
         upload = lease.upload
-        assert upload is not None
         bounds = await _bounds(database, quotas, upload, patch)
         if bounds.reserve:
             assert patch.new_length is not None
