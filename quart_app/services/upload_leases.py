@@ -5,7 +5,10 @@ A PATCH takes its upload's lease in one short write transaction: owner
 (host and pid, for people reading the table), expiry (now + the lease
 duration) and a fencing token, raised by one each time a lease is taken.
 It is granted only while no unexpired lease is held and the committed
-offset is still the one the PATCH starts at. While the body streams in no
+offset is still the one the PATCH starts at. In the usual case that is one
+statement (an UPDATE whose WHERE holds all the PATCH checks, RETURNING the
+row); only when it matches nothing is the row read under the lock to say
+why (or to wait for a live lease). While the body streams in no
 connection and no row lock is held: a row lock (``FOR UPDATE``) for the
 length of a body would pin one pooled connection per upload for minutes,
 and SQLite has none. Every third of the lease the holder renews it in the
@@ -37,10 +40,10 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, or_, select, update
 
 from quart_app.db.engine import Database
 from quart_app.db.models import Upload
@@ -50,6 +53,9 @@ log = logging.getLogger("quart_app.uploads")
 
 # Sees an upload's row, read under the lock, before its lease is taken.
 UploadCheck = Callable[[Upload], None]
+# The same checks as SQL conditions on the row, for the one-statement take
+# (take_lease's ``claim``): where they all hold, the check passes.
+UploadClaim = Sequence[ColumnElement[bool]]
 
 # Seconds a PATCH waits for the upload's lease before 423: the request
 # before it (often the same client's previous PATCH, or the tail of one
@@ -96,7 +102,7 @@ class UploadLease:
         self._stop = asyncio.Event()
         self._renewer = asyncio.ensure_future(self._renew())
 
-    def _lost_error(self) -> UploadLeaseLost:
+    def lost_error(self) -> UploadLeaseLost:
         return UploadLeaseLost(
             f"The upload {self.upload_id} was taken over by another request after this "
             "one's lease ran out; nothing of this PATCH was kept."
@@ -147,10 +153,10 @@ class UploadLease:
         lease (this process stalled, or the database failed), one must
         hold now, before anything more is written."""
         if self._lost:
-            raise self._lost_error()
+            raise self.lost_error()
         loop = asyncio.get_running_loop()
         if loop.time() >= self._confirmed_at + self.seconds * 2 / 3 and not await self._extend():
-            raise self._lost_error()
+            raise self.lost_error()
 
     async def still_held(self) -> bool:
         """Whether the lease is still this one's (renewing it): bytes past
@@ -162,7 +168,7 @@ class UploadLease:
         ``FOR UPDATE``: UploadLeaseLost unless the token is still this
         one's; else the lease is cleared with the commit."""
         if upload.lease_token != self.token:
-            raise self._lost_error()
+            raise self.lost_error()
         upload.lease_owner = None
         upload.lease_expires_at = None
 
@@ -206,6 +212,33 @@ async def _free_at(database: Database, upload_id: str, offset: int) -> bool:
     return expires is None or expires <= lease_now()
 
 
+async def _claim(
+    database: Database, upload_id: str, offset: int, seconds: float, claim: UploadClaim
+) -> tuple[int, Upload] | None:
+    """The lease in one statement, when the row is at ``offset``, no live
+    lease holds it and every condition of ``claim`` holds; else None and
+    nothing changed. (On PostgreSQL a concurrent take waits on the row and
+    evaluates the WHERE again on the row as the other committed it.)"""
+    now = lease_now()
+    async with database.sessionmaker() as session, database.writing(session, durable=False):
+        upload = await session.scalar(
+            update(Upload)
+            .where(
+                Upload.id == upload_id,
+                Upload.offset == offset,
+                or_(Upload.lease_expires_at.is_(None), Upload.lease_expires_at <= now),
+                *claim,
+            )
+            .values(
+                lease_token=Upload.lease_token + 1,
+                lease_owner=holder_name(),
+                lease_expires_at=now + timedelta(seconds=seconds),
+            )
+            .returning(Upload)
+        )
+    return None if upload is None else (upload.lease_token, upload)
+
+
 async def _take(
     database: Database, upload_id: str, offset: int, seconds: float, check: UploadCheck | None
 ) -> tuple[int, Upload] | None:
@@ -241,19 +274,28 @@ async def take_lease(
     offset: int,
     seconds: float,
     check: UploadCheck | None = None,
+    claim: UploadClaim | None = None,
 ) -> UploadLease:
     """The upload's lease for a PATCH at ``offset``: waits up to
     LEASE_WAIT_SECONDS for another holder to let go, then UploadLocked (423).
     OffsetMismatch when the offset moved meanwhile, NotFound when the upload
     went. ``check`` sees the row, read under the lock, before anything is
     taken (what it raises is raised); the lease's ``upload`` is that row.
-    The one transaction a PATCH needs before its bytes (the usual case)."""
+    ``claim``: ``check`` as SQL conditions (None: it has none), tried first
+    as one statement. The one transaction a PATCH needs before its bytes
+    (the usual case)."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + LEASE_WAIT_SECONDS
-    # Taken at once when free (the usual case). While it is held, a read
-    # first sees when it frees: waiting requests do not take SQLite's write
-    # lock only to find it held.
-    taken = await _take(database, upload_id, offset, seconds, check)
+    # Taken at once when free (the usual case): in one statement when the
+    # checks have a claim. Else, or when it matched nothing, the row read
+    # under the lock says why (what check raises), or that a lease is live.
+    # While one is, a read first sees when it frees: waiting requests do
+    # not take SQLite's write lock only to find it held.
+    taken = None
+    if claim is not None:
+        taken = await _claim(database, upload_id, offset, seconds, claim)
+    if taken is None:
+        taken = await _take(database, upload_id, offset, seconds, check)
     while True:
         if taken is not None:
             token, upload = taken

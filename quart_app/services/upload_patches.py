@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import update
+
 from quart_app import metrics
 from quart_app.db.engine import Database
 from quart_app.db.models import Upload, utc_now
@@ -44,7 +46,7 @@ from quart_app.services.resumable_uploads import (
     complete_upload,
     get_upload,
 )
-from quart_app.services.upload_leases import UploadCheck, UploadLease, take_lease
+from quart_app.services.upload_leases import UploadCheck, UploadClaim, UploadLease, take_lease
 from quart_app.storage import BlobMissing, PartialBusy, PartialWriter, ResumableStore
 
 
@@ -89,6 +91,18 @@ async def _record(
         offset = await writer.make_durable()
         # The commit settles the lease; no renewal may run past it.
         await lease.stop_renewing()
+        length = lease.upload.length if patch.new_length is None else patch.new_length
+        if (
+            patch.new_length is None
+            and quotas is None
+            and before_commit is None
+            and (length is None or offset < length)
+        ):
+            # The usual PATCH: the upload goes on, nothing else changes.
+            upload = await _commit_offset(database, lease, offset, patch)
+            lease.settled()
+            hashes.put(upload_id, offset, state)
+            return upload
         try:
             async with blob_transaction(database, store) as (session, changes):
                 # FOR UPDATE: a takeover of the lease in another server waits
@@ -121,6 +135,35 @@ async def _record(
         return upload
     finally:
         writer.release()
+
+
+async def _commit_offset(
+    database: Database, lease: UploadLease, offset: int, patch: Patch
+) -> Upload:
+    """Move the offset of an upload that does not complete, and end the
+    lease, in one statement fenced by the lease's token (what _record's
+    transaction does, with nothing else to change). When it matches nothing,
+    the row says why: gone, or taken over."""
+    upload_id = lease.upload_id
+    async with database.sessionmaker() as session, database.writing(session):
+        upload = await session.scalar(
+            update(Upload)
+            .where(Upload.id == upload_id, Upload.lease_token == lease.token)
+            .values(
+                {
+                    Upload.offset: offset,
+                    Upload.expires_at: utc_now() + patch.expires_in,
+                    Upload.lease_owner: None,
+                    Upload.lease_expires_at: None,
+                }
+            )
+            .returning(Upload)
+        )
+        if upload is not None:
+            return upload
+        if await session.get(Upload, upload_id) is None:
+            raise NotFound(f"The upload {upload_id} was removed while it was written.")
+    raise lease.lost_error()
 
 
 async def _past_completion(upload: Upload, chunks: AsyncIterator[bytes], patch: Patch) -> Upload:
@@ -200,7 +243,12 @@ async def append(
     ``patch.offset``, and whether the PATCH's Upload-Length fits it."""
     try:
         lease = await take_lease(
-            database, upload_id, patch.offset, patch.lease_seconds, _checker(access, patch)
+            database,
+            upload_id,
+            patch.offset,
+            patch.lease_seconds,
+            _checker(access, patch),
+            _claim(access, patch),
         )
     except _Completed as completed:
         return await _past_completion(completed.upload, chunks, patch)
@@ -253,6 +301,19 @@ def _checker(access: Access, patch: Patch) -> UploadCheck:
             raise _Completed(upload)
 
     return check
+
+
+def _claim(access: Access, patch: Patch) -> UploadClaim | None:
+    """_checker's checks as SQL conditions, for a PATCH that sets no length
+    (whose checks need the row in Python): the upload reachable by
+    ``access``, live and not completed (the offset take_lease adds)."""
+    if patch.new_length is not None:
+        return None
+    return [
+        access.owned(Upload.owner_id),
+        Upload.expires_at > utc_now(),
+        Upload.completed_at.is_(None),
+    ]
 
 
 async def _bounds(database: Database, quotas: Quotas, upload: Upload, patch: Patch) -> _Bounds:

@@ -144,9 +144,13 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
     assert len(leases) == 2 and len(offsets) == 2, updates
     assert leases == ["NORMAL" if database.is_sqlite else "FULL"] * 2
     assert offsets == ["FULL"] * 2
-    # The row is read twice a PATCH: when its lease is taken (checked there:
-    # access, offset, length) and when its offset is committed.
-    assert len(reads) == 4, reads
+    # The row is not read on its own: the leases' UPDATEs (whose WHERE holds
+    # the checks: access, offset, live, not completed) and the first
+    # offset's UPDATE (fenced by the token) return it. Only the PATCH that
+    # completes the upload reads it, under the lock, to make it a file.
+    assert len(reads) == 1, reads
+    returning = ["RETURNING" in statement for _, statement in updates]
+    assert returning[:3] == [True, True, True] and not any(returning[3:]), updates
     if not database.is_sqlite:
         assert not level
         return
