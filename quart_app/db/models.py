@@ -4,6 +4,7 @@ so that Alembic migrations stay stable across databases."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -13,12 +14,13 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -257,3 +259,16 @@ class DownloadLink(Base):
     # Indexed: the sweep deletes rows past it.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+def upload_from_row(row: Row[Any]) -> Upload:
+    """A transient Upload from a Core row of all its table's columns (an
+    UPDATE ... RETURNING on Database.writing_connection, which has no
+    session to load one)."""
+    mapping = row._mapping
+    return Upload(**{attr.key: mapping[attr.columns[0]] for attr in _UPLOAD_ATTRS})
+
+
+# Upload's table, for Core statements (Upload.__table__ is typed as any FromClause).
+UPLOADS: Table = Upload.__table__  # type: ignore[assignment]
+_UPLOAD_ATTRS = tuple(Upload.__mapper__.column_attrs)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from quart_app import metrics
 from quart_app.db.engine import Database
-from quart_app.db.models import Upload, utc_now
+from quart_app.db.models import UPLOADS, Upload, upload_from_row, utc_now
 from quart_app.errors import (
     ChecksumMismatch,
     InvalidInput,
@@ -99,10 +99,10 @@ async def _record(
             and (length is None or offset < length)
         ):
             # The usual PATCH: the upload goes on, nothing else changes.
-            upload = await _commit_offset(database, lease, offset, patch)
+            going_on = await _commit_offset(database, lease, offset, patch)
             lease.settled()
             hashes.put(upload_id, offset, state)
-            return upload
+            return going_on
         try:
             async with blob_transaction(database, store) as (session, changes):
                 # FOR UPDATE: a takeover of the lease in another server waits
@@ -145,23 +145,27 @@ async def _commit_offset(
     transaction does, with nothing else to change). When it matches nothing,
     the row says why: gone, or taken over."""
     upload_id = lease.upload_id
-    async with database.sessionmaker() as session, database.writing(session):
-        upload = await session.scalar(
-            update(Upload)
-            .where(Upload.id == upload_id, Upload.lease_token == lease.token)
-            .values(
-                {
-                    Upload.offset: offset,
-                    Upload.expires_at: utc_now() + patch.expires_in,
-                    Upload.lease_owner: None,
-                    Upload.lease_expires_at: None,
-                }
+    async with database.writing_connection() as connection:
+        row = (
+            await connection.execute(
+                update(UPLOADS)
+                .where(Upload.id == upload_id, Upload.lease_token == lease.token)
+                .values(
+                    {
+                        Upload.offset: offset,
+                        Upload.expires_at: utc_now() + patch.expires_in,
+                        Upload.lease_owner: None,
+                        Upload.lease_expires_at: None,
+                    }
+                )
+                .returning(*UPLOADS.c)
             )
-            .returning(Upload)
-        )
-        if upload is not None:
-            return upload
-        if await session.get(Upload, upload_id) is None:
+        ).first()
+        if row is not None:
+            return upload_from_row(row)
+        if (
+            await connection.execute(select(Upload.id).where(Upload.id == upload_id))
+        ).first() is None:
             raise NotFound(f"The upload {upload_id} was removed while it was written.")
     raise lease.lost_error()
 
