@@ -13,6 +13,7 @@ have.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -242,15 +243,27 @@ class Database:
         """:meth:`writing` for Core statements on a connection of its own,
         without a session: a session's unit of work and identity map cost
         about as much CPU again as the statements themselves, which matters
-        on a path taken per request (a PATCH's lease and offset)."""
-        async with self.engine.connect() as connection:
+        on a path taken per request (a PATCH's lease and offset). As with a
+        session, the connection is taken from the pool only once the write
+        lock is held (a writer queued for it holds no connection)."""
+        async with contextlib.AsyncExitStack() as stack:
+            opened: list[AsyncConnection] = []
 
             async def begin(options: dict[str, Any]) -> AsyncConnection:
+                connection = await stack.enter_async_context(self.engine.connect())
+                opened.append(connection)
                 return await connection.execution_options(**options)
 
+            async def commit() -> None:
+                await opened[0].commit()
+
+            async def rollback() -> None:
+                if opened:
+                    await opened[0].rollback()
+
             async with self._transaction(
-                begin, connection.commit, connection.rollback, None, False, durable
-            ):
+                begin, commit, rollback, None, False, durable
+            ) as connection:
                 yield connection
 
     @asynccontextmanager
@@ -262,17 +275,17 @@ class Database:
         since: float | None,
         exclusive: bool,
         durable: bool,
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[AsyncConnection]:
         """The body of :meth:`writing`, for a session or a connection:
-        ``begin`` gets the connection with the given execution options (the
-        transaction begins with its first statement), ``commit`` and
-        ``rollback`` end it."""
+        ``begin`` gets the connection, with the given execution options, once
+        the write lock is held (what it returns is yielded); ``commit`` and
+        ``rollback`` end the transaction."""
         if not self.is_sqlite:
             lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
             connection = await begin({})
             await connection.execute(text(f"SELECT {lock}({WRITERS_KEY})"))
             try:
-                yield
+                yield connection
             except BaseException:
                 await rollback()
                 raise
@@ -292,7 +305,7 @@ class Database:
             )
             committed_to = connection.info.get(_FILE)
             try:
-                yield
+                yield connection
             except BaseException:
                 await rollback()
                 raise

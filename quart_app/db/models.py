@@ -266,9 +266,12 @@ def upload_from_row(row: Row[Any]) -> Upload:
     UPDATE ... RETURNING on Database.writing_connection, which has no
     session to load one)."""
     mapping = row._mapping
-    return Upload(**{attr.key: mapping[attr.columns[0]] for attr in _UPLOAD_ATTRS})
+    return Upload(**{key: mapping[column] for key, column in _UPLOAD_KEYS})
 
 
 # Upload's table, for Core statements (Upload.__table__ is typed as any FromClause).
 UPLOADS: Table = Upload.__table__  # type: ignore[assignment]
-_UPLOAD_ATTRS = tuple(Upload.__mapper__.column_attrs)
+# Each column of the table with the attribute it is mapped to.
+_UPLOAD_KEYS = tuple(
+    (Upload.__mapper__.get_property_by_column(column).key, column) for column in UPLOADS.c
+)

@@ -189,16 +189,17 @@ class UploadLease:
         if self._released:
             return
         self._released = True
-        async with (
-            self.database.sessionmaker() as session,
-            self.database.writing(session, durable=False),
-        ):
-            await session.execute(
-                update(Upload)
-                .where(Upload.id == self.upload_id, Upload.lease_token == self.token)
-                .values(lease_owner=None, lease_expires_at=None)
-                .execution_options(synchronize_session=False)
-            )
+        await _let_go(self.database, self.upload_id, self.token)
+
+
+async def _let_go(database: Database, upload_id: str, token: int) -> None:
+    """End the lease ``token``, if it is still the upload's."""
+    async with database.writing_connection(durable=False) as connection:
+        await connection.execute(
+            update(UPLOADS)
+            .where(Upload.id == upload_id, Upload.lease_token == token)
+            .values({Upload.lease_owner: None, Upload.lease_expires_at: None})
+        )
 
 
 async def _free_at(database: Database, upload_id: str, offset: int) -> bool:
@@ -305,6 +306,14 @@ async def take_lease(
     taken = None
     if claim is not None:
         taken = await _claim(database, upload_id, offset, seconds, claim)
+        if taken is not None and check is not None:
+            # The claim should say what the check does; should they ever
+            # part, the check still decides (and nothing stays taken).
+            try:
+                check(taken[1])
+            except BaseException:
+                await database.commits.run_to_completion(_let_go(database, upload_id, taken[0]))
+                raise
     if taken is None:
         taken = await _take(database, upload_id, offset, seconds, check)
     while True:

@@ -307,3 +307,63 @@ async def test_delete_waits_for_no_lease_but_refuses_a_live_one(servers: list[Qu
     assert gone.status_code == 204
     assert (await head(client_of(first_app), url)).status_code == 404
     await dead.release()
+
+
+async def test_writers_queued_for_the_write_lock_hold_no_connection(
+    servers: list[Quart],
+) -> None:
+    """A lease or offset written on a connection of its own (no session)
+    takes it from the pool only once this process's write lock is held, as
+    a session's writer does: writers queued behind a long transaction do
+    not empty the pool that reads and the lock's holder need."""
+    database = app_state(servers[0]).database
+    if not database.is_sqlite:
+        pytest.skip("PostgreSQL has no process write lock: writers wait on the database")
+    pool = database.engine.pool
+    url = await create(client_of(servers[0]), 10)
+    upload_id = url.rsplit("/", 1)[1]
+    queued = 20  # more than the pool's 5 + 10 overflow
+
+    async def bump() -> None:
+        async with database.writing_connection() as connection:
+            await connection.execute(
+                update(Upload).where(Upload.id == upload_id).values(lease_owner="queued")
+            )
+
+    async with database.sessionmaker() as session, database.writing(session):
+        await session.execute(text("SELECT 1"))
+        held = pool.checkedout()  # type: ignore[attr-defined]
+        writers = [asyncio.ensure_future(bump()) for _ in range(queued)]
+        await asyncio.sleep(0.2)
+        assert not any(writer.done() for writer in writers)
+        assert pool.checkedout() == held  # type: ignore[attr-defined]
+    await asyncio.gather(*writers)
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_claim_that_passes_where_its_check_refuses_leaves_nothing_taken(
+    servers: list[Quart],
+) -> None:
+    """The one-statement take (a claim: the checks as SQL) is checked again
+    by the PATCH's own check; should the two ever part, the check decides
+    and the lease the statement took is let go."""
+    app = servers[0]
+    database = app_state(app).database
+    url = await create(client_of(app), 10)
+    upload_id = url.rsplit("/", 1)[1]
+
+    class Refused(Exception):
+        pass
+
+    def refuse(upload: Upload) -> None:
+        raise Refused(upload.id)
+
+    with pytest.raises(Refused):
+        await take_lease(database, upload_id, 0, LEASE, refuse, claim=[])
+    async with database.sessionmaker() as session:
+        upload = await session.get(Upload, upload_id)
+    assert upload is not None and upload.lease_owner is None and upload.lease_expires_at is None
+    assert upload.lease_token == 1  # it was taken (then let go)
+    lease = await take_lease(database, upload_id, 0, LEASE, claim=[])
+    assert lease.token == 2
+    await lease.release()
