@@ -80,8 +80,9 @@ class Settings:
     # Bytes: writes to disk are batched to about this size per thread hop.
     WRITE_BATCH_BYTES: int = 1 * MIB
     # Bytes: blobs up to this size are kept in their database row, committed
-    # with it, instead of a file each (two fsyncs per file); 0 keeps every
-    # blob on disk. At most WRITE_BATCH_BYTES.
+    # with it, instead of a file each (two fsyncs per file) or an object each
+    # (five requests to S3); 0 keeps every blob in the store. At most
+    # WRITE_BATCH_BYTES on local disk, S3_PART_BYTES on S3.
     INLINE_BLOB_BYTES: int = 64 * 1024
     # Count: page size default and maximum for list endpoints.
     PAGE_SIZE_DEFAULT: int = 20

@@ -41,4 +41,5 @@ def build_s3_store(settings: Settings, environ: Mapping[str, str]) -> Maintained
         S3Location(bucket, prefix.strip("/")),
         credentials,
         settings.S3_PART_BYTES,
+        settings.INLINE_BLOB_BYTES,
     )

@@ -21,9 +21,6 @@ from quart_app.db.models import Blob, File
 from quart_app.ops.integrity import check
 from quart_app.state import app_state
 
-# On S3 every blob is an object: INLINE_BLOB_BYTES is a local-disk setting.
-pytestmark = pytest.mark.local_storage_only
-
 SMALL = os.urandom(4096)
 LIMIT = 64 * 1024
 

@@ -19,6 +19,7 @@ from quart_app.storage import (
     BlobMissing,
     BlobTooLarge,
     MaintainedStore,
+    SealedBlob,
     StorageFull,
 )
 from quart_app.storage.factory import build_store
@@ -55,16 +56,17 @@ async def any_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[MaintainedStore]:
     """Each backend as the factory builds it; S3 with 5 MiB parts (the least
-    S3 allows), so a few MiB cross part boundaries."""
+    S3 allows), so a few MiB cross part boundaries. No blob is kept in its
+    row here: those are the database's (tests/app/test_inline_blobs.py, and
+    test_a_small_blob_on_s3_makes_no_object below)."""
     if request.param == "local":
-        # (blobs kept in rows are the database's: tests/app/test_inline_blobs.py)
         settings = load_settings(
             {"STORAGE_DIR": tmp_path / "store", "INLINE_BLOB_BYTES": 0}, environ={}
         )
         store = build_store(settings, environ={})
     else:
         env: dict[str, str] = request.getfixturevalue("s3_env")
-        settings = load_settings({"S3_PART_BYTES": 5 * MiB}, environ=env)
+        settings = load_settings({"S3_PART_BYTES": 5 * MiB, "INLINE_BLOB_BYTES": 0}, environ=env)
         store = build_store(settings, environ=env)
     try:
         yield store
@@ -108,6 +110,32 @@ async def test_a_blob_streams_in_and_out_content_addressed(
     assert await any_store.blob_names() == {sha}
     assert await any_store.digest(sha) == (sha, size)
     assert await left_in_store(any_store) == []
+
+
+@pytest.mark.e2e
+async def test_a_small_blob_on_s3_makes_no_object(s3_env: dict[str, str]) -> None:
+    """Up to INLINE_BLOB_BYTES a blob is handed back for its row, as on
+    local disk: nothing in the bucket, no multipart upload; one byte more
+    and it is an object again."""
+    settings = load_settings({"S3_PART_BYTES": 5 * MiB, "INLINE_BLOB_BYTES": 4096}, environ=s3_env)
+    store = build_store(settings, environ=s3_env)
+    try:
+        small = os.urandom(4096)
+        writer = store.writer(len(small))
+        await writer.write(small[:1000])
+        await writer.write(small[1000:])
+        sealed = await writer.seal()
+        assert sealed == SealedBlob(hashlib.sha256(small).hexdigest(), 4096, small)
+        await writer.discard()
+        assert await store.blob_names() == set()
+        assert await left_in_store(store) == []
+        larger = small + b"x"
+        sha = await write_blob(store, larger)
+        assert await store.blob_names() == {sha}
+        assert await read_all(store, sha) == larger
+        assert await left_in_store(store) == []
+    finally:
+        await store.close()
 
 
 async def test_nothing_is_at_the_address_before_publish(any_store: MaintainedStore) -> None:

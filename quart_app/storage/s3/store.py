@@ -96,10 +96,14 @@ class S3BlobStore:
         location: S3Location,
         credentials: S3Credentials,
         part_bytes: int,
+        inline_bytes: int = 0,
     ) -> None:
         self.location = location
         self.credentials = credentials
         self.part_bytes = part_bytes
+        # Blobs up to this size are kept in their database rows, as on local
+        # disk (storage/__init__.py): no object, no request to the store.
+        self.inline_bytes = min(inline_bytes, part_bytes)
         self.partials = S3Partials(self)
         self._client: S3Client | None = None
         self._exit_stack: AsyncExitStack | None = None

@@ -5,7 +5,9 @@ by a conditional server-side copy to its content address.
   and uploaded while the next is gathered (parts.py). The multipart upload
   starts with the first whole part; a blob shorter than one part is one PUT.
 - ``seal``: the last part, then CompleteMultipartUpload: the bytes are
-  durable at ``tmp/<id>``, not visible at any content address.
+  durable at ``tmp/<id>``, not visible at any content address. A blob of
+  at most the store's ``inline_bytes`` is handed back instead, for its
+  database row (storage/__init__.py): no request to the store at all.
 - ``publish``: a marker ``publishing/<sha256>`` first (crash recovery:
   recovery.py), then CopyObject to ``blobs/<sha256>`` with
   ``If-None-Match: *``. A 412 means identical bytes are already there: this
@@ -77,6 +79,10 @@ class S3BlobWriter:
         try:
             await self._parts.hash_rest()
             rest = self._parts.take_rest()
+            inline = self._store.inline_bytes
+            if inline and self._upload_id is None and self.size <= inline:
+                self._sealed = SealedBlob(self._hash.hexdigest(), self.size, rest)
+                return self._sealed
             client = await self._store.client()
             bucket = self._store.location.bucket
             if self._upload_id is None:
@@ -104,6 +110,7 @@ class S3BlobWriter:
 
     async def publish(self) -> bool:
         assert self._sealed is not None, "publish() before seal()"
+        assert self._sealed.content is None, "a blob kept in its row has no object to publish"
         sha256 = self._sealed.sha256
         try:
             created = await self._store.publish_object(self.temp_key, sha256, self.size)
