@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from quart import Quart
+from quart.testing.app import TestApp
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from devtools.app_settings import temp_app_settings
@@ -270,3 +271,16 @@ def s3_app_env(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[
         if name.startswith("AWS_"):
             monkeypatch.setenv(name, value)
     return s3_env
+
+
+class PatientTestApp(TestApp):
+    """Quart's test app gives an app's startup and shutdown 6 s. An app on
+    PostgreSQL + S3 on a loaded 2-core machine has taken longer, and a
+    startup cut off leaves its lifespan task running, which broke every
+    test after it in that process (pytest-asyncio's setup asserted)."""
+
+    def __init__(self, app: Quart, startup_timeout: int = 60, shutdown_timeout: int = 60) -> None:
+        super().__init__(app, startup_timeout, shutdown_timeout)
+
+
+Quart.test_app_class = PatientTestApp
