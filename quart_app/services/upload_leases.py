@@ -247,8 +247,10 @@ async def _claim(
                 .returning(*UPLOADS.c)
             )
         ).first()
-    upload = None if row is None else upload_from_row(row)
-    return None if upload is None else (upload.lease_token, upload)
+    if row is None:
+        return None
+    upload = upload_from_row(row)
+    return upload.lease_token, upload
 
 
 async def _take(

@@ -91,7 +91,7 @@ async def _record(
         offset = await writer.make_durable()
         # The commit settles the lease; no renewal may run past it.
         await lease.stop_renewing()
-        length = lease.upload.length if patch.new_length is None else patch.new_length
+        length = lease.upload.length
         if (
             patch.new_length is None
             and quotas is None
@@ -252,7 +252,7 @@ async def append(
             patch.offset,
             patch.lease_seconds,
             _checker(access, patch),
-            _claim(access, patch),
+            _checks_as_sql(access, patch),
         )
     except _Completed as completed:
         return await _past_completion(completed.upload, chunks, patch)
@@ -307,7 +307,7 @@ def _checker(access: Access, patch: Patch) -> UploadCheck:
     return check
 
 
-def _claim(access: Access, patch: Patch) -> UploadClaim | None:
+def _checks_as_sql(access: Access, patch: Patch) -> UploadClaim | None:
     """_checker's checks as SQL conditions, for a PATCH that sets no length
     (whose checks need the row in Python): the upload reachable by
     ``access``, live and not completed (the offset take_lease adds)."""
