@@ -17,11 +17,12 @@ import contextlib
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, make_url, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -51,6 +52,8 @@ from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStora
 # on this process's write lock, the usual case under load, cost nothing, and a
 # request may overrun its budget by at most this much.
 BUSY_SLACK_MS = 100
+
+T = TypeVar("T")
 
 # Keys in a pooled connection's info dict.
 _FILE = "quart_app.sqlite_file"  # (st_dev, st_ino) of the file it opened
@@ -155,6 +158,13 @@ class Database:
         self.path = sqlite_path(url)
         self.engine: AsyncEngine = _create_engine(url, timeout, self.path, pool)
         event.listen(self.engine.sync_engine, "handle_error", _count_fault)
+        # run_write's engine on an SQLite file: the same file and pragmas
+        # through the stdlib driver, used only on a thread of its own.
+        self.thread_engine: Engine | None = None
+        self._writer_thread: ThreadPoolExecutor | None = None
+        if self.path is not None:
+            self.thread_engine = _create_thread_engine(url, timeout, self.path)
+            event.listen(self.thread_engine, "handle_error", _count_fault)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time. Writers that wait on SQLite's busy
         # handler sleep with back-off (tens of ms each); queueing them on an
@@ -182,6 +192,10 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._writer_thread is not None and self.thread_engine is not None:
+            writer, self._writer_thread = self._writer_thread, None
+            await asyncio.get_running_loop().run_in_executor(writer, self.thread_engine.dispose)
+            writer.shutdown()
 
     async def _take_write_lock(self, deadline: float) -> None:
         try:
@@ -266,6 +280,69 @@ class Database:
             ) as connection:
                 yield connection
 
+    async def run_write(self, work: Callable[[Connection], T], durable: bool = True) -> T:
+        """A write transaction of Core statements: ``work(connection)``, on a
+        sync Connection, committed when it returns and rolled back if it
+        raises; what it returns. Under this process's write lock, with the
+        file checked after the commit, as :meth:`writing`.
+
+        On an SQLite file the whole transaction, from BEGIN IMMEDIATE to
+        COMMIT, is one trip to a thread of the database's own (the stdlib
+        driver on the same file, with the same pragmas). Through aiosqlite
+        every statement is a trip of its own to its thread and back, three
+        or four with its cursor, and so is each pragma and the BEGIN: about
+        fifteen per transaction, each a wake-up of the event loop. Elsewhere
+        (PostgreSQL) ``work`` runs on :meth:`writing_connection`.
+
+        ``work`` runs off the event loop: it must not touch asyncio or
+        anything of the request's. Cancelled while it runs, the transaction
+        still ends (committed or not) before the write lock is let go."""
+        if self.thread_engine is None:
+            async with self.writing_connection(durable) as connection:
+                return await connection.run_sync(work)
+        engine = self.thread_engine
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        await self._take_write_lock(deadline)
+        options = {
+            "sqlite_begin": "IMMEDIATE",
+            "sqlite_busy_ms": max(0, round((deadline - loop.time()) * 1000)),
+            "sqlite_synchronous": "FULL" if durable else "NORMAL",
+        }
+
+        def transaction() -> tuple[T, Any]:
+            with engine.connect() as connection:
+                connection.execution_options(**options)
+                with connection.begin():
+                    outcome = work(connection)
+                return outcome, connection.info.get(_FILE)
+
+        if self._writer_thread is None:
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        running = loop.run_in_executor(self._writer_thread, transaction)
+        try:
+            outcome, committed_to = await asyncio.shield(running)
+        finally:
+            if running.done():
+                self.write_lock.release()
+            else:
+                running.add_done_callback(self._release_write_lock)
+        self._check_still_the_file(committed_to)
+        return outcome
+
+    def _release_write_lock(self, ended: asyncio.Future[Any]) -> None:
+        """A transaction's thread ended after its caller was cancelled."""
+        if not ended.cancelled():
+            ended.exception()  # retrieved: nobody awaits it any more
+        self.write_lock.release()
+
+    def _check_still_the_file(self, committed_to: Any) -> None:
+        if self.path is not None and _file_identity(self.path) != committed_to:
+            metrics.database_error("unavailable")
+            raise DatabaseUnavailable(
+                "The database file was removed or replaced; the change was not kept."
+            )
+
     @asynccontextmanager
     async def _transaction(
         self,
@@ -312,11 +389,7 @@ class Database:
             await commit()
         finally:
             self.write_lock.release()
-        if self.path is not None and _file_identity(self.path) != committed_to:
-            metrics.database_error("unavailable")
-            raise DatabaseUnavailable(
-                "The database file was removed or replaced; the change was not kept."
-            )
+        self._check_still_the_file(committed_to)
 
     async def lock(self, session: AsyncSession, names: Iterable[str]) -> None:
         """Inside :meth:`writing`: wait until no other write transaction holds
@@ -357,11 +430,30 @@ def _create_engine(
     # listener below emits it, so SQLAlchemy's transactions are real ones and
     # a writer can ask for BEGIN IMMEDIATE.
     engine = create_async_engine(url, connect_args={"isolation_level": None, "timeout": timeout})
+    _sqlite_events(engine.sync_engine, timeout, path)
+    return engine
+
+
+def _create_thread_engine(url: str, timeout: float, path: Path) -> Engine:
+    """Database.run_write's engine: the stdlib driver on the same file, one
+    connection, used by one thread at a time (check_same_thread off only so
+    that it may be closed from another)."""
+    engine = create_engine(
+        make_url(url).set(drivername="sqlite+pysqlite"),
+        connect_args={"isolation_level": None, "timeout": timeout, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+    )
+    _sqlite_events(engine, timeout, path)
+    return engine
+
+
+def _sqlite_events(engine: Engine, timeout: float, path: Path | None) -> None:
     timeout_ms = round(timeout * 1000)
 
     if path is not None:
 
-        @event.listens_for(engine.sync_engine, "do_connect")
+        @event.listens_for(engine, "do_connect")
         def _open_existing_only(
             dialect: Dialect, record: ConnectionPoolEntry, cargs: list[Any], cparams: dict[str, Any]
         ) -> None:
@@ -370,7 +462,7 @@ def _create_engine(
             cargs[0] = f"file:{urllib.parse.quote(str(path))}?mode=rw"
             cparams["uri"] = True
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         if path is not None:
             record.info[_FILE] = _file_identity(path)
@@ -386,7 +478,7 @@ def _create_engine(
 
     if path is not None:
 
-        @event.listens_for(engine.sync_engine, "checkout")
+        @event.listens_for(engine, "checkout")
         def _still_the_file(
             dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
         ) -> None:
@@ -397,7 +489,7 @@ def _create_engine(
             if _file_identity(path) != record.info.get(_FILE):
                 raise DisconnectionError("the database file was removed or replaced")
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Connection) -> None:
         options = conn.get_execution_options()
         busy_ms = options.get("sqlite_busy_ms", timeout_ms)
@@ -412,5 +504,3 @@ def _create_engine(
             conn.info[_SYNCHRONOUS] = synchronous
         mode = options.get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine

@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy.engine import Connection
 
 from quart_app.db.engine import Database
 from quart_app.db.models import UPLOADS, Upload, upload_from_row
@@ -194,12 +195,15 @@ class UploadLease:
 
 async def _let_go(database: Database, upload_id: str, token: int) -> None:
     """End the lease ``token``, if it is still the upload's."""
-    async with database.writing_connection(durable=False) as connection:
-        await connection.execute(
+
+    def let_go(connection: Connection) -> None:
+        connection.execute(
             update(UPLOADS)
             .where(Upload.id == upload_id, Upload.lease_token == token)
             .values({Upload.lease_owner: None, Upload.lease_expires_at: None})
         )
+
+    await database.run_write(let_go, durable=False)
 
 
 async def _free_at(database: Database, upload_id: str, offset: int) -> bool:
@@ -227,29 +231,31 @@ async def _claim(
     nothing changed. (On PostgreSQL a concurrent take waits on the row and
     evaluates the WHERE again on the row as the other committed it.)"""
     now = lease_now()
-    async with database.writing_connection(durable=False) as connection:
-        row = (
-            await connection.execute(
-                update(UPLOADS)
-                .where(
-                    Upload.id == upload_id,
-                    Upload.offset == offset,
-                    or_(Upload.lease_expires_at.is_(None), Upload.lease_expires_at <= now),
-                    *claim,
-                )
-                .values(
-                    {
-                        Upload.lease_token: Upload.lease_token + 1,
-                        Upload.lease_owner: holder_name(),
-                        Upload.lease_expires_at: now + timedelta(seconds=seconds),
-                    }
-                )
-                .returning(*UPLOADS.c)
+    owner = holder_name()
+
+    def claim_row(connection: Connection) -> Upload | None:
+        row = connection.execute(
+            update(UPLOADS)
+            .where(
+                Upload.id == upload_id,
+                Upload.offset == offset,
+                or_(Upload.lease_expires_at.is_(None), Upload.lease_expires_at <= now),
+                *claim,
             )
+            .values(
+                {
+                    Upload.lease_token: Upload.lease_token + 1,
+                    Upload.lease_owner: owner,
+                    Upload.lease_expires_at: now + timedelta(seconds=seconds),
+                }
+            )
+            .returning(*UPLOADS.c)
         ).first()
-    if row is None:
+        return None if row is None else upload_from_row(row)
+
+    upload = await database.run_write(claim_row, durable=False)
+    if upload is None:
         return None
-    upload = upload_from_row(row)
     return upload.lease_token, upload
 
 

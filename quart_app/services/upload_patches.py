@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 
 from quart_app import metrics
 from quart_app.db.engine import Database
@@ -145,29 +146,33 @@ async def _commit_offset(
     transaction does, with nothing else to change). When it matches nothing,
     the row says why: gone, or taken over."""
     upload_id = lease.upload_id
-    async with database.writing_connection() as connection:
-        row = (
-            await connection.execute(
-                update(UPLOADS)
-                .where(Upload.id == upload_id, Upload.lease_token == lease.token)
-                .values(
-                    {
-                        Upload.offset: offset,
-                        Upload.expires_at: utc_now() + patch.expires_in,
-                        Upload.lease_owner: None,
-                        Upload.lease_expires_at: None,
-                    }
-                )
-                .returning(*UPLOADS.c)
+    token = lease.token
+    expires_at = utc_now() + patch.expires_in
+
+    def commit(connection: Connection) -> Upload | None:
+        row = connection.execute(
+            update(UPLOADS)
+            .where(Upload.id == upload_id, Upload.lease_token == token)
+            .values(
+                {
+                    Upload.offset: offset,
+                    Upload.expires_at: expires_at,
+                    Upload.lease_owner: None,
+                    Upload.lease_expires_at: None,
+                }
             )
+            .returning(*UPLOADS.c)
         ).first()
         if row is not None:
             return upload_from_row(row)
-        if (
-            await connection.execute(select(Upload.id).where(Upload.id == upload_id))
-        ).first() is None:
+        if connection.execute(select(Upload.id).where(Upload.id == upload_id)).first() is None:
             raise NotFound(f"The upload {upload_id} was removed while it was written.")
-    raise lease.lost_error()
+        return None
+
+    committed = await database.run_write(commit)
+    if committed is None:
+        raise lease.lost_error()
+    return committed
 
 
 async def _past_completion(upload: Upload, chunks: AsyncIterator[bytes], patch: Patch) -> Upload:

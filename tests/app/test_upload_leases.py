@@ -115,8 +115,9 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
 ) -> None:
     """The lease's transaction runs with ``synchronous=NORMAL`` on SQLite
     (no WAL fsync: one less per PATCH), and the offset's commit, like every
-    other transaction, with FULL again on the same pooled connection. On
-    PostgreSQL both are durable: no setting changes."""
+    other transaction, with FULL again on the same connection (the one of
+    Database.run_write's thread). On PostgreSQL both are durable: no setting
+    changes."""
     app = servers[0]
     database = app_state(app).database
     url = await create(client_of(app), 10)
@@ -133,12 +134,17 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
         elif statement.startswith("SELECT") and "FROM uploads" in statement:
             reads.append(statement)
 
-    event.listen(database.engine.sync_engine, "before_cursor_execute", seen)
+    engines = [database.engine.sync_engine]
+    if database.thread_engine is not None:
+        engines.append(database.thread_engine)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", seen)
     try:
         for offset in (0, 5):
             assert (await patch(client_of(app), url, offset, b"12345")).status_code == 204
     finally:
-        event.remove(database.engine.sync_engine, "before_cursor_execute", seen)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", seen)
     leases = [sync for sync, statement in updates if "lease_token=" in statement]
     offsets = [sync for sync, statement in updates if "received=" in statement]
     assert len(leases) == 2 and len(offsets) == 2, updates
@@ -154,10 +160,11 @@ async def test_on_sqlite_the_lease_commits_without_an_fsync_and_the_offset_with_
     if not database.is_sqlite:
         assert not level
         return
-    # The transactions after them, on whichever pooled connection, are FULL.
+    # The transactions after them, on whichever connection, are FULL.
     for _ in range(3):
         async with database.sessionmaker() as session:
             assert await session.scalar(text("PRAGMA synchronous")) == 2
+    assert await database.run_write(lambda c: c.scalar(text("PRAGMA synchronous"))) == 2
 
 
 async def test_a_patch_its_checks_refuse_takes_no_lease(servers: list[Quart]) -> None:
