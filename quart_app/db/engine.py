@@ -253,7 +253,9 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def writing_connection(self, durable: bool = True) -> AsyncIterator[AsyncConnection]:
+    async def writing_connection(
+        self, durable: bool = True, since: float | None = None
+    ) -> AsyncIterator[AsyncConnection]:
         """:meth:`writing` for Core statements on a connection of its own,
         without a session: a session's unit of work and identity map cost
         about as much CPU again as the statements themselves, which matters
@@ -276,11 +278,13 @@ class Database:
                     await opened[0].rollback()
 
             async with self._transaction(
-                begin, commit, rollback, None, False, durable
+                begin, commit, rollback, since, False, durable
             ) as connection:
                 yield connection
 
-    async def run_write(self, work: Callable[[Connection], T], durable: bool = True) -> T:
+    async def run_write(
+        self, work: Callable[[Connection], T], durable: bool = True, since: float | None = None
+    ) -> T:
         """A write transaction of Core statements: ``work(connection)``, on a
         sync Connection, committed when it returns and rolled back if it
         raises; what it returns. Under this process's write lock, with the
@@ -296,13 +300,14 @@ class Database:
 
         ``work`` runs off the event loop: it must not touch asyncio or
         anything of the request's. Cancelled while it runs, the transaction
-        still ends (committed or not) before the write lock is let go."""
+        still ends (committed or not) before the write lock is let go.
+        ``since``: see :meth:`writing`."""
         if self.thread_engine is None:
-            async with self.writing_connection(durable) as connection:
+            async with self.writing_connection(durable, since) as connection:
                 return await connection.run_sync(work)
         engine = self.thread_engine
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        deadline = (loop.time() if since is None else since) + self.timeout
         await self._take_write_lock(deadline)
         options = {
             "sqlite_begin": "IMMEDIATE",

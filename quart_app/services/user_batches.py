@@ -6,8 +6,9 @@ queue behind each other's Python, while the raw INSERT and its fsync are a
 small part of that time (README, "Why the code is shaped this way"). So
 concurrent creates are queued and written together: one multi-row
 ``INSERT ... ON CONFLICT(email) DO NOTHING RETURNING``, one commit (one
-fsync) per batch. Each request still gets its own answer: rows that did not
-come back hit a taken email (409). Durability is unchanged: a request is
+fsync) per batch, run whole on the database's own thread on SQLite
+(Database.run_write). Each request still gets its own answer: rows that did
+not come back hit a taken email (409). Durability is unchanged: a request is
 answered only after the batch it rode committed.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import ReturningInsert
 
 from quart_app.db.engine import Database
@@ -74,20 +76,23 @@ class UserBatcher(GroupCommit[tuple[str, str], User]):
         now = utc_now()
         rows = [{"name": name, "email": email, "created_at": now} for name, email in items]
         statement = _insert_unless_taken(database.is_sqlite, rows)
-        async with database.sessionmaker() as session, database.writing(session, since):
-            result = await (
-                session.execute(statement, rows)
+        emails = [email for _, email in items]
+
+        def insert_unless_taken(connection: Connection) -> tuple[dict[str, int], dict[str, int]]:
+            result = (
+                connection.execute(statement, rows)
                 if database.is_sqlite
-                else session.execute(statement)
+                else connection.execute(statement)
             )
             inserted = {email: user_id for user_id, email in result}
-            taken = {email for _, email in items} - inserted.keys()
+            taken = set(emails) - inserted.keys()
             existing: dict[str, int] = {}
             if taken:
-                found = await session.execute(
-                    select(User.email, User.id).where(User.email.in_(taken))
-                )
+                found = connection.execute(select(User.email, User.id).where(User.email.in_(taken)))
                 existing = {email: user_id for email, user_id in found}
+            return inserted, existing
+
+        inserted, existing = await database.run_write(insert_unless_taken, since=since)
         winners: set[str] = set()
         results: list[User | Exception] = []
         for name, email in items:
