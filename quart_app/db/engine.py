@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +56,13 @@ from quart_app.errors import DatabaseUnavailable, DomainError, InsufficientStora
 BUSY_SLACK_MS = 100
 
 T = TypeVar("T")
+
+_log = logging.getLogger("quart_app.database")
+
+
+class _Abandoned(Exception):
+    """run_write's caller was cancelled before its transaction committed."""
+
 
 # Keys in a pooled connection's info dict.
 _FILE = "quart_app.sqlite_file"  # (st_dev, st_ino) of the file it opened
@@ -191,11 +200,16 @@ class Database:
         return True
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
-        if self._writer_thread is not None and self.thread_engine is not None:
+        try:
+            await self.engine.dispose()
+        finally:
             writer, self._writer_thread = self._writer_thread, None
-            await asyncio.get_running_loop().run_in_executor(writer, self.thread_engine.dispose)
-            writer.shutdown()
+            if writer is not None and self.thread_engine is not None:
+                try:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(writer, self.thread_engine.dispose)
+                finally:
+                    writer.shutdown()
 
     async def _take_write_lock(self, deadline: float) -> None:
         try:
@@ -259,7 +273,7 @@ class Database:
         """:meth:`writing` for Core statements on a connection of its own,
         without a session: a session's unit of work and identity map cost
         about as much CPU again as the statements themselves, which matters
-        on a path taken per request (a PATCH's lease and offset). As with a
+        on a path taken per request (:meth:`run_write` off SQLite). As with a
         session, the connection is taken from the pool only once the write
         lock is held (a writer queued for it holds no connection)."""
         async with contextlib.AsyncExitStack() as stack:
@@ -299,13 +313,18 @@ class Database:
         (PostgreSQL) ``work`` runs on :meth:`writing_connection`.
 
         ``work`` runs off the event loop: it must not touch asyncio or
-        anything of the request's. Cancelled while it runs, the transaction
-        still ends (committed or not) before the write lock is let go.
-        ``since``: see :meth:`writing`."""
+        anything of the request's. A caller cancelled while ``work`` runs
+        gets its transaction rolled back, as on the other path, unless it
+        had already reached its COMMIT; either way it ends before the write
+        lock is let go. ``since``: see :meth:`writing`."""
         if self.thread_engine is None:
             async with self.writing_connection(durable, since) as connection:
                 return await connection.run_sync(work)
         engine = self.thread_engine
+        if self._writer_thread is None:
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        writer = self._writer_thread
+        abandoned = threading.Event()
         loop = asyncio.get_running_loop()
         deadline = (loop.time() if since is None else since) + self.timeout
         await self._take_write_lock(deadline)
@@ -320,15 +339,19 @@ class Database:
                 connection.execution_options(**options)
                 with connection.begin():
                     outcome = work(connection)
+                    if abandoned.is_set():
+                        raise _Abandoned  # rolled back: nobody waits for it
                 return outcome, connection.info.get(_FILE)
 
-        if self._writer_thread is None:
-            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        running = loop.run_in_executor(self._writer_thread, transaction)
+        running: asyncio.Future[tuple[T, Any]] | None = None
         try:
+            running = loop.run_in_executor(writer, transaction)
             outcome, committed_to = await asyncio.shield(running)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
         finally:
-            if running.done():
+            if running is None or running.done():
                 self.write_lock.release()
             else:
                 running.add_done_callback(self._release_write_lock)
@@ -338,7 +361,9 @@ class Database:
     def _release_write_lock(self, ended: asyncio.Future[Any]) -> None:
         """A transaction's thread ended after its caller was cancelled."""
         if not ended.cancelled():
-            ended.exception()  # retrieved: nobody awaits it any more
+            error = ended.exception()  # retrieved: nobody awaits it any more
+            if error is not None and not isinstance(error, _Abandoned):
+                _log.warning("a cancelled caller's write failed: %r", error)
         self.write_lock.release()
 
     def _check_still_the_file(self, committed_to: Any) -> None:

@@ -263,8 +263,8 @@ class DownloadLink(Base):
 
 def upload_from_row(row: Row[Any]) -> Upload:
     """A transient Upload from a Core row of all its table's columns (an
-    UPDATE ... RETURNING on Database.writing_connection, which has no
-    session to load one)."""
+    UPDATE ... RETURNING in Database.run_write, which has no session to
+    load one)."""
     mapping = row._mapping
     return Upload(**{key: mapping[column] for key, column in _UPLOAD_KEYS})
 

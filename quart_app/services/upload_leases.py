@@ -22,9 +22,11 @@ or an idempotent answer is written with it) by a transaction that reads
 the row ``FOR UPDATE`` and checks it. A PATCH whose lease lapsed (its
 server stalled or was killed) and was taken over commits nothing.
 
-Both statements of the usual PATCH run as Core statements on a connection
-of their own (Database.writing_connection), without an ORM session: on
-these paths the session's machinery costs about as much as the SQL.
+Both statements of the usual PATCH run as Core statements in a
+transaction of their own (Database.run_write: on SQLite whole on the
+database's own thread, elsewhere on Database.writing_connection), without
+an ORM session: on these paths the session's machinery costs about as much
+as the SQL.
 
 Expiry compares server clocks (keep them in sync: NTP); the fencing token
 keeps every commit right whatever the clocks say.
