@@ -57,7 +57,7 @@ BUSY_SLACK_MS = 100
 
 T = TypeVar("T")
 
-_log = logging.getLogger("quart_app.database")
+log = logging.getLogger("quart_app.database")
 
 
 class _Abandoned(Exception):
@@ -363,7 +363,7 @@ class Database:
         if not ended.cancelled():
             error = ended.exception()  # retrieved: nobody awaits it any more
             if error is not None and not isinstance(error, _Abandoned):
-                _log.warning("a cancelled caller's write failed: %r", error)
+                log.warning("a cancelled caller's write failed: %r", error)
         self.write_lock.release()
 
     def _check_still_the_file(self, committed_to: Any) -> None:
