@@ -42,9 +42,10 @@ from devtools.tls import self_signed_certificate
 ATTACK_SECONDS = 5.0
 PROBE_EVERY = 0.1
 # Seconds a /healthz probe may take under attack. Generous (with the limits
-# they take under ~0.5 s here); stock Hypercorn took 1.75 s in this test
-# and 79 s in the report that started this.
-PROBE_LIMIT = 1.0
+# they take under ~0.5 s on a desktop-speed machine, and reached 1.02 s
+# once in four CI runs on a slower one); stock Hypercorn took 1.75 s in
+# this test and 79 s in the report that started this.
+PROBE_LIMIT = 1.25
 # After the attacker leaves, the worker's RSS is back within this of its
 # figure before the attack, within RSS_SETTLE_SECONDS.
 RSS_SLACK_KIB = 30 * 1024
