@@ -151,6 +151,20 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def eventually(check: Callable[[], bool]) -> bool:
+    """Whether ``check`` came true within 5 seconds: for a test whose
+    connection sleeps (``yielding``), where a count of yields is not enough
+    on a loaded machine."""
+    try:
+        async with asyncio.timeout(5):
+            # Polled: the state checked is the h2 client's, which sets no event.
+            while not check():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        return False
+    return True
+
+
 @pytest.fixture
 def worker_limit() -> Iterator[Callable[[int], None]]:
     before = h2_limits.WORKER_STREAMS.limit
@@ -522,14 +536,27 @@ async def test_body_still_coming_after_an_early_answer_leaves_the_connection_up(
     put: Headers = [(b":method", b"PUT"), *POST[1:]]
     # Twice the connection's window in all: it goes through only if the
     # server gives the bytes nobody read back.
+    events: list[h2.events.Event] = []
+
+    def window_given_back() -> bool:
+        events.extend(connection.received())
+        return connection.client.outbound_flow_control_window >= 16000
+
     for _ in range(10):
-        assert connection.client.outbound_flow_control_window >= 16000
+        assert await eventually(window_given_back)
+        events.clear()
         (stream_id,) = connection.open(1, put, end_stream=False)
         for _ in range(4):  # one read: HEADERS, then DATA the app never reads
             connection.client.send_data(stream_id, b"x" * 4000)
         await connection.flush()
+
+        def answered() -> bool:
+            events.extend(connection.received())
+            return any(isinstance(e, h2.events.ResponseReceived) for e in events)
+
+        assert await eventually(answered)
         await settle()
-        events = connection.received()
+        events.extend(connection.received())
         assert [e.stream_id for e in events if isinstance(e, h2.events.ResponseReceived)] == [
             stream_id
         ]
