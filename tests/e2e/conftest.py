@@ -14,6 +14,36 @@ from devtools.server import RunningServer, start_server
 
 TIER = Path(__file__).parent
 
+# The modules with no wall-clock budget, whose tests may share the machine
+# with other test runs (devtools/test_matrix.py runs them beside the
+# PostgreSQL configurations). Every other module is marked ``alone``: a
+# /healthz answered in 1.25 s under a flood, a 503 within the database
+# timeout, a backup making progress under load, a lease renewed in time,
+# a browser's clicks, the benchmark. A new module is ``alone`` until it is
+# put here.
+SHARES_THE_MACHINE = {
+    "test_deploy",
+    "test_doctor",
+    "test_downloads",
+    "test_idempotency",
+    "test_integrity",
+    "test_keys",
+    "test_links",
+    "test_metrics",
+    "test_migrations",
+    "test_postgresql",
+    "test_postgresql_s3",
+    "test_quotas",
+    "test_readme",
+    "test_s3",
+    "test_schemathesis",
+    "test_setup",
+    "test_smoke",
+    "test_startup",
+    "test_tus",
+    "test_users",
+}
+
 
 # tryfirst: the mark must be on before pytest's own hook applies -m.
 @pytest.hookimpl(tryfirst=True)
@@ -27,6 +57,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # one worker, one after the other: their budgets (/healthz under
             # 1 s during a flood, a smoke bench) assume no other e2e beside.
             item.add_marker(pytest.mark.xdist_group("e2e"))
+            if item.path.stem not in SHARES_THE_MACHINE:
+                item.add_marker(pytest.mark.alone)
 
 
 # Each phase's report, kept on the test item: a fixture's teardown reads it
