@@ -36,7 +36,9 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from . import PROJECT_ROOT
 from .postgres import running_server, throwaway_cluster
@@ -164,6 +166,33 @@ def start(configuration: Configuration, step: int, logs: Path, quiet: bool) -> R
     return Run(configuration, process, log)
 
 
+class Launch(Protocol):
+    def __call__(self, configuration: Configuration, step: int, quiet: bool) -> Run: ...
+
+
+def run_steps(
+    first: Configuration, others: list[Configuration], launch: Launch
+) -> dict[str, list[Run]]:
+    """The first configuration's steps one after the other; the others side
+    by side from its step ``company`` on, waited for before its next step."""
+    runs: dict[str, list[Run]] = {c.name: [] for c in [first, *others]}
+    for step in range(len(first.steps)):
+        if step == first.company + 1 and others:
+            print(f"== waiting for {' and '.join(c.name for c in others)}", flush=True)
+            for configuration in others:
+                runs[configuration.name][0].process.wait()
+        print(f"== {first.name}: pytest {' '.join(first.steps[step])}", flush=True)
+        runs[first.name].append(launch(first, step, quiet=False))
+        if step == first.company:
+            if others:
+                names = " and ".join(c.name for c in others)
+                print(f"== {names}: side by side from here (status at the end)", flush=True)
+            for configuration in others:
+                runs[configuration.name].append(launch(configuration, 0, quiet=True))
+        runs[first.name][-1].process.wait()
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run one configuration (by its name)")
@@ -183,25 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     with tempfile.TemporaryDirectory(prefix="quart_app_matrix_") as temp:
         logs = Path(temp)
-        runs: dict[str, list[Run]] = {c.name: [] for c in runnable}
-        first, others = (runnable[0], runnable[1:]) if runnable else (None, [])
-        if first is not None:
-            # Its steps one after the other; the others side by side from
-            # its step `company` until they end, before its next step.
-            for step in range(len(first.steps)):
-                if step == first.company + 1 and others:
-                    print(f"== waiting for {' and '.join(c.name for c in others)}", flush=True)
-                    for configuration in others:
-                        runs[configuration.name][0].process.wait()
-                print(f"== {first.name}: pytest {' '.join(first.steps[step])}", flush=True)
-                runs[first.name].append(start(first, step, logs, quiet=False))
-                if step == first.company:
-                    if others:
-                        names = " and ".join(c.name for c in others)
-                        print(f"== {names}: side by side from here (status at the end)", flush=True)
-                    for configuration in others:
-                        runs[configuration.name].append(start(configuration, 0, logs, quiet=True))
-                runs[first.name][-1].process.wait()
+        runs: dict[str, list[Run]] = {}
+        if runnable:
+            runs = run_steps(runnable[0], runnable[1:], partial(start, logs=logs))
         for configuration in runnable:
             passed, line = status(configuration, runs[configuration.name])
             failed |= not passed
