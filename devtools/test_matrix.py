@@ -175,6 +175,7 @@ def run_steps(
 ) -> dict[str, list[Run]]:
     """The first configuration's steps one after the other; the others side
     by side from its step ``company`` on, waited for before its next step."""
+    assert 0 <= first.company < len(first.steps), "the others would never run"
     runs: dict[str, list[Run]] = {c.name: [] for c in [first, *others]}
     for step in range(len(first.steps)):
         if step == first.company + 1 and others:

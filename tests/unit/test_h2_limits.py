@@ -544,7 +544,6 @@ async def test_body_still_coming_after_an_early_answer_leaves_the_connection_up(
 
     for _ in range(10):
         assert await eventually(window_given_back)
-        events.clear()
         (stream_id,) = connection.open(1, put, end_stream=False)
         for _ in range(4):  # one read: HEADERS, then DATA the app never reads
             connection.client.send_data(stream_id, b"x" * 4000)
@@ -561,4 +560,5 @@ async def test_body_still_coming_after_an_early_answer_leaves_the_connection_up(
             stream_id
         ]
         assert not connection.protocol.closed
+        events.clear()
     assert h2_limits.WORKER_STREAMS.running == 0

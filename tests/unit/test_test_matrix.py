@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from devtools.test_matrix import CONFIGURATIONS, Configuration, Run, run_steps
-from tests.e2e.conftest import SHARES_THE_MACHINE
+from tests.e2e.conftest import SHARES_THE_MACHINE, pytest_collection_modifyitems
 
 E2E = Path(__file__).parents[1] / "e2e"
 
@@ -72,5 +74,39 @@ def test_the_modules_that_share_the_machine_exist_and_hold_no_budget() -> None:
     modules = {path.stem for path in E2E.glob("test_*.py")}
     assert modules >= SHARES_THE_MACHINE
     # Modules whose tests time what they check: never beside anything.
-    budgeted = {"test_h2_abuse", "test_connections", "test_faults", "test_hostile", "test_bench"}
+    budgeted = {
+        "test_h2_abuse",
+        "test_connections",
+        "test_faults",
+        "test_hostile",
+        "test_bench",
+        "test_readme",
+        "test_migrations",
+        "test_s3",
+    }
     assert not budgeted & SHARES_THE_MACHINE
+
+
+@dataclass
+class FakeItem:
+    path: Path
+    marks: list[str] = field(default_factory=list)
+
+    def add_marker(self, mark: pytest.MarkDecorator) -> None:
+        self.marks.append(mark.name)
+
+
+def test_every_e2e_module_but_those_listed_is_marked_alone() -> None:
+    items = [
+        FakeItem(E2E / "test_h2_abuse.py"),
+        FakeItem(E2E / "test_new_module.py"),
+        FakeItem(E2E / "test_tus.py"),
+        FakeItem(E2E.parent / "app" / "test_files.py"),
+    ]
+    pytest_collection_modifyitems(cast(Any, items))
+    assert [("alone" in item.marks, "e2e" in item.marks) for item in items] == [
+        (True, True),
+        (True, True),
+        (False, True),
+        (False, False),
+    ]
