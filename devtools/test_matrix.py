@@ -177,17 +177,16 @@ def run_steps(
     by side from its step ``company`` on, waited for before its next step."""
     assert 0 <= first.company < len(first.steps), "the others would never run"
     runs: dict[str, list[Run]] = {c.name: [] for c in [first, *others]}
+    names = " and ".join(c.name for c in others)
     for step in range(len(first.steps)):
         if step == first.company + 1 and others:
-            print(f"== waiting for {' and '.join(c.name for c in others)}", flush=True)
+            print(f"== waiting for {names}", flush=True)
             for configuration in others:
                 runs[configuration.name][0].process.wait()
         print(f"== {first.name}: pytest {' '.join(first.steps[step])}", flush=True)
         runs[first.name].append(launch(first, step, quiet=False))
-        if step == first.company:
-            if others:
-                names = " and ".join(c.name for c in others)
-                print(f"== {names}: side by side from here (status at the end)", flush=True)
+        if step == first.company and others:
+            print(f"== {names}: side by side from here (status at the end)", flush=True)
             for configuration in others:
                 runs[configuration.name].append(launch(configuration, 0, quiet=True))
         runs[first.name][-1].process.wait()

@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
             # Under pytest-xdist (addopts: -n auto) every e2e test goes to
             # one worker, one after the other: their budgets (/healthz under
-            # 1 s during a flood, a smoke bench) assume no other e2e beside.
+            # 1.25 s during a flood, a smoke bench) assume no other e2e beside.
             item.add_marker(pytest.mark.xdist_group("e2e"))
             if item.path.stem not in SHARES_THE_MACHINE:
                 item.add_marker(pytest.mark.alone)

@@ -542,17 +542,16 @@ async def test_body_still_coming_after_an_early_answer_leaves_the_connection_up(
         events.extend(connection.received())
         return connection.client.outbound_flow_control_window >= 16000
 
+    def answered() -> bool:
+        events.extend(connection.received())
+        return any(isinstance(e, h2.events.ResponseReceived) for e in events)
+
     for _ in range(10):
         assert await eventually(window_given_back)
         (stream_id,) = connection.open(1, put, end_stream=False)
         for _ in range(4):  # one read: HEADERS, then DATA the app never reads
             connection.client.send_data(stream_id, b"x" * 4000)
         await connection.flush()
-
-        def answered() -> bool:
-            events.extend(connection.received())
-            return any(isinstance(e, h2.events.ResponseReceived) for e in events)
-
         assert await eventually(answered)
         await settle()
         events.extend(connection.received())
