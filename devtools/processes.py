@@ -3,16 +3,37 @@ small tmpfs to fill up."""
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 
-def stop_process(
-    process: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM
-) -> None:
+class Process(Protocol):
+    """What the tests use of a child process: ``subprocess.Popen``, or a
+    server forked by the zygote (devtools/zygote.py)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+def die_with_parent() -> None:
+    """In the child: SIGTERM when its parent dies, so a killed test run
+    leaves no server behind (Linux PR_SET_PDEATHSIG; with ``preexec_fn``,
+    the parent is the thread that started it)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_process(process: Process, timeout: float, sig: int = signal.SIGTERM) -> None:
     """Ask politely (``sig``), then kill after ``timeout`` seconds."""
     if process.poll() is None:
         process.send_signal(sig)

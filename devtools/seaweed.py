@@ -21,8 +21,7 @@ from pathlib import Path
 import httpx
 
 from .ports import free_port
-from .processes import stop_process
-from .server import die_with_parent
+from .processes import die_with_parent, stop_process
 
 ACCESS_KEY = "quartapptestkey"
 SECRET_KEY = "quart-app-test-secret-0123456789"

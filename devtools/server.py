@@ -3,7 +3,6 @@ free loopback port, over its own database and storage directory."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -18,19 +17,13 @@ from typing import IO, Any
 import httpx
 
 from devtools.auth import TEST_ADMIN_KEY
-from devtools.processes import stop_process
+from devtools.processes import Process, die_with_parent, stop_process
+from devtools.zygote import zygote_for
 
 from . import PROJECT_ROOT
 from .ports import free_port
 
 APPLICATION = "quart_app:create_app()"
-
-
-def die_with_parent() -> None:
-    """In the child: SIGTERM when the test process dies, so a killed test
-    run leaves no server behind (Linux PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -40,7 +33,7 @@ class RunningServer:
     env: dict[str, str]
     # Hypercorn command-line options added after the project's hypercorn.toml.
     args: list[str] = field(default_factory=list)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     # (certfile, keyfile): also serve TLS on tls_port, where HTTP/2 is
     # negotiated by ALPN; `port` stays plain HTTP/1.1.
     tls: tuple[Path, Path] | None = None
@@ -103,9 +96,15 @@ class RunningServer:
             ]
         return [sys.executable, "-m", "hypercorn", "-c", config, *binds, *self.args, APPLICATION]
 
-    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    def _spawn(self, log: IO[bytes]) -> Process:
+        command = self.command()
+        zygote = zygote_for(self.env)
+        if zygote is not None:
+            # Forked from a process that has imported the app (devtools/zygote.py).
+            module, args = command[2], command[3:]
+            return zygote.spawn(module, args, self.env, self.root, self.log_path)
         return subprocess.Popen(
-            self.command(),
+            command,
             cwd=self.root,
             env=self.env,
             stdout=log,

@@ -38,6 +38,7 @@ SHARES_THE_MACHINE = {
     "test_smoke",
     "test_tus",
     "test_users",
+    "test_zygote",
 }
 
 

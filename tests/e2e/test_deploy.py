@@ -29,8 +29,7 @@ import pytest
 from devtools import PROJECT_ROOT
 from devtools.auth import TEST_ADMIN_KEY, bearer
 from devtools.ports import free_port
-from devtools.processes import stop_process
-from devtools.server import die_with_parent
+from devtools.processes import die_with_parent, stop_process
 from devtools.tls import self_signed_certificate
 
 DEPLOY = PROJECT_ROOT / "deploy"

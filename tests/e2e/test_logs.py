@@ -23,8 +23,8 @@ import pytest
 from devtools import PROJECT_ROOT
 from devtools.auth import TEST_ADMIN_KEY, bearer
 from devtools.ports import free_port
-from devtools.processes import stop_process
-from devtools.server import RunningServer, die_with_parent, start_server
+from devtools.processes import die_with_parent, stop_process
+from devtools.server import RunningServer, start_server
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

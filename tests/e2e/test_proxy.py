@@ -30,8 +30,8 @@ from devtools import PROJECT_ROOT
 from devtools.auth import bearer_line
 from devtools.curl import curl
 from devtools.ports import free_port
-from devtools.processes import stop_process
-from devtools.server import RunningServer, die_with_parent, memory_kib, start_server, worker_pid
+from devtools.processes import die_with_parent, stop_process
+from devtools.server import RunningServer, memory_kib, start_server, worker_pid
 
 TEMPLATE = PROJECT_ROOT / "deploy" / "nginx.conf"
 PUBLIC_NAME = "files.example.test"
