@@ -101,7 +101,7 @@ def run(mode: str, out: Path | None) -> dict[str, Any]:
         with zipfile.ZipFile(small_zip, "w", zipfile.ZIP_STORED) as archive:
             for i, data in enumerate(files):
                 archive.writestr(f"f{i}.bin", data)
-        server = start_server(root / "server")
+        server = start_server(root / "server", fresh=True)
         try:
             key = user_key(server)
             started = time.perf_counter()
@@ -124,7 +124,7 @@ def run(mode: str, out: Path | None) -> dict[str, Any]:
         many = [(f"e{i}.bin", 1024) for i in range(sizes["many"])]
         for label, entries in (("big_archive", big), ("many_entries", many)):
             archive_path = write_zip(root / f"{label}.zip", entries)
-            server = start_server(root / f"server-{label}")
+            server = start_server(root / f"server-{label}", fresh=True)
             try:
                 key = user_key(server)
                 idle = peak_rss_mib(server)

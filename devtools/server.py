@@ -42,6 +42,9 @@ class RunningServer:
     # first, and the workers' metrics directory) rather than plain Hypercorn;
     # `args` are then serve's (--workers N).
     serve: bool = False
+    # A process of its own rather than one forked from the zygote
+    # (devtools/zygote.py): the bench's memory figures are of such a process.
+    fresh: bool = False
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +101,7 @@ class RunningServer:
 
     def _spawn(self, log: IO[bytes]) -> Process:
         command = self.command()
-        zygote = zygote_for(self.env)
+        zygote = None if self.fresh else zygote_for(self.env)
         if zygote is not None:
             # Forked from a process that has imported the app (devtools/zygote.py).
             module, args = command[2], command[3:]
@@ -194,6 +197,7 @@ def prepare_server(
     args: list[str] | None = None,
     tls: tuple[Path, Path] | None = None,
     serve: bool = False,
+    fresh: bool = False,
 ) -> RunningServer:
     """A server over its own database and storage under ``root`` (unless
     ``extra_env`` says otherwise), not started yet."""
@@ -213,7 +217,7 @@ def prepare_server(
     )
     env.update(extra_env or {})
     running = RunningServer(
-        root=root, port=free_port(), env=env, args=list(args or []), serve=serve
+        root=root, port=free_port(), env=env, args=list(args or []), serve=serve, fresh=fresh
     )
     if tls is not None:
         running.tls, running.tls_port = tls, free_port()
@@ -226,8 +230,9 @@ def start_server(
     args: list[str] | None = None,
     tls: tuple[Path, Path] | None = None,
     serve: bool = False,
+    fresh: bool = False,
 ) -> RunningServer:
-    running = prepare_server(root, extra_env, args, tls, serve)
+    running = prepare_server(root, extra_env, args, tls, serve, fresh)
     running.start()
     return running
 
@@ -238,8 +243,9 @@ def start_servers(
     """Servers started at the same moment (they migrate, recover... at
     once), then waited for, each up to ``timeout`` seconds; each with its
     own root, and ``shared_env`` (one database, one storage, one secret) in
-    common. From the calling thread: a child is sent SIGTERM when the
-    thread that started it ends."""
+    common. A server started fresh is sent SIGTERM when the thread that
+    started it ends (PR_SET_PDEATHSIG); a forked one when the zygote does,
+    with the test process (devtools/zygote.py)."""
     servers = [prepare_server(root, shared_env) for root in roots]
     try:
         for server in servers:

@@ -19,6 +19,19 @@ from devtools.auth import bearer
 from devtools.server import prepare_server
 from devtools.zygote import ForkedProcess, zygote_for
 
+pytestmark = pytest.mark.skipif(
+    os.environ.get("QUART_APP_TEST_ZYGOTE") == "0", reason="QUART_APP_TEST_ZYGOTE=0: no zygote"
+)
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (Z: a zombie), or None once reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+
 
 def fd_targets(pid: int) -> set[str]:
     targets = set()
@@ -67,11 +80,22 @@ def test_exit_statuses_are_those_of_a_fresh_process(tmp_path: Path, sig: int, st
     with pytest.raises(subprocess.TimeoutExpired):
         server.process.wait(0.05)
     server.process.send_signal(sig)
+    # Until its status is read it stays a zombie, as a Popen child does, so
+    # its pid cannot be another process's when the test signals it.
+    pid, deadline = server.process.pid, time.monotonic() + 20
+    while process_state(pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the zygote has heard of its end by now, and must not reap it
+    assert process_state(pid) == "Z"
     deadline = time.monotonic() + 20
     while server.process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # poll() alone must see it end (wait_until_serving relies on it)
     assert server.process.poll() == status
     assert server.process.wait(0) == status
+    deadline = time.monotonic() + 20
+    while process_state(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_state(pid) is None  # reaped once read
     assert server.process.returncode == status
     server.process.send_signal(signal.SIGTERM)  # ended: nothing to signal, no error
 
