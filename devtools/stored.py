@@ -9,6 +9,7 @@ both stores."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from contextlib import closing
@@ -62,39 +63,26 @@ class S3Prefix:
     prefix: str
 
     def _client(self) -> Any:
-        return get_session().create_client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=self.region,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        return _client(self.endpoint, self.region, self.access_key, self.secret_key)
 
     def objects(self, folder: str = "") -> dict[str, int]:
         """Keys (relative to the prefix) under ``folder``, with sizes."""
         start = f"{self.prefix}/{folder}" if folder else f"{self.prefix}/"
         found: dict[str, int] = {}
-        client = self._client()
-        try:
-            pages = client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=start
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    found[item["Key"][len(self.prefix) + 1 :]] = item["Size"]
-        finally:
-            client.close()
+        pages = (
+            self._client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=start)
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                found[item["Key"][len(self.prefix) + 1 :]] = item["Size"]
         return found
 
     def multipart_uploads(self, folder: str = "") -> list[str]:
         """Multipart uploads neither completed nor aborted, by key."""
         start = f"{self.prefix}/{folder}" if folder else f"{self.prefix}/"
-        client = self._client()
-        try:
-            answer = client.list_multipart_uploads(Bucket=self.bucket, Prefix=start)
-        finally:
-            client.close()
+        answer = self._client().list_multipart_uploads(Bucket=self.bucket, Prefix=start)
         return sorted(u["Key"][len(self.prefix) + 1 :] for u in answer.get("Uploads", []))
 
     def names(self, *folders: str) -> list[PurePath]:
@@ -104,6 +92,22 @@ class S3Prefix:
             keys.update(self.objects(folder + "/"))
             keys.update(self.multipart_uploads(folder + "/"))
         return [PurePosixPath(key) for key in sorted(keys)]
+
+
+@functools.cache
+def _client(endpoint: str, region: str, access_key: str, secret_key: str) -> Any:
+    """One client per store and key for the whole test run (botocore's
+    clients may be shared between threads): a client of its own for each
+    look made a botocore session for each, which read its megabyte of
+    service descriptions again, a third of the PostgreSQL + S3 run's CPU."""
+    return get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(s3={"addressing_style": "path"}),
+    )
 
 
 _S3_PREFIXES: dict[Path, S3Prefix] = {}
