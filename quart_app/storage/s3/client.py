@@ -1,5 +1,6 @@
-"""The S3 client (aioboto3) and what the backend needs around it: where keys
-live in the bucket, and which S3 errors mean what.
+"""The S3 client (aiobotocore's, which aioboto3 brings and pins) and what
+the backend needs around it: where keys live in the bucket, and which S3
+errors mean what.
 
 Endpoint, region and credentials come from the standard AWS variables
 (``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``,
@@ -16,12 +17,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aioboto3
 import aiohttp
 import aiohttp.payload
 from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 from aiohttp.abc import AbstractStreamWriter
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.loaders import Loader
 
 from quart_app.storage import StorageUnwritable
 
@@ -58,6 +60,24 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
 
+# botocore's service descriptions (endpoints, the S3 model and its rules,
+# about a megabyte of JSON), read by the first session and shared by every
+# later one: a process that opens more than one store (a test run opens
+# hundreds) read them again for each, 0.1-0.2 s of CPU. Only that read-only
+# data is shared; each session keeps its own credentials and settings.
+_loader: Loader | None = None
+
+
+def _session() -> AioSession:
+    global _loader
+    session = AioSession()
+    if _loader is None:
+        _loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _loader)
+    return session
+
+
 @asynccontextmanager
 async def s3_client(
     endpoint: str | None,
@@ -66,7 +86,7 @@ async def s3_client(
     secret_key: str | None,
     session_token: str | None = None,
 ) -> AsyncIterator[S3Client]:
-    session = aioboto3.Session()
+    session = _session()
     config = AioConfig(
         max_pool_connections=MAX_POOL_CONNECTIONS,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -79,7 +99,7 @@ async def s3_client(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    async with session.client(
+    async with session.create_client(
         "s3",
         endpoint_url=endpoint or None,
         region_name=region or None,
