@@ -467,3 +467,16 @@ def test_path_for_refuses_anything_but_a_digest(store: LocalBlobStore) -> None:
     for bad in ("../../etc/passwd", "A" * 64, "ab"):
         with pytest.raises(ValueError):
             store.path_for(bad)
+
+
+def test_s3_sessions_share_the_service_descriptions_and_nothing_else() -> None:
+    """A process opening many stores reads botocore's service descriptions
+    once (storage/s3/client.py); the loader's search path does not grow."""
+    from quart_app.storage.s3.client import _session
+
+    first, second = _session(), _session()
+    loader = first.get_component("data_loader")
+    paths = list(loader.search_paths)
+    assert second.get_component("data_loader") is loader
+    assert _session().get_component("data_loader").search_paths == paths
+    assert first is not second  # credentials and settings stay each session's own
