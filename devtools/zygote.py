@@ -284,22 +284,27 @@ class Zygote:
         deadline = None if timeout is None else time.monotonic() + timeout
         while process.returncode is None:
             with self._lock:  # let go between reads: others may spawn or wait
-                if self.gone:
-                    process.returncode = self._orphaned(process)
-                    return
-                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                self._read(max(0.0, left))  # what has come, even with no time left
+                if not self.gone:
+                    left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                    with contextlib.suppress(ZygoteGone):  # then as below
+                        self._read(max(0.0, left))  # what has come, even with no time left
+            if self.gone and process.returncode is None:
+                process.returncode = self._orphaned(process.pid)
+                if process.returncode is None and timeout != 0:
+                    time.sleep(0.05)
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
-    def _orphaned(self, process: ForkedProcess) -> int | None:
+    @staticmethod
+    def _orphaned(pid: int) -> int | None:
         """The zygote is gone, and the exit statuses of its children with
-        it; they were sent SIGTERM (PR_SET_PDEATHSIG) when it ended."""
+        it; they were sent SIGTERM (PR_SET_PDEATHSIG) when it ended, and
+        this tells only whether they have ended since."""
         try:
-            os.kill(process.pid, 0)
-        except ProcessLookupError:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
             return -signal.SIGTERM
-        return None
+        return -signal.SIGTERM if "\nState:\tZ" in status else None
 
     def _send(self, request: dict[str, Any]) -> None:
         assert self._process.stdin is not None
@@ -347,6 +352,9 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        self._errors.close()
 
 
 _zygote: Zygote | None = None

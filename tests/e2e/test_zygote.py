@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools import PROJECT_ROOT
 from devtools.auth import bearer
 from devtools.server import prepare_server
-from devtools.zygote import ForkedProcess, zygote_for
+from devtools.zygote import ForkedProcess, Zygote, ZygoteGone, zygote_for
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("QUART_APP_TEST_ZYGOTE") == "0", reason="QUART_APP_TEST_ZYGOTE=0: no zygote"
@@ -125,3 +126,25 @@ def test_an_import_time_setting_of_its_own_starts_a_server_fresh(
     server = prepare_server(tmp_path / "fresh", {variable: value})
     assert zygote_for(server.env) is None
     assert zygote_for(prepare_server(tmp_path / "forked").env) is not None
+
+
+def test_when_the_zygote_ends_its_servers_end_and_it_says_so(tmp_path: Path) -> None:
+    """A zygote of this test's own, so the run's keeps serving the others."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
+    zygote = Zygote({**base, "PYTHONPATH": str(PROJECT_ROOT)})
+    server = prepare_server(tmp_path / "forked")
+    command = server.command()
+    try:
+        server.process = zygote.spawn(
+            command[2], command[3:], server.env, server.root, server.log_path
+        )
+        server.wait_until_serving()
+        os.kill(zygote._process.pid, signal.SIGKILL)
+        # Sent SIGTERM by its parent's end; its own status went with it.
+        assert server.process.wait(30) == -signal.SIGTERM
+        with pytest.raises(ZygoteGone):
+            zygote.spawn(command[2], command[3:], server.env, server.root, server.log_path)
+        assert zygote.gone
+    finally:
+        server.stop()
+        zygote.close()
