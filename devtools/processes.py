@@ -25,6 +25,19 @@ class Process(Protocol):
     def kill(self) -> None: ...
 
 
+def status_field(pid: int, name: str) -> str | None:
+    """The first word of ``name`` in /proc/PID/status (``State`` "Z" for a
+    zombie, ``PPid``, ``VmHWM`` in kB), or None once the process is reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            return line.split()[1]
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
 def die_with_parent() -> None:
     """In the child: SIGTERM when its parent dies, so a killed test run
     leaves no server behind (Linux PR_SET_PDEATHSIG; with ``preexec_fn``,

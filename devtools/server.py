@@ -4,7 +4,6 @@ free loopback port, over its own database and storage directory."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from typing import IO, Any
 import httpx
 
 from devtools.auth import TEST_ADMIN_KEY
-from devtools.processes import Process, die_with_parent, stop_process
-from devtools.zygote import zygote_for
+from devtools.processes import Process, die_with_parent, status_field, stop_process
+from devtools.zygote import base_environment, zygote_for
 
 from . import PROJECT_ROOT
 from .ports import free_port
@@ -177,10 +176,9 @@ def worker_pid(server: RunningServer) -> int:
 
 
 def memory_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(field)
+    value = status_field(pid, field)
+    assert value is not None, f"process {pid} is gone"
+    return int(value)
 
 
 def rss_mib(pid: int) -> float:
@@ -202,13 +200,12 @@ def prepare_server(
     """A server over its own database and storage under ``root`` (unless
     ``extra_env`` says otherwise), not started yet."""
     root.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
+    env = base_environment()
     env.update(
         {
             "QUART_APP_STORAGE_DIR": str(root / "uploads"),
             "QUART_APP_INSTANCE_DIR": str(root / "instance"),
             "QUART_APP_DATABASE_URL": f"sqlite+aiosqlite:///{root / 'instance' / 'db.sqlite3'}",
-            "PYTHONPATH": str(PROJECT_ROOT),
             "QUART_APP_ADMIN_KEY": TEST_ADMIN_KEY,
             # Every blob in a file, as large ones are (tests check the disk);
             # blobs kept in rows: tests/app/test_inline_blobs.py and the bench.

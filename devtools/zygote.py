@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import PROJECT_ROOT
-from .processes import die_with_parent
+from .processes import die_with_parent, status_field
 
 # What ``python -m hypercorn`` and ``python -m quart_app serve`` import
 # before they build the app: nothing a server would not import itself.
@@ -300,11 +300,7 @@ class Zygote:
         """The zygote is gone, and the exit statuses of its children with
         it; they were sent SIGTERM (PR_SET_PDEATHSIG) when it ended, and
         this tells only whether they have ended since."""
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            return -signal.SIGTERM
-        return -signal.SIGTERM if "\nState:\tZ" in status else None
+        return -signal.SIGTERM if status_field(pid, "State") in (None, "Z") else None
 
     def _send(self, request: dict[str, Any]) -> None:
         assert self._process.stdin is not None
@@ -357,6 +353,14 @@ class Zygote:
         self._errors.close()
 
 
+def base_environment() -> dict[str, str]:
+    """This process's environment without the app's settings, with the
+    project importable: what every test server starts from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    return env
+
+
 _zygote: Zygote | None = None
 _zygote_lock = threading.Lock()
 
@@ -370,9 +374,7 @@ def zygote_for(env: dict[str, str]) -> Zygote | None:
         return None
     with _zygote_lock:
         if _zygote is None:
-            base = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
-            base["PYTHONPATH"] = str(PROJECT_ROOT)
-            _zygote = Zygote(base)
+            _zygote = Zygote(base_environment())
             atexit.register(_zygote.close)
         zygote = _zygote
     if zygote.gone or not zygote.compatible(env):

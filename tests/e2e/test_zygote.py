@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devtools import PROJECT_ROOT
 from devtools.auth import bearer
+from devtools.processes import status_field
 from devtools.server import prepare_server
-from devtools.zygote import ForkedProcess, Zygote, ZygoteGone, zygote_for
+from devtools.zygote import ForkedProcess, Zygote, ZygoteGone, base_environment, zygote_for
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("QUART_APP_TEST_ZYGOTE") == "0", reason="QUART_APP_TEST_ZYGOTE=0: no zygote"
@@ -27,11 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 def process_state(pid: int) -> str | None:
     """The one-letter state of ``pid`` (Z: a zombie), or None once reaped."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return None
-    return next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+    return status_field(pid, "State")
 
 
 def fd_targets(pid: int) -> set[str]:
@@ -66,10 +62,7 @@ def test_a_forked_server_has_the_environment_and_directory_it_was_given(tmp_path
 
 
 def parent_pid(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
-            return int(line.split()[1])
-    raise AssertionError("no PPid")
+    return int(status_field(pid, "PPid") or 0)
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 0), (signal.SIGKILL, -9)])
@@ -130,8 +123,7 @@ def test_an_import_time_setting_of_its_own_starts_a_server_fresh(
 
 def test_when_the_zygote_ends_its_servers_end_and_it_says_so(tmp_path: Path) -> None:
     """A zygote of this test's own, so the run's keeps serving the others."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("QUART_APP_")}
-    zygote = Zygote({**base, "PYTHONPATH": str(PROJECT_ROOT)})
+    zygote = Zygote(base_environment())
     server = prepare_server(tmp_path / "forked")
     command = server.command()
     try:
