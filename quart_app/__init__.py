@@ -58,6 +58,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Quart:
     # The page's assets are served by api/page.py under hashed names, not by
     # Quart's static route.
     app = Quart(__name__, static_folder=None)
+    app.url_rule_class = server_internals.LazyBuilderRule  # before the first rule
     state.init_app(app, state.AppState(settings))
     openapi.init_app(app)
     # Request checks and answers, in the order a request meets them.

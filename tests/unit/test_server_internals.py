@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import inspect
 from importlib.metadata import version
+from typing import Any
 
+import pytest
 from hypercorn.asyncio import run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol import ProtocolWrapper
@@ -15,8 +17,10 @@ from quart import Quart
 from quart.asgi import ASGIHTTPConnection
 from quart.wrappers import Request
 from quart.wrappers.request import Body
+from werkzeug.routing import Map, Rule
 
 from quart_app.edge.bodies import BoundedBody
+from quart_app.edge.server_internals import LazyBuilderRule
 
 
 def test_hypercorn_is_in_the_range_connections_was_built_for() -> None:
@@ -77,3 +81,32 @@ def test_hypercorn_worker_serve_that_watch_worker_wraps_is_still_there() -> None
     assert params["shutdown_trigger"].kind is inspect.Parameter.KEYWORD_ONLY
     # Without a trigger it waits for these signals, as _signal_trigger does.
     assert '{"SIGINT", "SIGTERM", "SIGBREAK"}' in inspect.getsource(serve)
+
+
+def test_url_builders_are_compiled_on_first_use_and_build_what_werkzeugs_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rule.compile still makes its builders through _compile_builder, which
+    # LazyBuilderRule defers.
+    source = inspect.getsource(Rule.compile)
+    assert "self._compile_builder(False)" in source and "self._compile_builder(True)" in source
+    compiled: list[bool] = []
+    original = Rule._compile_builder
+
+    def counted(rule: Rule, append_unknown: bool = True) -> Any:
+        compiled.append(append_unknown)
+        return original(rule, append_unknown)
+
+    plain = Map([Rule("/files/<file_id>/content", endpoint="content")])
+    monkeypatch.setattr(Rule, "_compile_builder", counted)
+    lazy = Map([LazyBuilderRule("/files/<file_id>/content", endpoint="content")])
+    lazy_urls, plain_urls = lazy.bind("example.test"), plain.bind("example.test")
+    assert compiled == []
+    for values in ({"file_id": "a b/ü"}, {"file_id": "x", "limit": 3, "cursor": "é&"}):
+        built = lazy_urls.build("content", values, force_external=True)
+        assert built == plain_urls.build("content", values, force_external=True)
+    assert compiled == [True]  # the unknown-arguments builder, once
+    assert lazy_urls.build("content", {"file_id": "x"}, append_unknown=False) == (
+        "/files/x/content"
+    )
+    assert compiled == [True, False]
