@@ -175,7 +175,7 @@ class LazyBuilderRule(QuartRule):
     """Werkzeug compiles two builder functions for every rule as it is added
     (``Rule.compile`` calls ``_compile_builder`` twice: an AST made, then
     compiled and executed), which was 80 % of ``create_app``'s time, yet
-    ``url_for`` names five endpoints of 35. Each builder is compiled on its
+    ``url_for`` names eleven endpoints of 35. Each builder is compiled on its
     first call instead, from the rule as it is then; ``compile`` (a rebind)
     puts new, uncompiled ones in place."""
 
@@ -183,7 +183,9 @@ class LazyBuilderRule(QuartRule):
         compile_builder = super()._compile_builder
         compiled: Callable[..., tuple[str, str]] | None = None
 
-        def build(rule: QuartRule, *args: Any, **kwargs: Any) -> tuple[str, str]:
+        # ``rule`` positional only: a URL value may be called "rule" too
+        # (Werkzeug's own builder names it ".self", which no value can be).
+        def build(rule: QuartRule, /, *args: Any, **kwargs: Any) -> tuple[str, str]:
             nonlocal compiled
             if compiled is None:
                 compiled = compile_builder(append_unknown)

@@ -97,9 +97,10 @@ def test_url_builders_are_compiled_on_first_use_and_build_what_werkzeugs_do(
         compiled.append(append_unknown)
         return original(rule, append_unknown)
 
-    plain = Map([Rule("/files/<file_id>/content", endpoint="content")])
+    rules = [("/files/<file_id>/content", "content"), ("/rules/<rule>", "rule")]
+    plain = Map([Rule(path, endpoint=endpoint) for path, endpoint in rules])
     monkeypatch.setattr(Rule, "_compile_builder", counted)
-    lazy = Map([LazyBuilderRule("/files/<file_id>/content", endpoint="content")])
+    lazy = Map([LazyBuilderRule(path, endpoint=endpoint) for path, endpoint in rules])
     lazy_urls, plain_urls = lazy.bind("example.test"), plain.bind("example.test")
     assert compiled == []
     for values in ({"file_id": "a b/ü"}, {"file_id": "x", "limit": 3, "cursor": "é&"}):
@@ -110,3 +111,8 @@ def test_url_builders_are_compiled_on_first_use_and_build_what_werkzeugs_do(
         "/files/x/content"
     )
     assert compiled == [True, False]
+    # A value named like the builder's own first parameter.
+    for values in ({"rule": "r"}, {"rule": "r", "self": "s"}):
+        built = lazy_urls.build("rule", values)
+        assert built == plain_urls.build("rule", values)
+    assert lazy_urls.build("content", {"file_id": "x", "rule": "r"}) == "/files/x/content?rule=r"
