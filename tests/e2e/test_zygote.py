@@ -25,11 +25,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def process_state(pid: int) -> str | None:
-    """The one-letter state of ``pid`` (Z: a zombie), or None once reaped."""
-    return status_field(pid, "State")
-
-
 def fd_targets(pid: int) -> set[str]:
     targets = set()
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -62,7 +57,9 @@ def test_a_forked_server_has_the_environment_and_directory_it_was_given(tmp_path
 
 
 def parent_pid(pid: int) -> int:
-    return int(status_field(pid, "PPid") or 0)
+    parent = status_field(pid, "PPid")
+    assert parent is not None, f"process {pid} is gone"
+    return int(parent)
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 0), (signal.SIGKILL, -9)])
@@ -77,19 +74,19 @@ def test_exit_statuses_are_those_of_a_fresh_process(tmp_path: Path, sig: int, st
     # Until its status is read it stays a zombie, as a Popen child does, so
     # its pid cannot be another process's when the test signals it.
     pid, deadline = server.process.pid, time.monotonic() + 20
-    while process_state(pid) != "Z" and time.monotonic() < deadline:
+    while status_field(pid, "State") != "Z" and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # the zygote has heard of its end by now, and must not reap it
-    assert process_state(pid) == "Z"
+    assert status_field(pid, "State") == "Z"
     deadline = time.monotonic() + 20
     while server.process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # poll() alone must see it end (wait_until_serving relies on it)
     assert server.process.poll() == status
     assert server.process.wait(0) == status
     deadline = time.monotonic() + 20
-    while process_state(pid) is not None and time.monotonic() < deadline:
+    while status_field(pid, "State") is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert process_state(pid) is None  # reaped once read
+    assert status_field(pid, "State") is None  # reaped once read
     assert server.process.returncode == status
     server.process.send_signal(signal.SIGTERM)  # ended: nothing to signal, no error
 
