@@ -5,6 +5,8 @@ deployed by that version's bench.servers. Prints one JSON object.
 
 WHAT is one of: patch (median ms of 100 PATCHes of 1 KB on one upload),
 tus (tuspy in 8 MiB chunks and a curl PUT of the same file, MB/s),
+put (a curl PUT and a curl multipart upload of the file: MB/s, and the
+server's CPU seconds per GiB),
 users (wrk POST /users, 50 connections, 8 s, and the server's own p99 and
 slowest from its access log), small (wrk 4 KiB multipart uploads, 32
 connections, 8 s), syscalls (strace -c on the worker over 50 PATCHes of
@@ -109,6 +111,17 @@ def users(server: Server) -> dict[str, float]:
     }
 
 
+def uploads(server: Server, root: Path, size_mib: int) -> dict[str, float]:
+    payload = make_file(root / "payload.bin", size_mib * MiB)
+    figures: dict[str, float] = {}
+    for how in ("put", "multipart"):
+        measure.warm_disk(root, size_mib * MiB)
+        upload = measure.curl_upload(server, payload, how)
+        figures[f"{how}_mb_s"] = upload.mb_s
+        figures[f"{how}_cpu_s_per_gib"] = upload.server_cpu_s * 1024 / size_mib
+    return figures
+
+
 def probe(what: str, size_mib: int, root: Path) -> dict[str, Any]:
     server = start_ours(root / "server")
     try:
@@ -122,6 +135,8 @@ def probe(what: str, size_mib: int, root: Path) -> dict[str, Any]:
             measure.warm_disk(root, size_mib * MiB)
             put = measure.curl_upload(server, payload, "put").mb_s
             return {"tus_mb_s": tus, "put_mb_s": put, "tus_vs_put": tus / put}
+        if what == "put":
+            return uploads(server, root, size_mib)
         if what == "users":
             return users(server)
         if what == "small":

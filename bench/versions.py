@@ -25,7 +25,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROBE = Path(__file__).resolve().parent / "version_probe.py"
-MEASUREMENTS = ("patch", "tus", "users", "small", "syscalls")
+MEASUREMENTS = ("patch", "tus", "put", "users", "small", "syscalls")
 
 
 def git(*args: str) -> str:

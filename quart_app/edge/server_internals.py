@@ -129,10 +129,12 @@ import hypercorn.asyncio.run as hypercorn_run
 import hypercorn.protocol
 from h2.errors import ErrorCodes
 from h2.stream import StreamState
+from h11._readers import ContentLengthReader
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.events import Body
 from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.typing import (
     AppWrapper,
     ASGIReceiveCallable,
@@ -896,6 +898,33 @@ class HTTP1Protocol(H11Protocol):
     async def _check_protocol(self, event: h11.Request) -> None:
         if event.method == b"PRI":
             await super()._check_protocol(event)
+
+    async def handle(self, event: Event) -> None:
+        # A socket read that is all body, and not its end, goes to the
+        # stream as it came: h11 would copy it three times (into its
+        # buffer, then two slices out) and Hypercorn once more (bytes() of
+        # h11's bytearray). The end of the body, chunked bodies and
+        # anything h11 has buffered still go through h11.
+        connection = self.connection
+        if (
+            isinstance(event, RawData)
+            and self.stream is not None
+            and isinstance(connection, h11.Connection)
+        ):
+            reader = connection._reader
+            if (
+                type(reader) is ContentLengthReader
+                and connection.their_state is h11.SEND_BODY
+                and not connection._receive_buffer
+                and not connection.client_is_waiting_for_100_continue
+                and 0 < len(event.data) < reader._remaining
+            ):
+                # What h11's next_event does for a Data event in
+                # SEND_BODY: nothing but count it off the length.
+                reader._remaining -= len(event.data)
+                await self.stream.handle(Body(stream_id=STREAM_ID, data=event.data))
+                return
+        await super().handle(event)
 
 
 def install_http2_limits(settings: Settings) -> None:
