@@ -53,6 +53,10 @@ What each did when reproduced: README, "Why the code is shaped this way".
   request bodies still arriving end with a 503 (bodies.end_bodies), so
   their handlers answer and clean up instead of being cancelled;
 - the socket is read ``SOCKET_READ_BYTES`` at a time;
+- on HTTP/1.1 (:class:`HTTP1Protocol`, with h11 0.16's ``Connection._reader``,
+  ``_receive_buffer`` and ``ContentLengthReader._remaining``) a read that
+  is all body, and not its end, goes to the stream as it was read, where
+  h11 and Hypercorn would copy it four times;
 - :func:`worker_function` is what a worker process runs, for the
   supervisor that replaces run()'s (ops/supervisor.py);
 - :func:`watch_worker` wraps ``worker_serve``, the coroutine a worker runs

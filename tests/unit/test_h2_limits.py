@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, cast
 
@@ -488,6 +489,100 @@ async def test_the_prior_knowledge_preface_is_handed_to_http2(task_group: TaskGr
     protocol, _ = http1(HTTP1Protocol, task_group, HeldApp())
     with pytest.raises(H2ProtocolAssumedError):
         await protocol.handle(RawData(data=PREFACE))
+
+
+class BodyRecorder:
+    """An app that reads its whole body, keeping each message, then answers."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any, *_: Any) -> None:
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            if not message.get("more_body", False):
+                break
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(message.get("body", b"") for message in self.messages)
+
+
+BODY = bytes(range(256)) * 40  # 10,240 bytes
+PUT = b"PUT /files/a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10240\r\n\r\n"
+CHUNKED = b"PUT /files/a HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+NEXT = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def serve_reads(
+    protocol_class: type[H11Protocol], task_group: TaskGroup, reads: list[bytes]
+) -> tuple[BodyRecorder, bytes]:
+    """What the app received and what the client was sent, for these
+    socket reads on one connection."""
+    app = BodyRecorder()
+    protocol, sent = http1(protocol_class, task_group, app)
+    for data in reads:
+        await protocol.handle(RawData(data=data))
+        await settle()
+    answers = b"".join(e.data for e in sent if isinstance(e, RawData))
+    return app, re.sub(rb"date: [^\r]*\r\n", b"", answers)  # the second may turn between runs
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [PUT, BODY[:4096], BODY[4096:8192], BODY[8192:]],
+        [PUT + BODY[:100], BODY[100:5000], BODY[5000:10000], BODY[10000:] + NEXT],
+        [PUT, BODY[:10239], BODY[10239:]],
+        [PUT, BODY],
+        [PUT[:20], PUT[20:] + BODY[:1], BODY[1:]],
+        [CHUNKED, b"1000\r\n" + BODY[:4096] + b"\r\n", b"0\r\n\r\n"],
+        [PUT.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"), BODY[:9], BODY[9:]],
+    ],
+    ids=[
+        "body-alone",
+        "head-and-next-request",
+        "last-byte",
+        "whole",
+        "split-head",
+        "chunked",
+        "100",
+    ],
+)
+async def test_a_body_arrives_and_is_answered_as_stock_hypercorn_does_it(
+    task_group: TaskGroup, reads: list[bytes]
+) -> None:
+    """HTTP1Protocol hands a read that is all body, and not the body's end,
+    to the stream past h11. The app must see the same bytes and the client
+    the same answers as with Hypercorn's own protocol, a pipelined request
+    after the body included; only where the body came whole in a read of its
+    own is that read handed on as it came (no copy)."""
+    ours, our_answers = await serve_reads(HTTP1Protocol, task_group, reads)
+    stock, stock_answers = await serve_reads(H11Protocol, task_group, reads)
+    assert ours.body == stock.body
+    assert [m.get("more_body", False) for m in ours.messages][-1] is False
+    assert our_answers == stock_answers
+    requests = 2 if reads[-1].endswith(NEXT) else 1
+    assert our_answers.count(b"HTTP/1.1 201 ") == requests
+    assert our_answers.count(b"HTTP/1.1 100 ") == (1 if b"100-continue" in reads[0] else 0)
+
+
+async def test_a_read_that_is_all_body_reaches_the_app_as_it_was_read(
+    task_group: TaskGroup,
+) -> None:
+    """The copies saved: the middle reads are the very objects the socket
+    gave; the last goes through h11, which ends the body."""
+    reads = [PUT, BODY[:4096], BODY[4096:8192], BODY[8192:]]
+    app, answers = await serve_reads(HTTP1Protocol, task_group, reads)
+    bodies = [m["body"] for m in app.messages if m.get("body")]
+    assert bodies[0] is reads[1]
+    assert bodies[1] is reads[2]
+    assert bodies[2] == reads[3]
+    assert answers.startswith(b"HTTP/1.1 201 ")
 
 
 async def test_a_closed_connection_lets_its_apps_finish_and_stays_closed(

@@ -8,7 +8,10 @@ import inspect
 from importlib.metadata import version
 from typing import Any
 
+import h11
 import pytest
+from h11._readers import ContentLengthReader
+from h11._state import EVENT_TRIGGERED_TRANSITIONS
 from hypercorn.asyncio import run as hypercorn_run
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol import ProtocolWrapper
@@ -43,6 +46,37 @@ def test_hypercorn_internals_connections_replaces_are_still_there() -> None:
     assert "self.handle_messages(request, receive)" in call
     assert "self.handle_request(request, send)" in call
     assert "return_when=asyncio.FIRST_COMPLETED" in call
+
+
+def test_h11_is_in_the_range_http1_bodies_were_built_for() -> None:
+    major, minor = (int(x) for x in version("h11").split(".")[:2])
+    assert (major, minor) == (0, 16), "re-check HTTP1Protocol.handle against this h11"
+
+
+def test_h11_internals_http1_bodies_pass_are_still_there() -> None:
+    """HTTP1Protocol hands a body read to the stream itself and counts it
+    off the ContentLengthReader's ``_remaining``: that must still be all
+    h11's next_event would have done with such a Data event."""
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\n")
+    assert isinstance(connection.next_event(), h11.Request)
+    reader = connection._reader
+    assert type(reader) is ContentLengthReader
+    assert reader._remaining == 9
+    assert not connection._receive_buffer
+    assert connection.client_is_waiting_for_100_continue is False
+    # A Data event leaves the client in SEND_BODY; only the end moves it.
+    assert EVENT_TRIGGERED_TRANSITIONS[h11.CLIENT][h11.SEND_BODY] == {
+        h11.Data: h11.SEND_BODY,
+        h11.EndOfMessage: h11.DONE,
+    }
+    assert "self._remaining -= len(data)" in inspect.getsource(ContentLengthReader.__call__)
+    reader._remaining -= 4  # what HTTP1Protocol does with a read of 4 bytes
+    connection.receive_data(b"56789")
+    event = connection.next_event()
+    assert isinstance(event, h11.Data) and bytes(event.data) == b"56789"
+    assert isinstance(connection.next_event(), h11.EndOfMessage)
+    assert connection.their_state is h11.DONE
 
 
 def test_quart_is_in_the_range_streaming_was_built_for() -> None:
