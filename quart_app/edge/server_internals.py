@@ -52,7 +52,9 @@ What each did when reproduced: README, "Why the code is shaped this way".
 - shortly before Hypercorn's ``graceful_timeout`` runs out at shutdown,
   request bodies still arriving end with a 503 (bodies.end_bodies), so
   their handlers answer and clean up instead of being cancelled;
-- the socket is read ``SOCKET_READ_BYTES`` at a time;
+- the socket is read ``SOCKET_READ_BYTES`` at a time, through
+  :class:`WholeReadsStreamReader` (asyncio 3.11's StreamReader, which
+  copies every read three times, handing a read on whole when it can);
 - on HTTP/1.1 (:class:`HTTP1Protocol`, with h11 0.16's ``Connection._reader``,
   ``_receive_buffer`` and ``ContentLengthReader._remaining``) a read that
   is all body, and not its end, goes to the stream as it was read, where
@@ -122,9 +124,9 @@ import ssl
 import sys
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from ssl import SSLError
-from typing import Any
+from typing import Any, SupportsIndex
 
 import h2.events
 import h2.exceptions
@@ -282,6 +284,76 @@ async def _send_shutting_down(send: ASGISendCallable) -> None:
 # -- Hypercorn --------------------------------------------------------------------
 
 
+class WholeReadsStreamReader(asyncio.StreamReader):
+    """asyncio's StreamReader (Python 3.11) with one change: a socket read
+    that arrives while nothing is buffered is kept as it came and handed to
+    the next ``read(n)`` that can take it whole. StreamReader copies every
+    read three times (into its bytearray, then a slice and bytes() out of
+    it), ~0.5-0.8 s of CPU per GiB here. Anything else (a partial read, a
+    second read arriving before the first was taken, readline and the like)
+    is StreamReader's own path, on its own buffer."""
+
+    # Invariant: while a read is kept, the buffer is empty.
+    _kept: bytes | None = None
+    # StreamReader's own, which typeshed leaves out (canary:
+    # tests/unit/test_server_internals.py).
+    _buffer: bytearray
+    _eof: bool
+    _exception: BaseException | None
+    _transport: asyncio.ReadTransport | None
+    _paused: bool
+    _limit: int
+    _wakeup_waiter: Callable[[], None]
+    _wait_for_data: Callable[[str], Awaitable[None]]
+    _maybe_resume_transport: Callable[[], None]
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        if self._kept is None and not self._buffer and type(data) is bytes and data:
+            assert not self._eof, "feed_data after feed_eof"
+            self._kept = data
+            self._wakeup_waiter()
+            # StreamReader's pause, for the bytes it would have buffered.
+            if self._transport is not None and not self._paused and len(data) > 2 * self._limit:
+                try:
+                    self._transport.pause_reading()
+                except NotImplementedError:
+                    self._transport = None
+                else:
+                    self._paused = True
+            return
+        self._give_back()
+        super().feed_data(data)
+
+    def _give_back(self) -> None:
+        """The kept read into the buffer, for StreamReader's own path."""
+        if self._kept is not None:
+            self._buffer.extend(self._kept)
+            self._kept = None
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._exception is None and n > 0:
+            if self._kept is None and not self._buffer and not self._eof:
+                await self._wait_for_data("read")
+            kept = self._kept
+            if kept is not None and len(kept) <= n:
+                self._kept = None
+                self._maybe_resume_transport()
+                return kept
+        self._give_back()
+        return await super().read(n)
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        self._give_back()
+        return await super().readuntil(separator)
+
+    async def readexactly(self, n: int) -> bytes:
+        self._give_back()
+        return await super().readexactly(n)
+
+    def at_eof(self) -> bool:
+        return self._kept is None and super().at_eof()
+
+
 class TransferTooSlow(Exception):
     """A client read the response slower than the minimum transfer rate."""
 
@@ -296,6 +368,9 @@ class GuardedTCPServer(TCPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if type(self.reader) is asyncio.StreamReader:
+            # Made by asyncio.start_server before this connection's task.
+            self.reader.__class__ = WholeReadsStreamReader
         self._last_activity = time.monotonic()
         self._linger_until: float | None = None
         self._read_timeout: asyncio.Timeout | None = None

@@ -4,7 +4,9 @@ name what to re-check."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import sys
 from importlib.metadata import version
 from typing import Any
 
@@ -77,6 +79,21 @@ def test_h11_internals_http1_bodies_pass_are_still_there() -> None:
     assert isinstance(event, h11.Data) and bytes(event.data) == b"56789"
     assert isinstance(connection.next_event(), h11.EndOfMessage)
     assert connection.their_state is h11.DONE
+
+
+def test_asyncio_stream_reader_internals_whole_reads_uses_are_still_there() -> None:
+    """WholeReadsStreamReader (server_internals) keeps a read beside
+    StreamReader's buffer and drives its pause and wake-ups itself."""
+    assert sys.version_info[:2] in ((3, 11), (3, 12)), "re-check WholeReadsStreamReader"
+    for method in ("_wakeup_waiter", "_wait_for_data", "_maybe_resume_transport", "feed_data"):
+        assert method in asyncio.StreamReader.__dict__, method
+    init = inspect.getsource(asyncio.StreamReader.__init__)
+    for attribute in ("_limit", "_buffer", "_eof", "_exception", "_transport", "_paused"):
+        assert f"self.{attribute} =" in init, attribute
+    feed = inspect.getsource(asyncio.StreamReader.feed_data)
+    assert "self._buffer.extend(data)" in feed
+    assert "len(self._buffer) > 2 * self._limit" in feed
+    assert "self._transport.pause_reading()" in feed
 
 
 def test_quart_is_in_the_range_streaming_was_built_for() -> None:
