@@ -19,15 +19,13 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
 from hypercorn.asyncio.task_group import TaskGroup
-from hypercorn.asyncio.worker_context import WorkerContext
-from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.typing import AppWrapper, ConnectionState
 
+from devtools.socketless import http1_protocol
 from quart_app.edge.server_internals import HTTP1Protocol, WholeReadsStreamReader
 
 READ = 256 * 1024
@@ -65,17 +63,7 @@ async def through_protocol(protocol_class: type[H11Protocol], total: int) -> flo
         pass
 
     async with TaskGroup(asyncio.get_running_loop()) as task_group:
-        protocol = protocol_class(
-            cast(AppWrapper, app),
-            Config(),
-            WorkerContext(None),
-            task_group,
-            ConnectionState({}),
-            False,
-            ("127.0.0.1", 50000),
-            ("127.0.0.1", 80),
-            send,
-        )
+        protocol = http1_protocol(protocol_class, app, task_group, send)
         head = b"PUT /files/a HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % total
         await protocol.handle(RawData(data=head))
         read = b"x" * READ

@@ -31,6 +31,7 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError, H11Protocol
 from hypercorn.typing import AppWrapper, ConnectionState
 
+from devtools.socketless import http1_protocol
 from quart_app.config import Settings
 from quart_app.edge import server_internals as h2_limits
 from quart_app.edge.server_internals import HTTP1Protocol, LimitedH2Protocol, StreamApp
@@ -450,17 +451,7 @@ def http1(protocol_class: type[H11Protocol], task_group: TaskGroup, app: Any) ->
     async def send(event: Event) -> None:
         sent.append(event)
 
-    protocol = protocol_class(
-        app,
-        Config(),
-        WorkerContext(None),
-        task_group,
-        ConnectionState({}),
-        False,
-        ("127.0.0.1", 50000),
-        ("127.0.0.1", 80),
-        send,
-    )
+    protocol = http1_protocol(protocol_class, app, task_group, send)
     task_group.protocols.append(protocol)  # type: ignore[attr-defined]
     return protocol, sent
 
