@@ -290,11 +290,15 @@ class WholeReadsStreamReader(asyncio.StreamReader):
     the next ``read(n)`` that can take it whole. StreamReader copies every
     read three times (into its bytearray, then a slice and bytes() out of
     it), ~0.5-0.8 s of CPU per GiB here. Anything else (a partial read, a
-    second read arriving before the first was taken, readline and the like)
-    is StreamReader's own path, on its own buffer."""
+    second read arriving before the first was taken, readline and the like,
+    a read arriving while one of those waits) is StreamReader's own path,
+    on its own buffer."""
 
     # Invariant: while a read is kept, the buffer is empty.
     _kept: bytes | None = None
+    # read() is what waits for data (not readline and the like, which look
+    # only at the buffer once woken).
+    _read_waits = False
     # StreamReader's own, which typeshed leaves out (canary:
     # tests/unit/test_server_internals.py).
     _buffer: bytearray
@@ -303,12 +307,19 @@ class WholeReadsStreamReader(asyncio.StreamReader):
     _transport: asyncio.ReadTransport | None
     _paused: bool
     _limit: int
+    _waiter: asyncio.Future[None] | None
     _wakeup_waiter: Callable[[], None]
     _wait_for_data: Callable[[str], Awaitable[None]]
     _maybe_resume_transport: Callable[[], None]
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
-        if self._kept is None and not self._buffer and type(data) is bytes and data:
+        if (
+            self._kept is None
+            and not self._buffer
+            and type(data) is bytes
+            and data
+            and (self._waiter is None or self._read_waits)
+        ):
             assert not self._eof, "feed_data after feed_eof"
             self._kept = data
             self._wakeup_waiter()
@@ -333,7 +344,11 @@ class WholeReadsStreamReader(asyncio.StreamReader):
     async def read(self, n: int = -1) -> bytes:
         if self._exception is None and n > 0:
             if self._kept is None and not self._buffer and not self._eof:
-                await self._wait_for_data("read")
+                self._read_waits = True
+                try:
+                    await self._wait_for_data("read")
+                finally:
+                    self._read_waits = False
             kept = self._kept
             if kept is not None and len(kept) <= n:
                 self._kept = None

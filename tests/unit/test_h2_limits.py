@@ -517,7 +517,8 @@ async def serve_reads(
     app = BodyRecorder()
     protocol, sent = http1(protocol_class, task_group, app)
     for data in reads:
-        await protocol.handle(RawData(data=data))
+        # b"": the client closed the connection (what TCPServer hands on).
+        await protocol.handle(RawData(data=data) if data else Closed())
         await settle()
     answers = b"".join(e.data for e in sent if isinstance(e, RawData))
     return app, re.sub(rb"date: [^\r]*\r\n", b"", answers)  # the second may turn between runs
@@ -532,6 +533,7 @@ async def serve_reads(
         [PUT, BODY],
         [PUT[:20], PUT[20:] + BODY[:1], BODY[1:]],
         [CHUNKED, b"1000\r\n" + BODY[:4096] + b"\r\n", b"0\r\n\r\n"],
+        [PUT, BODY[:4096], BODY[4096:8192], b""],
         [PUT.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"), BODY[:9], BODY[9:]],
     ],
     ids=[
@@ -541,6 +543,7 @@ async def serve_reads(
         "whole",
         "split-head",
         "chunked",
+        "cut-mid-body",
         "100",
     ],
 )
@@ -557,6 +560,8 @@ async def test_a_body_arrives_and_is_answered_as_stock_hypercorn_does_it(
     assert ours.body == stock.body
     assert [m.get("more_body", False) for m in ours.messages][-1] is False
     assert our_answers == stock_answers
+    if reads[-1] == b"":
+        assert ours.messages[-1]["type"] == "http.disconnect"
     requests = 2 if reads[-1].endswith(NEXT) else 1
     assert our_answers.count(b"HTTP/1.1 201 ") == requests
     assert our_answers.count(b"HTTP/1.1 100 ") == (1 if b"100-continue" in reads[0] else 0)

@@ -29,8 +29,11 @@ class Transport(asyncio.ReadTransport):
         self.calls.append("resume")
 
 
-async def outcome(reader: asyncio.StreamReader, step: str, argument: Any) -> Any:
-    """What one consumer call gives; "blocked" if it would wait for more."""
+async def outcome(
+    reader: asyncio.StreamReader, step: str, argument: Any, feed: bytes | None = None
+) -> Any:
+    """What one consumer call gives; "blocked" if it would wait for more.
+    ``feed``: a socket read arriving while the call waits."""
     calls: dict[str, Callable[..., Awaitable[bytes]]] = {
         "read": reader.read,
         "line": reader.readline,
@@ -39,6 +42,10 @@ async def outcome(reader: asyncio.StreamReader, step: str, argument: Any) -> Any
     task = asyncio.ensure_future(calls[step](*([] if argument is None else [argument])))
     for _ in range(5):
         await asyncio.sleep(0)
+    if feed is not None:
+        reader.feed_data(feed)
+        for _ in range(5):
+            await asyncio.sleep(0)
     if not task.done():
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -60,6 +67,9 @@ async def replay(reader: asyncio.StreamReader, script: list[tuple[str, Any]]) ->
             reader.feed_eof()
         elif step == "error":
             reader.set_exception(ConnectionResetError("gone"))
+        elif step == "feed while waiting":
+            call, call_argument, data = argument
+            outcomes.append(await outcome(reader, call, call_argument, feed=data))
         else:
             outcomes.append(await outcome(reader, step, argument))
         outcomes.append(("at_eof", reader.at_eof()))
@@ -71,7 +81,7 @@ def random_script(seed: int) -> list[tuple[str, Any]]:
     rng = random.Random(seed)
     script: list[tuple[str, Any]] = []
     for _ in range(rng.randint(1, 30)):
-        kind = rng.choice(["feed", "feed", "feed", "read", "read", "line", "exactly"])
+        kind = rng.choice(["feed", "feed", "feed", "read", "read", "line", "exactly", "waiting"])
         if kind == "feed":
             size = rng.choice([1, 10, 1000, 70_000, 200_000, 300_000])
             data = bytes(rng.choice(b"ab\n") for _ in range(min(size, 50)))
@@ -80,6 +90,10 @@ def random_script(seed: int) -> list[tuple[str, Any]]:
             script.append(("read", rng.choice([1, 100, 65_536, 262_144, 1_000_000, -1])))
         elif kind == "line":
             script.append(("line", None))
+        elif kind == "waiting":
+            call = rng.choice([("read", 262_144), ("read", 3), ("line", None), ("exactly", 5)])
+            data = rng.choice([b"abc\nxyz", b"ab", b"x" * 200_000])
+            script.append(("feed while waiting", (*call, data)))
         else:
             script.append(("exactly", rng.choice([1, 1000, 100_000])))
     script.append(rng.choice([("eof", None), ("error", None), ("read", 10)]))
