@@ -79,6 +79,13 @@ def test_h11_internals_http1_bodies_pass_are_still_there() -> None:
     assert isinstance(event, h11.Data) and bytes(event.data) == b"56789"
     assert isinstance(connection.next_event(), h11.EndOfMessage)
     assert connection.their_state is h11.DONE
+    # ...and what Hypercorn does with that Data event, which the override
+    # does in its place.
+    handle = inspect.getsource(H11Protocol.handle)
+    assert "self.connection.receive_data(event.data)" in handle
+    events = inspect.getsource(H11Protocol._handle_events)
+    assert "await self.stream.handle(Body(stream_id=STREAM_ID, data=event.data))" in events
+    assert "they_are_waiting_for_100_continue" in events
 
 
 def test_asyncio_stream_reader_internals_whole_reads_uses_are_still_there() -> None:
