@@ -95,7 +95,8 @@ def test_asyncio_stream_reader_internals_whole_reads_uses_are_still_there() -> N
     for method in ("_wakeup_waiter", "_wait_for_data", "_maybe_resume_transport", "feed_data"):
         assert method in asyncio.StreamReader.__dict__, method
     init = inspect.getsource(asyncio.StreamReader.__init__)
-    for attribute in ("_limit", "_buffer", "_eof", "_exception", "_transport", "_paused"):
+    attributes = ("_limit", "_buffer", "_eof", "_exception", "_transport", "_paused", "_waiter")
+    for attribute in attributes:
         assert f"self.{attribute} =" in init, attribute
     feed = inspect.getsource(asyncio.StreamReader.feed_data)
     assert "self._buffer.extend(data)" in feed
